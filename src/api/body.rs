@@ -1,0 +1,69 @@
+//! The response body: a complete buffer, or a stream of chunks fed by the task that reads rows
+//! from Postgres (NDJSON). A bounded channel gives backpressure end to end: when the client
+//! reads slowly, the sender waits, so the query pauses instead of piling rows up in memory.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+use http_body::{Frame, SizeHint};
+use tokio::sync::mpsc;
+
+pub enum Body {
+    Full(Option<Bytes>),
+    Stream(mpsc::Receiver<Bytes>),
+}
+
+impl Body {
+    pub fn empty() -> Body {
+        Body::Full(None)
+    }
+
+    /// A response with a JSON body.
+    pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+        let bytes = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+        Body::json_bytes(status, bytes)
+    }
+
+    /// A response whose JSON body is already encoded.
+    pub fn json_bytes(status: StatusCode, bytes: Vec<u8>) -> Response<Body> {
+        let mut response = Response::new(Body::Full(Some(Bytes::from(bytes))));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Body::Stream(rx) => rx
+                .poll_recv(cx)
+                .map(|chunk| chunk.map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, Body::Full(None))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
+            Body::Full(None) => SizeHint::with_exact(0),
+            Body::Stream(_) => SizeHint::default(),
+        }
+    }
+}

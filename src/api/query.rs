@@ -1,0 +1,176 @@
+//! `POST /v1/query`: one statement with parameters, its rows encoded straight into the response.
+
+use std::borrow::Cow;
+use std::time::Instant;
+
+use http::StatusCode;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::body::Body;
+use super::error::ApiError;
+use super::{RequestContext, Tenant};
+use crate::pg::{
+    CommandTag, PgConnection, QueryOptions, RowEncoder, RowMode, SqlAnalysis, ValueFormat,
+};
+
+/// The body of `/v1/query` (and of `/v1/transactions/{id}/query`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct QueryRequest<'a> {
+    #[serde(borrow)]
+    pub sql: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub params: Vec<&'a RawValue>,
+    #[serde(default)]
+    pub row_mode: RowMode,
+    #[serde(default)]
+    pub types: ValueFormat,
+    pub timeout_ms: Option<u64>,
+}
+
+/// A statement checked on the gateway before it goes near a connection.
+pub struct PreparedRequest<'a> {
+    pub sql: &'a str,
+    pub params: &'a [&'a RawValue],
+    pub analysis: SqlAnalysis,
+    pub statement_timeout_ms: u64,
+}
+
+impl QueryRequest<'_> {
+    /// Rejects what Postgres would reject anyway, without using a connection: empty SQL,
+    /// several statements, a parameter count that does not match the placeholders.
+    pub fn check(&self, tenant: &Tenant) -> Result<PreparedRequest<'_>, ApiError> {
+        check_statement(&self.sql, &self.params, self.timeout_ms, tenant)
+    }
+}
+
+pub fn check_statement<'a>(
+    sql: &'a str,
+    params: &'a [&'a RawValue],
+    timeout_ms: Option<u64>,
+    tenant: &Tenant,
+) -> Result<PreparedRequest<'a>, ApiError> {
+    let analysis = SqlAnalysis::of(sql);
+    match analysis.statements {
+        0 => return Err(ApiError::BadRequest("`sql` is empty".into())),
+        1 => {}
+        n => {
+            return Err(ApiError::BadRequest(format!(
+                "`sql` holds {n} statements; /v1/query runs one — send several to /v1/batch"
+            )));
+        }
+    }
+    if analysis.placeholders != params.len() {
+        return Err(ApiError::BadRequest(format!(
+            "the statement uses {} parameter(s) ($1..${}) but `params` has {}",
+            analysis.placeholders,
+            analysis.placeholders,
+            params.len()
+        )));
+    }
+    let statement_timeout_ms = match timeout_ms {
+        Some(0) => return Err(ApiError::BadRequest("`timeoutMs` must be above 0".into())),
+        // Never above the tenant's maximum.
+        Some(ms) => ms.min(tenant.config.statement_timeout_ms),
+        None => tenant.config.statement_timeout_ms,
+    };
+    Ok(PreparedRequest {
+        sql,
+        params,
+        analysis,
+        statement_timeout_ms,
+    })
+}
+
+pub async fn handle(
+    ctx: &mut RequestContext<'_>,
+    body: &[u8],
+) -> Result<http::Response<Body>, ApiError> {
+    let tenant = ctx.tenant()?;
+    let request: QueryRequest = super::parse_json(body)?;
+    let prepared = request.check(&tenant)?;
+    let waited = Instant::now();
+    let mut conn = tenant.pool.checkout().await?;
+    ctx.log.queue_wait = Some(waited.elapsed());
+    let executed = Instant::now();
+    let mut out = Vec::with_capacity(256);
+    out.push(b'{');
+    let result = run_into(
+        &mut conn,
+        &prepared,
+        &tenant,
+        request.row_mode,
+        request.types,
+        ctx.max_response_bytes,
+        &mut out,
+    )
+    .await;
+    ctx.log.exec = Some(executed.elapsed());
+    drop(conn);
+    let summary = result?;
+    ctx.log.rows = summary.rows;
+    out.push(b'}');
+    Ok(Body::json_bytes(StatusCode::OK, out))
+}
+
+/// What one executed statement produced.
+pub struct StatementSummary {
+    pub tag: CommandTag,
+    pub rows: u64,
+}
+
+/// Runs one statement on `conn` and writes `"fields":[…],"rows":[…],"command":…,"rowCount":…`
+/// (without braces) to `out`. Beyond `max_bytes` the remaining rows are read and dropped — the
+/// statement still completes, so "executed" stays true — and the call fails with
+/// `response_too_large`.
+pub async fn run_into(
+    conn: &mut PgConnection,
+    request: &PreparedRequest<'_>,
+    tenant: &Tenant,
+    row_mode: RowMode,
+    types: ValueFormat,
+    max_bytes: usize,
+    out: &mut Vec<u8>,
+) -> Result<StatementSummary, ApiError> {
+    let options = QueryOptions {
+        statement_timeout_ms: request.statement_timeout_ms,
+        session_effect: request.analysis.session_effect,
+        types: tenant.pool.types(),
+    };
+    let mut rows = conn.query(request.sql, request.params, &options).await?;
+    let statement = rows.statement();
+    out.extend_from_slice(b"\"fields\":");
+    RowEncoder::write_fields(&statement.fields, out);
+    out.extend_from_slice(b",\"rows\":[");
+    let mut encoder = RowEncoder::new(&statement.fields, row_mode, types);
+    let mut count = 0u64;
+    let mut too_large = false;
+    while let Some(row) = rows.next().await? {
+        if too_large {
+            continue;
+        }
+        if count > 0 {
+            out.push(b',');
+        }
+        encoder
+            .write_row(out, &row)
+            .map_err(|e| ApiError::ConnectionLost {
+                reason: format!("malformed row from the server: {e}"),
+            })?;
+        count += 1;
+        too_large = out.len() > max_bytes;
+    }
+    let tag = rows.finish().await?;
+    if too_large {
+        return Err(ApiError::ResponseTooLarge { limit: max_bytes });
+    }
+    out.extend_from_slice(b"],\"command\":");
+    crate::pg::encode::write_json_string(out, tag.command.as_bytes());
+    out.extend_from_slice(b",\"rowCount\":");
+    match tag.row_count {
+        Some(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
+        None => out.extend_from_slice(b"null"),
+    }
+    Ok(StatementSummary { tag, rows: count })
+}

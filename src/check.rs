@@ -1,0 +1,113 @@
+//! `sluice check`: validates a config (already done by loading it) and prints the effective
+//! limits per upstream and tenant — budget against the server's limit and against the sum of
+//! the tenants' pool sizes — so an operator sees overcommit before deploying.
+
+use std::fmt::Write;
+use std::process::ExitCode;
+
+use crate::config::Config;
+use crate::pool::read_server_limit;
+
+pub async fn run(config: &Config, offline: bool) -> ExitCode {
+    let mut ok = true;
+    let mut out = String::from("config: valid\n");
+    for (u, upstream) in config.upstreams.iter().enumerate() {
+        let tenants: Vec<_> = config.tenants.iter().filter(|t| t.upstream == u).collect();
+        let pool_sum: usize = tenants.iter().map(|t| t.pool_size).sum();
+        let _ = writeln!(
+            out,
+            "\nupstream \"{}\"  {}  sslmode={}",
+            upstream.name,
+            upstream.target,
+            upstream.tls.mode().as_str()
+        );
+        let _ = writeln!(
+            out,
+            "  budget (max_connections)   {}",
+            upstream.max_connections
+        );
+        if offline {
+            let _ = writeln!(out, "  server limit               not checked (--offline)");
+        } else {
+            match read_server_limit(upstream).await {
+                Ok(limit) => match limit.check(&upstream.name, upstream.max_connections) {
+                    Ok(()) => {
+                        let _ = writeln!(
+                            out,
+                            "  server allows              {} (max_connections {} minus {} reserved)  OK",
+                            limit.allowed(),
+                            limit.max_connections,
+                            limit.superuser_reserved + limit.reserved
+                        );
+                    }
+                    Err(problem) => {
+                        ok = false;
+                        let _ = writeln!(
+                            out,
+                            "  server allows              {}  PROBLEM: {problem}",
+                            limit.allowed()
+                        );
+                    }
+                },
+                Err(error) => {
+                    ok = false;
+                    let _ = writeln!(
+                        out,
+                        "  server limit               UNREACHABLE: {error} (use --offline to skip)"
+                    );
+                }
+            }
+        }
+        let overcommit = if pool_sum > upstream.max_connections {
+            format!(
+                "overcommitted {:.1}x: shared at run time, each tenant's share proportional to its pool_size",
+                pool_sum as f64 / upstream.max_connections as f64
+            )
+        } else {
+            "fits".to_owned()
+        };
+        let _ = writeln!(
+            out,
+            "  tenants' pool sizes        {pool_sum} ({overcommit})"
+        );
+        for tenant in tenants {
+            let effective = tenant.pool_size.min(upstream.max_connections);
+            let _ = writeln!(
+                out,
+                "  tenant \"{}\": pool_size {}{}, rate {}/s burst {}, queue {} waiting / {} ms, statement timeout {} ms,\n    transactions {} open on at most {} connections, idle {} ms, lifetime {} ms, {} key(s)",
+                tenant.id,
+                tenant.pool_size,
+                if effective < tenant.pool_size {
+                    format!(" (capped at {effective} by the budget)")
+                } else {
+                    String::new()
+                },
+                tenant.rate_per_second,
+                tenant.burst,
+                tenant.max_waiting,
+                tenant.queue_timeout.as_millis(),
+                tenant.statement_timeout_ms,
+                tenant.max_transactions,
+                tenant.max_transaction_connections,
+                tenant.transaction_idle_timeout.as_millis(),
+                tenant.transaction_max.as_millis(),
+                tenant.api_keys.len(),
+            );
+        }
+    }
+    let tls = match &config.server.tls {
+        Some(tls) => format!("https with {}", tls.cert.display()),
+        None => "plain http (terminate TLS in front)".into(),
+    };
+    let _ = writeln!(
+        out,
+        "\nserver: listen {} ({tls}), max body {} B, max response {} B",
+        config.server.listen, config.server.max_body_bytes, config.server.max_response_bytes
+    );
+    print!("{out}");
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

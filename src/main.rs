@@ -1,0 +1,171 @@
+//! The `sluice` command line: `serve`, `dev`, `key`, `check`. It parses arguments, loads the
+//! config, binds, and hands over to `server::run` with the stop signal as a future; nothing
+//! below reads signals itself.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sluice::config::{Config, LogFormat};
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "An HTTP-to-SQL pooling gateway for PostgreSQL, built for serverless functions"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    ///
+    /// The config comes from --config, else ./sluice.toml, else the environment
+    /// (SLUICE_DATABASE_URL, SLUICE_API_KEY, SLUICE_LISTEN, SLUICE_MAX_CONNECTIONS).
+    Serve {
+        /// The TOML config file.
+        #[arg(long, short, env = "SLUICE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Start a throwaway local Postgres and a gateway in front of it with a demo tenant;
+    /// print the URL, the key and a curl to try. Ctrl-C removes everything.
+    Dev {
+        /// Address for the gateway (port 0 picks a free one).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Print one JSON line {url, apiKey, adminKey, databaseUrl} instead of the summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a new random API key and the `sha256:` line for the config.
+    Key,
+    /// Validate the config and print the effective limits per upstream and tenant; contact
+    /// each upstream to check its budget against the server's connection limit.
+    Check {
+        #[arg(long, short, env = "SLUICE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Do not contact the upstreams.
+        #[arg(long)]
+        offline: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Key => {
+            let key = sluice::auth::generate_key();
+            println!("key:    {key}");
+            println!(
+                "config: api_keys = [\"{}\"]",
+                sluice::auth::KeyHash::of_key(&key)
+            );
+            println!(
+                "\nGive the key to the client (Authorization: Bearer <key>); only the sha256 line goes in sluice.toml."
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Check { config, offline } => {
+            let config = match load_config(config.as_deref()) {
+                Ok(config) => config,
+                Err(error) => return fail(&error),
+            };
+            runtime().block_on(sluice::check::run(&config, offline))
+        }
+        Command::Serve { config } => {
+            let config = match load_config(config.as_deref()) {
+                Ok(config) => config,
+                Err(error) => return fail(&error),
+            };
+            init_logging(config.server.log_format);
+            runtime().block_on(async move {
+                let listeners = match sluice::server::bind(&config).await {
+                    Ok(listeners) => listeners,
+                    Err(error) => return fail(&error.to_string()),
+                };
+                match sluice::server::run(listeners, config, shutdown_signal()).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(error) => fail(&error.to_string()),
+                }
+            })
+        }
+        Command::Dev { listen, json } => {
+            if !json {
+                init_logging(LogFormat::Text);
+            }
+            let options = sluice::dev::DevOptions { listen, json };
+            match runtime().block_on(sluice::dev::run(options, shutdown_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => fail(&error),
+            }
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("cannot start the tokio runtime")
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("sluice: {message}");
+    ExitCode::FAILURE
+}
+
+fn load_config(path: Option<&Path>) -> Result<Config, String> {
+    let default = Path::new("sluice.toml");
+    match path {
+        Some(path) => Config::from_file(path).map_err(|e| format!("{}: {e}", path.display())),
+        None if default.exists() => {
+            Config::from_file(default).map_err(|e| format!("sluice.toml: {e}"))
+        }
+        None => {
+            let vars: HashMap<String, String> = std::env::vars()
+                .filter(|(k, _)| k.starts_with("SLUICE_"))
+                .collect();
+            if !vars.contains_key("SLUICE_DATABASE_URL") {
+                return Err("no config: pass --config FILE, create ./sluice.toml, or set SLUICE_DATABASE_URL and \
+                            SLUICE_API_KEY (try `sluice dev` for a local sandbox)"
+                    .into());
+            }
+            Config::from_env(&vars).map_err(|e| e.to_string())
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// The first SIGTERM or Ctrl-C starts a drain; a second one exits at once.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).expect("cannot listen for SIGTERM");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        eprintln!("sluice: second stop signal; exiting now");
+        std::process::exit(130);
+    });
+}

@@ -1,0 +1,1179 @@
+//! One Postgres connection, spoken to directly in the wire protocol (message encoding from
+//! `postgres-protocol`).
+//!
+//! The gateway needs things a general-purpose driver hides: results in Postgres's own text format
+//! for every type, parameters sent as text with their types inferred by the server, the
+//! transaction status of every ReadyForQuery (to know when a connection is clean), pipelining a
+//! session reset behind a statement in the same round trip, and a precise count of the responses
+//! still owed, so that a request dropped halfway (the HTTP client vanished) can be cancelled and
+//! the connection brought back in sync instead of thrown away.
+//!
+//! A `PgConnection` is owned by one task at a time. Every `.await` in here may be the last one
+//! (the future dropped): `pending_syncs` and `write_interrupted` always say what the
+//! server still owes us, and [`PgConnection::recover`] finishes the job later.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::IsNull;
+use postgres_protocol::authentication::sasl::{self, ChannelBinding, ScramSha256};
+use postgres_protocol::message::backend::{DataRowBody, Message};
+use postgres_protocol::message::frontend;
+use serde_json::value::RawValue;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+
+use super::error::{ConnectError, DbError, QueryError};
+use super::params;
+use super::sql::SessionEffect;
+use super::statement::{CommandTag, Field, Statement, StatementCache};
+use super::tls::{self, TlsConnector};
+use super::types::{PgType, TYPE_LOOKUP_SQL, TypeRegistry, TypeRow};
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct ConnectConfig {
+    pub target: Target,
+    pub user: String,
+    pub password: Option<String>,
+    pub database: String,
+    pub tls: TlsConnector,
+    pub connect_timeout: Duration,
+    /// Session settings sent in the start-up packet (application_name, DateStyle, TimeZone, …).
+    /// `RESET ALL` returns to these values, which is what makes them safe defaults.
+    pub settings: Vec<(String, String)>,
+    /// The statement timeout the session starts with (also in `settings`).
+    pub statement_timeout_ms: u64,
+    /// Prepared statements kept per connection.
+    pub statement_cache_size: usize,
+}
+
+/// A server address: TCP host and port, or a Unix socket file
+/// (`host=/var/run/postgresql` and port 5432 give `/var/run/postgresql/.s.PGSQL.5432`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Tcp { host: String, port: u16 },
+    Unix { path: String },
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            Target::Tcp { host, port } => write!(f, "{host}:{port}"),
+            Target::Unix { path } => write!(f, "{path}"),
+        }
+    }
+}
+
+/// The socket under a connection.
+pub(crate) enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The transaction status of the last ReadyForQuery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxStatus {
+    Idle,
+    InTransaction,
+    Failed,
+}
+
+/// What a request needs from the gateway beyond the SQL and parameters.
+pub struct QueryOptions<'a> {
+    /// The statement timeout for this call.
+    pub statement_timeout_ms: u64,
+    /// From the SQL lexer: whether the session must be reset after this statement.
+    pub session_effect: SessionEffect,
+    pub types: &'a TypeRegistry,
+}
+
+/// Everything needed to cancel the statement running on a connection, from another task.
+#[derive(Debug, Clone)]
+pub struct CancelToken {
+    target: Target,
+    tls: TlsConnector,
+    process_id: i32,
+    secret_key: i32,
+}
+
+/// Sent after a statement that may have changed the session: back to the start-up state,
+/// keeping only the gateway's own prepared statements (`DEALLOCATE ALL` would drop those too).
+/// The equivalent of `DISCARD ALL` minus `DEALLOCATE ALL` and `DISCARD PLANS`.
+const SESSION_RESET_SQL: &str = "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; \
+    UNLISTEN *; SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES; \
+    DO $sluice$DECLARE s record; BEGIN FOR s IN SELECT name FROM pg_catalog.pg_prepared_statements \
+    WHERE from_sql LOOP EXECUTE pg_catalog.format('DEALLOCATE %I', s.name); END LOOP; END$sluice$";
+
+/// Server-reported settings that the gateway fixes at start-up; a change to one of them after
+/// start-up (a function calling `set_config`) marks the session dirty.
+const WATCHED_SETTINGS: &[&str] = &[
+    "DateStyle",
+    "IntervalStyle",
+    "TimeZone",
+    "client_encoding",
+    "standard_conforming_strings",
+    "is_superuser",
+    "session_authorization",
+];
+
+pub struct PgConnection {
+    stream: Stream,
+    read_buf: BytesMut,
+    write_buf: BytesMut,
+    /// ReadyForQuery messages the server still owes (one per Sync or simple Query sent).
+    pending_syncs: usize,
+    /// Set while a write is in progress: a write cut short leaves a partial message behind.
+    write_interrupted: bool,
+    /// The socket failed or the server ended the session.
+    broken: bool,
+    tx_status: TxStatus,
+    /// Session state may differ from the start-up state (a reset is owed or in flight).
+    session_dirty: bool,
+    statement_timeout_ms: u64,
+    default_statement_timeout_ms: u64,
+    cancel: CancelToken,
+    statements: StatementCache,
+    next_statement: u64,
+    /// Values of [`WATCHED_SETTINGS`] as the session started.
+    startup_settings: Vec<(String, String)>,
+    /// Still in the start-up exchange (parameter reports are the baseline, not changes).
+    starting: bool,
+    server_version: String,
+}
+
+impl PgConnection {
+    /// Connects, negotiates TLS, authenticates and waits for the server to be ready.
+    pub async fn connect(config: &ConnectConfig) -> Result<PgConnection, ConnectError> {
+        let timeout_ms = config.connect_timeout.as_millis() as u64;
+        match tokio::time::timeout(config.connect_timeout, Self::connect_inner(config)).await {
+            Ok(result) => result,
+            Err(_) => Err(ConnectError::Timeout(timeout_ms)),
+        }
+    }
+
+    async fn connect_inner(config: &ConnectConfig) -> Result<PgConnection, ConnectError> {
+        let stream = open_stream(&config.target, &config.tls).await?;
+        let mut conn = PgConnection {
+            stream,
+            read_buf: BytesMut::with_capacity(16 * 1024),
+            write_buf: BytesMut::with_capacity(4 * 1024),
+            pending_syncs: 1,
+            write_interrupted: false,
+            broken: false,
+            tx_status: TxStatus::Idle,
+            session_dirty: false,
+            statement_timeout_ms: config.statement_timeout_ms,
+            default_statement_timeout_ms: config.statement_timeout_ms,
+            cancel: CancelToken {
+                target: config.target.clone(),
+                tls: config.tls.clone(),
+                process_id: 0,
+                secret_key: 0,
+            },
+            statements: StatementCache::new(config.statement_cache_size),
+            next_statement: 0,
+            startup_settings: Vec::new(),
+            starting: true,
+            server_version: String::new(),
+        };
+        conn.startup(config).await?;
+        Ok(conn)
+    }
+
+    async fn startup(&mut self, config: &ConnectConfig) -> Result<(), ConnectError> {
+        let mut parameters: Vec<(&str, &str)> = vec![
+            ("user", config.user.as_str()),
+            ("database", config.database.as_str()),
+        ];
+        parameters.extend(
+            config
+                .settings
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        );
+        frontend::startup_message(parameters, &mut self.write_buf)?;
+        self.flush().await?;
+
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            match self.recv().await? {
+                Message::AuthenticationOk => {}
+                Message::AuthenticationCleartextPassword => {
+                    let password = require_password(config)?;
+                    frontend::password_message(password.as_bytes(), &mut self.write_buf)?;
+                    self.flush().await?;
+                }
+                Message::AuthenticationMd5Password(body) => {
+                    let password = require_password(config)?;
+                    let hash = postgres_protocol::authentication::md5_hash(
+                        config.user.as_bytes(),
+                        password.as_bytes(),
+                        body.salt(),
+                    );
+                    frontend::password_message(hash.as_bytes(), &mut self.write_buf)?;
+                    self.flush().await?;
+                }
+                Message::AuthenticationSasl(body) => {
+                    let password = require_password(config)?;
+                    let mut mechanisms = body.mechanisms();
+                    let mut has_scram = false;
+                    while let Some(mechanism) = mechanisms.next()? {
+                        has_scram |= mechanism == sasl::SCRAM_SHA_256;
+                    }
+                    if !has_scram {
+                        return Err(ConnectError::Unsupported(
+                            "the server offers no SASL mechanism the gateway supports (SCRAM-SHA-256)".into(),
+                        ));
+                    }
+                    // Without channel binding ('n'): saying 'y' would make a server that offers
+                    // SCRAM-SHA-256-PLUS suspect a downgrade and refuse.
+                    let state =
+                        ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+                    frontend::sasl_initial_response(
+                        sasl::SCRAM_SHA_256,
+                        state.message(),
+                        &mut self.write_buf,
+                    )?;
+                    scram = Some(state);
+                    self.flush().await?;
+                }
+                Message::AuthenticationSaslContinue(body) => {
+                    let mut state = scram
+                        .take()
+                        .ok_or_else(|| protocol("SASL continue without SASL start"))?;
+                    // Salting the password is deliberately slow (PBKDF2); keep it off the
+                    // runtime's worker threads.
+                    let data = body.data().to_vec();
+                    let state =
+                        tokio::task::spawn_blocking(move || state.update(&data).map(|()| state))
+                            .await
+                            .map_err(|e| protocol(&e.to_string()))??;
+                    frontend::sasl_response(state.message(), &mut self.write_buf)?;
+                    scram = Some(state);
+                    self.flush().await?;
+                }
+                Message::AuthenticationSaslFinal(body) => {
+                    let mut state = scram
+                        .take()
+                        .ok_or_else(|| protocol("SASL final without SASL start"))?;
+                    state.finish(body.data()).map_err(|e| {
+                        ConnectError::Protocol(format!(
+                            "the server's SCRAM signature did not verify: {e}"
+                        ))
+                    })?;
+                }
+                Message::BackendKeyData(body) => {
+                    self.cancel.process_id = body.process_id();
+                    self.cancel.secret_key = body.secret_key();
+                }
+                Message::ReadyForQuery(_) => break,
+                Message::ErrorResponse(body) => {
+                    return Err(ConnectError::Rejected(DbError::parse(body.fields())?));
+                }
+                Message::AuthenticationKerberosV5
+                | Message::AuthenticationScmCredential
+                | Message::AuthenticationGss
+                | Message::AuthenticationSspi
+                | Message::AuthenticationGssContinue(_) => {
+                    return Err(ConnectError::Unsupported(
+                        "the server asks for Kerberos/GSSAPI/SSPI authentication; configure \
+                         scram-sha-256 or md5 for the gateway's user in pg_hba.conf"
+                            .into(),
+                    ));
+                }
+                other => {
+                    return Err(protocol(&format!(
+                        "unexpected message {}",
+                        message_name(&other)
+                    )));
+                }
+            }
+        }
+        // From now on, changes to these mean the session was altered.
+        self.startup_settings
+            .retain(|(name, _)| WATCHED_SETTINGS.contains(&name.as_str()));
+        self.starting = false;
+        Ok(())
+    }
+
+    pub fn server_version(&self) -> &str {
+        &self.server_version
+    }
+
+    pub fn cancel_token(&self) -> CancelToken {
+        self.cancel.clone()
+    }
+
+    pub fn tx_status(&self) -> TxStatus {
+        self.tx_status
+    }
+
+    /// Whether the connection is in sync, idle and in its start-up session state: safe to hand
+    /// to another request as it is.
+    pub fn is_clean(&self) -> bool {
+        self.is_in_sync() && self.tx_status == TxStatus::Idle && !self.session_dirty
+    }
+
+    /// No response is owed and the protocol stream is intact.
+    pub fn is_in_sync(&self) -> bool {
+        !self.broken && !self.write_interrupted && self.pending_syncs == 0
+    }
+
+    pub fn is_broken(&self) -> bool {
+        self.broken || self.write_interrupted
+    }
+
+    /// Marks the session as needing a reset before reuse (used when the gateway cannot tell).
+    pub fn mark_session_dirty(&mut self) {
+        self.session_dirty = true;
+    }
+
+    pub fn statement_count(&self) -> usize {
+        self.statements.len()
+    }
+
+    /// Checks, without waiting, whether the server has closed the connection or sent something
+    /// while it sat idle (a FATAL "terminating connection" when Postgres restarts). Costs no
+    /// round trip, so it runs on every check-out.
+    pub fn poll_alive(&mut self) -> bool {
+        if self.is_broken() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        loop {
+            self.read_buf.reserve(1024);
+            let mut read_buf = ReadBuf::uninit(self.read_buf.spare_capacity_mut());
+            match Pin::new(&mut self.stream).poll_read(&mut cx, &mut read_buf) {
+                Poll::Pending => break,
+                Poll::Ready(Err(_)) => {
+                    self.broken = true;
+                    return false;
+                }
+                Poll::Ready(Ok(())) => {
+                    let n = read_buf.filled().len();
+                    if n == 0 {
+                        self.broken = true;
+                        return false;
+                    }
+                    // SAFETY: poll_read initialised the first `n` bytes of the spare capacity.
+                    unsafe { self.read_buf.set_len(self.read_buf.len() + n) };
+                }
+            }
+        }
+        // Unsolicited messages: notices and parameter changes are harmless; an error while idle
+        // is the server ending the session.
+        while let Ok(Some(message)) = Message::parse(&mut self.read_buf) {
+            match message {
+                Message::ErrorResponse(_) => self.broken = true,
+                Message::ParameterStatus(body) => self.note_parameter(&body),
+                _ => {}
+            }
+        }
+        !self.broken
+    }
+
+    /// One round trip (a bare Sync), to prove a connection that sat idle a long time still works.
+    pub async fn ping(&mut self) -> Result<(), QueryError> {
+        self.ensure_in_sync()?;
+        frontend::sync(&mut self.write_buf);
+        self.pending_syncs += 1;
+        self.flush().await.map_err(lost)?;
+        self.expect_ready().await.map_err(lost)?;
+        Ok(())
+    }
+
+    /// Runs one statement with parameters and returns its rows as a stream.
+    pub async fn query<'c>(
+        &'c mut self,
+        sql: &str,
+        params: &[&RawValue],
+        options: &QueryOptions<'_>,
+    ) -> Result<Rows<'c>, QueryError> {
+        self.ensure_in_sync()?;
+        let mut retried = false;
+        loop {
+            let statement = match self.statements.get(sql) {
+                Some(statement) => statement,
+                None => self.prepare(sql, options).await?,
+            };
+            if statement.params.len() != params.len() {
+                return Err(QueryError::Rejected(format!(
+                    "the statement has {} parameter placeholder(s) but {} parameter(s) were given",
+                    statement.params.len(),
+                    params.len()
+                )));
+            }
+            // Encoded before anything is queued, so a parameter error leaves nothing half-sent.
+            let bind = self.encode_bind(&statement, params)?;
+            let set_timeout = self.queue_statement_timeout(options.statement_timeout_ms);
+            self.write_buf.unsplit(bind);
+            frontend::execute("", 0, &mut self.write_buf).map_err(lost)?;
+            frontend::sync(&mut self.write_buf);
+            self.pending_syncs += 1;
+            let reset = options.session_effect == SessionEffect::MayChangeSession;
+            if reset {
+                self.queue_session_reset();
+            }
+            self.flush().await.map_err(lost)?;
+            if set_timeout {
+                self.expect_command_ok().await?;
+            }
+            match self.recv().await.map_err(lost)? {
+                Message::BindComplete => {
+                    return Ok(Rows {
+                        conn: self,
+                        statement,
+                        reset_pending: reset,
+                        done: None,
+                        copy_out: false,
+                    });
+                }
+                Message::ErrorResponse(body) => {
+                    let error = DbError::parse(body.fields()).map_err(lost)?;
+                    self.expect_ready().await.map_err(lost)?;
+                    if reset {
+                        self.expect_session_reset().await?;
+                    }
+                    // A table altered under a cached statement: nothing ran, so prepare the
+                    // statement afresh once.
+                    if !retried && error.code == "0A000" && error.message.contains("cached plan") {
+                        retried = true;
+                        self.statements.remove(sql);
+                        self.queue_close(&statement.name);
+                        continue;
+                    }
+                    return Err(QueryError::db(error));
+                }
+                other => return Err(self.desync(&other)),
+            }
+        }
+    }
+
+    /// Parse + Describe + Sync, then learns any column or parameter type it does not know.
+    async fn prepare(
+        &mut self,
+        sql: &str,
+        options: &QueryOptions<'_>,
+    ) -> Result<Arc<Statement>, QueryError> {
+        self.next_statement += 1;
+        let name = format!("sluice_{}", self.next_statement);
+        frontend::parse(&name, sql, std::iter::empty(), &mut self.write_buf).map_err(lost)?;
+        frontend::describe(b'S', &name, &mut self.write_buf).map_err(lost)?;
+        frontend::sync(&mut self.write_buf);
+        self.pending_syncs += 1;
+        self.flush().await.map_err(lost)?;
+
+        let mut param_oids = Vec::new();
+        let mut columns: Vec<(String, u32)> = Vec::new();
+        let mut error = None;
+        loop {
+            match self.recv().await.map_err(lost)? {
+                Message::ParseComplete | Message::NoData => {}
+                Message::ParameterDescription(body) => {
+                    param_oids = body.parameters().collect().map_err(lost)?;
+                }
+                Message::RowDescription(body) => {
+                    let mut fields = body.fields();
+                    while let Some(field) = fields.next().map_err(lost)? {
+                        columns.push((field.name().to_owned(), field.type_oid()));
+                    }
+                }
+                Message::ErrorResponse(body) => {
+                    error = Some(DbError::parse(body.fields()).map_err(lost)?)
+                }
+                Message::ReadyForQuery(_) => break,
+                other => return Err(self.desync(&other)),
+            }
+        }
+        if let Some(error) = error {
+            if error.code == "42601" && error.message.contains("multiple commands") {
+                return Err(QueryError::Rejected(
+                    "`sql` holds more than one statement; send several statements to /v1/batch"
+                        .into(),
+                ));
+            }
+            return Err(QueryError::db(error));
+        }
+
+        let unknown: Vec<u32> = param_oids
+            .iter()
+            .chain(columns.iter().map(|(_, oid)| oid))
+            .copied()
+            .filter(|oid| options.types.get(*oid).is_none())
+            .collect();
+        if !unknown.is_empty() {
+            self.learn_types(&unknown, options.types).await?;
+        }
+        let resolve = |oid: u32| {
+            options
+                .types
+                .get(oid)
+                .unwrap_or_else(|| PgType::unknown(oid))
+        };
+        let statement = Arc::new(Statement {
+            name,
+            params: param_oids.into_iter().map(resolve).collect(),
+            fields: columns
+                .into_iter()
+                .map(|(name, oid)| Field::new(name, resolve(oid)))
+                .collect(),
+        });
+        if let Some(evicted) = self.statements.insert(sql, statement.clone()) {
+            self.queue_close(&evicted.name);
+        }
+        Ok(statement)
+    }
+
+    /// Looks up types the registry does not know (extension, enum, domain, composite types).
+    async fn learn_types(
+        &mut self,
+        oids: &[u32],
+        registry: &TypeRegistry,
+    ) -> Result<(), QueryError> {
+        let mut list = String::from("{");
+        for (i, oid) in oids.iter().enumerate() {
+            if i > 0 {
+                list.push(',');
+            }
+            list.push_str(&oid.to_string());
+        }
+        list.push('}');
+        let rows = self.fetch_text(TYPE_LOOKUP_SQL, &[&list]).await?;
+        let parsed: Vec<TypeRow> = rows
+            .iter()
+            .filter_map(|row| {
+                let oid = row.first()?.as_deref()?.parse().ok()?;
+                let name = row.get(1)?.clone()?;
+                let element_oid: u32 = row.get(2)?.as_deref()?.parse().ok()?;
+                let element = (element_oid != 0).then(|| {
+                    let element_name = row.get(3).cloned().flatten().unwrap_or_default();
+                    let delimiter = row
+                        .get(4)
+                        .cloned()
+                        .flatten()
+                        .and_then(|d| d.bytes().next())
+                        .unwrap_or(b',');
+                    (element_oid, element_name, delimiter)
+                });
+                Some(TypeRow { oid, name, element })
+            })
+            .collect();
+        registry.learn(&parsed);
+        Ok(())
+    }
+
+    /// Runs the gateway's own statement (unnamed, text parameters) and returns its rows as text.
+    pub async fn fetch_text(
+        &mut self,
+        sql: &str,
+        params: &[&str],
+    ) -> Result<Vec<Vec<Option<String>>>, QueryError> {
+        self.ensure_in_sync()?;
+        frontend::parse("", sql, std::iter::empty(), &mut self.write_buf).map_err(lost)?;
+        frontend::bind(
+            "",
+            "",
+            [0i16],
+            params.iter(),
+            |param, buf| {
+                buf.put_slice(param.as_bytes());
+                Ok(IsNull::No)
+            },
+            [0i16],
+            &mut self.write_buf,
+        )
+        .map_err(|_| QueryError::Gateway("cannot encode the type lookup".into()))?;
+        frontend::execute("", 0, &mut self.write_buf).map_err(lost)?;
+        frontend::sync(&mut self.write_buf);
+        self.pending_syncs += 1;
+        self.flush().await.map_err(lost)?;
+        let mut rows = Vec::new();
+        let mut error = None;
+        loop {
+            match self.recv().await.map_err(lost)? {
+                Message::ParseComplete | Message::BindComplete | Message::CommandComplete(_) => {}
+                Message::DataRow(body) => rows.push(row_to_strings(&body).map_err(lost)?),
+                Message::ErrorResponse(body) => {
+                    error = Some(DbError::parse(body.fields()).map_err(lost)?)
+                }
+                Message::ReadyForQuery(_) => break,
+                other => return Err(self.desync(&other)),
+            }
+        }
+        match error {
+            Some(error) => Err(QueryError::Gateway(error.to_string())),
+            None => Ok(rows),
+        }
+    }
+
+    /// Runs SQL with the simple query protocol (several statements, no parameters) and returns
+    /// each statement's command tag. Used for scripts and for the gateway's own resets.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<CommandTag>, QueryError> {
+        self.ensure_in_sync()?;
+        frontend::query(sql, &mut self.write_buf).map_err(lost)?;
+        self.pending_syncs += 1;
+        self.flush().await.map_err(lost)?;
+        let mut tags = Vec::new();
+        let mut error = None;
+        loop {
+            match self.recv().await.map_err(lost)? {
+                Message::CommandComplete(body) => {
+                    tags.push(CommandTag::parse(body.tag().map_err(lost)?))
+                }
+                Message::EmptyQueryResponse | Message::RowDescription(_) | Message::DataRow(_) => {}
+                Message::ErrorResponse(body) => {
+                    error = Some(DbError::parse(body.fields()).map_err(lost)?)
+                }
+                Message::CopyInResponse(_) => self.refuse_copy_in().await?,
+                Message::CopyOutResponse(_) | Message::CopyData(_) | Message::CopyDone => {}
+                Message::ReadyForQuery(_) => break,
+                other => return Err(self.desync(&other)),
+            }
+        }
+        match error {
+            Some(error) => Err(QueryError::db(error)),
+            None => Ok(tags),
+        }
+    }
+
+    /// Brings the connection back to a clean state after whatever happened to it: drains
+    /// responses still owed (after asking Postgres to cancel a statement still running), rolls
+    /// back an open transaction and resets the session. Returns false when the connection
+    /// cannot be trusted any more and must be closed.
+    pub async fn recover(&mut self, deadline: Duration) -> bool {
+        if self.is_broken() {
+            return false;
+        }
+        let result = tokio::time::timeout(deadline, async {
+            if self.pending_syncs > 0 {
+                // A statement may still be running for a client that is gone. The cancel is
+                // complete (the server has signalled the backend) when its socket closes, so a
+                // late cancel cannot hit the next request's statement.
+                let _ = self.cancel.cancel().await;
+                while self.pending_syncs > 0 {
+                    if let Message::CopyInResponse(_) = self.recv().await.map_err(lost)? {
+                        self.refuse_copy_in().await?;
+                    }
+                }
+            }
+            if self.tx_status != TxStatus::Idle || self.session_dirty {
+                self.reset_session().await?;
+            }
+            Ok::<(), QueryError>(())
+        })
+        .await;
+        matches!(result, Ok(Ok(()))) && self.is_clean()
+    }
+
+    /// Rolls back any transaction and resets the session (one round trip).
+    pub async fn reset_session(&mut self) -> Result<(), QueryError> {
+        self.ensure_in_sync()?;
+        if self.tx_status != TxStatus::Idle {
+            frontend::query("ROLLBACK", &mut self.write_buf).map_err(lost)?;
+            self.pending_syncs += 1;
+        }
+        self.queue_session_reset();
+        self.flush().await.map_err(lost)?;
+        if self.pending_syncs > 1 {
+            self.expect_command_ok().await?;
+        }
+        self.expect_session_reset().await
+    }
+
+    /// Ends the session politely and waits until the server has closed its side: only then has
+    /// the backend left `pg_stat_activity`, so a budget slot freed after this is really free.
+    pub async fn terminate(mut self, wait: Duration) {
+        if !self.is_broken() {
+            frontend::terminate(&mut self.write_buf);
+            if self.flush().await.is_ok() {
+                let mut sink = [0u8; 1024];
+                let _ = tokio::time::timeout(wait, async {
+                    while let Ok(n) = self.stream.read(&mut sink).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                })
+                .await;
+            }
+        }
+        let _ = self.stream.shutdown().await;
+    }
+
+    fn ensure_in_sync(&self) -> Result<(), QueryError> {
+        if self.is_in_sync() {
+            Ok(())
+        } else {
+            Err(QueryError::ConnectionLost(
+                "connection is not ready for a statement".into(),
+            ))
+        }
+    }
+
+    /// Pipelines `SET statement_timeout` in front of the statement when this call's timeout
+    /// differs from the session's (one message, no extra round trip). Inside a transaction it
+    /// is `SET LOCAL`, which ends with the transaction and leaves the session value alone.
+    fn queue_statement_timeout(&mut self, timeout_ms: u64) -> bool {
+        if self.tx_status == TxStatus::Idle {
+            if timeout_ms == self.statement_timeout_ms {
+                return false;
+            }
+            self.statement_timeout_ms = timeout_ms;
+            let _ = frontend::query(
+                &format!("SET statement_timeout = {timeout_ms}"),
+                &mut self.write_buf,
+            );
+        } else {
+            let _ = frontend::query(
+                &format!("SET LOCAL statement_timeout = {timeout_ms}"),
+                &mut self.write_buf,
+            );
+        }
+        self.pending_syncs += 1;
+        true
+    }
+
+    fn queue_session_reset(&mut self) {
+        let _ = frontend::query(SESSION_RESET_SQL, &mut self.write_buf);
+        self.pending_syncs += 1;
+        self.session_dirty = true;
+    }
+
+    fn queue_close(&mut self, name: &str) {
+        // Answered by CloseComplete before the next statement's responses; `recv` callers skip it.
+        let _ = frontend::close(b'S', name, &mut self.write_buf);
+    }
+
+    fn encode_bind(
+        &mut self,
+        statement: &Statement,
+        params: &[&RawValue],
+    ) -> Result<BytesMut, QueryError> {
+        let mut buf = self.write_buf.split_off(self.write_buf.len());
+        let mut failure: Option<(usize, String)> = None;
+        let mut index = 0;
+        let result = frontend::bind(
+            "",
+            &statement.name,
+            [0i16],
+            params.iter().zip(statement.params.iter()),
+            |(param, ty), buf| {
+                index += 1;
+                match params::encode(param, Some(ty), buf) {
+                    Ok(true) => Ok(IsNull::No),
+                    Ok(false) => Ok(IsNull::Yes),
+                    Err(reason) => {
+                        failure = Some((index, reason.clone()));
+                        Err(reason.into())
+                    }
+                }
+            },
+            [0i16],
+            &mut buf,
+        );
+        if result.is_err() {
+            return Err(match failure {
+                Some((index, reason)) => {
+                    QueryError::Rejected(format!("parameter ${index}: {reason}"))
+                }
+                None => QueryError::Rejected("too many parameters (at most 65535)".into()),
+            });
+        }
+        Ok(buf)
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        if self.write_buf.is_empty() {
+            return Ok(());
+        }
+        self.write_interrupted = true;
+        let result = self.stream.write_all(&self.write_buf).await;
+        self.write_buf.clear();
+        match result {
+            Ok(()) => {
+                self.write_interrupted = false;
+                Ok(())
+            }
+            Err(e) => {
+                self.broken = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// The next message that concerns the current exchange; notices, notifications and
+    /// parameter changes are absorbed here.
+    async fn recv(&mut self) -> io::Result<Message> {
+        loop {
+            match Message::parse(&mut self.read_buf) {
+                Ok(Some(message)) => match message {
+                    // Close is only ever sent for statements the gateway is done with.
+                    Message::NoticeResponse(_)
+                    | Message::NotificationResponse(_)
+                    | Message::CloseComplete => continue,
+                    Message::ParameterStatus(body) => {
+                        self.note_parameter(&body);
+                        continue;
+                    }
+                    Message::ReadyForQuery(body) => {
+                        self.pending_syncs = self.pending_syncs.saturating_sub(1);
+                        self.tx_status = match body.status() {
+                            b'T' => TxStatus::InTransaction,
+                            b'E' => TxStatus::Failed,
+                            _ => TxStatus::Idle,
+                        };
+                        return Ok(Message::ReadyForQuery(body));
+                    }
+                    Message::ErrorResponse(body) => {
+                        // A FATAL error ends the session: the server closes the socket next.
+                        if DbError::parse(body.fields()).is_ok_and(|e| e.is_fatal()) {
+                            self.broken = true;
+                        }
+                        return Ok(Message::ErrorResponse(body));
+                    }
+                    message => return Ok(message),
+                },
+                Ok(None) => {}
+                Err(e) => {
+                    self.broken = true;
+                    return Err(e);
+                }
+            }
+            if self.read_buf.capacity() - self.read_buf.len() < 4096 {
+                self.read_buf.reserve(16 * 1024);
+            }
+            match self.stream.read_buf(&mut self.read_buf).await {
+                Ok(0) => {
+                    self.broken = true;
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "server closed the connection",
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.broken = true;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    fn note_parameter(&mut self, body: &postgres_protocol::message::backend::ParameterStatusBody) {
+        let (Ok(name), Ok(value)) = (body.name(), body.value()) else {
+            return;
+        };
+        if name == "server_version" {
+            self.server_version = value.to_owned();
+        }
+        if self.starting {
+            self.startup_settings
+                .push((name.to_owned(), value.to_owned()));
+        } else if let Some((_, baseline)) = self.startup_settings.iter().find(|(n, _)| n == name)
+            && baseline != value
+        {
+            self.session_dirty = true;
+        }
+    }
+
+    async fn expect_ready(&mut self) -> io::Result<()> {
+        loop {
+            if let Message::ReadyForQuery(_) = self.recv().await? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reads the answer to one simple-protocol command of the gateway's own; any error is the
+    /// gateway's, and the connection is no longer trusted.
+    async fn expect_command_ok(&mut self) -> Result<(), QueryError> {
+        let mut error = None;
+        loop {
+            match self.recv().await.map_err(lost)? {
+                Message::ErrorResponse(body) => {
+                    error = Some(DbError::parse(body.fields()).map_err(lost)?)
+                }
+                Message::ReadyForQuery(_) => break,
+                _ => {}
+            }
+        }
+        match error {
+            Some(error) => {
+                self.broken = true;
+                Err(QueryError::Gateway(error.to_string()))
+            }
+            None => Ok(()),
+        }
+    }
+
+    async fn expect_session_reset(&mut self) -> Result<(), QueryError> {
+        self.expect_command_ok().await?;
+        self.session_dirty = false;
+        self.statement_timeout_ms = self.default_statement_timeout_ms;
+        Ok(())
+    }
+
+    async fn refuse_copy_in(&mut self) -> Result<(), QueryError> {
+        frontend::copy_fail(
+            "COPY FROM STDIN is not supported over HTTP; use INSERT with parameters",
+            &mut self.write_buf,
+        )
+        .map_err(lost)?;
+        self.flush().await.map_err(lost)
+    }
+
+    /// An unexpected message means the gateway and the server disagree about the exchange:
+    /// the connection cannot be trusted again.
+    fn desync(&mut self, message: &Message) -> QueryError {
+        self.broken = true;
+        QueryError::ConnectionLost(format!(
+            "unexpected {} from the server",
+            message_name(message)
+        ))
+    }
+}
+
+/// The rows of one statement, read as the server sends them. Dropping it before the end leaves
+/// the connection owing responses; [`PgConnection::recover`] settles that.
+pub struct Rows<'c> {
+    conn: &'c mut PgConnection,
+    statement: Arc<Statement>,
+    reset_pending: bool,
+    /// Set once the statement has finished; its command tag.
+    done: Option<CommandTag>,
+    copy_out: bool,
+}
+
+impl Rows<'_> {
+    pub fn fields(&self) -> &[Field] {
+        &self.statement.fields
+    }
+
+    /// The statement, for encoders that outlive a borrow of the rows.
+    pub fn statement(&self) -> Arc<Statement> {
+        self.statement.clone()
+    }
+
+    /// The next row, or `None` with the command tag available from [`Rows::finish`].
+    pub async fn next(&mut self) -> Result<Option<DataRowBody>, QueryError> {
+        self.step().await.map(|step| match step {
+            Step::Row(row) => Some(row),
+            Step::Done(_) => None,
+        })
+    }
+
+    /// Reads (and discards) what is left and returns the command tag.
+    pub async fn finish(mut self) -> Result<CommandTag, QueryError> {
+        loop {
+            if let Step::Done(tag) = self.step().await? {
+                return Ok(tag);
+            }
+        }
+    }
+
+    async fn step(&mut self) -> Result<Step, QueryError> {
+        if let Some(tag) = &self.done {
+            return Ok(Step::Done(tag.clone()));
+        }
+        loop {
+            match self.conn.recv().await.map_err(lost)? {
+                Message::DataRow(row) => return Ok(Step::Row(row)),
+                Message::CommandComplete(body) => {
+                    let tag = CommandTag::parse(body.tag().map_err(lost)?);
+                    self.done = Some(tag.clone());
+                    self.settle().await?;
+                    if self.copy_out {
+                        return Err(QueryError::Rejected(
+                            "COPY TO STDOUT is not supported over HTTP; use SELECT (with NDJSON streaming for large results)".into(),
+                        ));
+                    }
+                    return Ok(Step::Done(tag));
+                }
+                Message::EmptyQueryResponse => {
+                    self.done = Some(CommandTag::default());
+                    self.settle().await?;
+                    return Ok(Step::Done(CommandTag::default()));
+                }
+                Message::ErrorResponse(body) => {
+                    let error = DbError::parse(body.fields()).map_err(lost)?;
+                    self.done = Some(CommandTag::default());
+                    self.settle().await?;
+                    return Err(QueryError::db(error));
+                }
+                Message::CopyInResponse(_) => self.conn.refuse_copy_in().await?,
+                Message::CopyOutResponse(_) => self.copy_out = true,
+                Message::CopyData(_) | Message::CopyDone => {}
+                other => return Err(self.conn.desync(&other)),
+            }
+        }
+    }
+
+    /// After the statement's last message: its ReadyForQuery and, if one was pipelined, the
+    /// session reset's answer.
+    async fn settle(&mut self) -> Result<(), QueryError> {
+        self.conn.expect_ready().await.map_err(lost)?;
+        if self.reset_pending {
+            self.reset_pending = false;
+            // The statement's outcome stands; a reset that fails only means this connection
+            // is closed instead of reused (`expect_command_ok` marked it broken).
+            if let Err(error) = self.conn.expect_session_reset().await {
+                tracing::warn!(%error, "session reset failed; the connection will be closed");
+            }
+        }
+        Ok(())
+    }
+}
+
+enum Step {
+    Row(DataRowBody),
+    Done(CommandTag),
+}
+
+impl CancelToken {
+    /// Asks the server to cancel whatever the connection is running, over a new socket, and
+    /// waits until the server has acted on it (it closes the socket after signalling).
+    pub async fn cancel(&self) -> io::Result<()> {
+        let attempt = async {
+            let mut stream = open_stream(&self.target, &self.tls)
+                .await
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            let mut buf = BytesMut::new();
+            frontend::cancel_request(self.process_id, self.secret_key, &mut buf);
+            stream.write_all(&buf).await?;
+            stream.flush().await?;
+            let mut sink = [0u8; 64];
+            while stream.read(&mut sink).await? > 0 {}
+            Ok(())
+        };
+        tokio::time::timeout(Duration::from_secs(5), attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "cancel request timed out",
+                ))
+            })
+    }
+
+    pub fn process_id(&self) -> i32 {
+        self.process_id
+    }
+}
+
+async fn open_stream(target: &Target, tls: &TlsConnector) -> Result<Stream, ConnectError> {
+    match target {
+        Target::Tcp { host, port } => {
+            let tcp = TcpStream::connect((host.as_str(), *port)).await?;
+            tcp.set_nodelay(true)?;
+            // Keepalives find a dead server (or a dropped NAT mapping) under an idle connection.
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time(Duration::from_secs(30))
+                .with_interval(Duration::from_secs(10));
+            let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
+            tls::negotiate(tcp, host, tls).await
+        }
+        Target::Unix { path } => Ok(Stream::Unix(UnixStream::connect(path).await?)),
+    }
+}
+
+fn require_password(config: &ConnectConfig) -> Result<&str, ConnectError> {
+    config.password.as_deref().ok_or_else(|| {
+        ConnectError::Rejected(DbError::new(
+            "28P01",
+            format!(
+                "the server asks for a password for user \"{}\" but none is configured",
+                config.user
+            ),
+        ))
+    })
+}
+
+fn row_to_strings(row: &DataRowBody) -> io::Result<Vec<Option<String>>> {
+    let buffer = row.buffer();
+    row.ranges()
+        .map(|range| Ok(range.map(|r| String::from_utf8_lossy(&buffer[r]).into_owned())))
+        .collect()
+}
+
+fn lost(error: io::Error) -> QueryError {
+    QueryError::ConnectionLost(error.to_string())
+}
+
+fn protocol(message: &str) -> ConnectError {
+    ConnectError::Protocol(message.to_owned())
+}
+
+fn message_name(message: &Message) -> &'static str {
+    match message {
+        Message::AuthenticationOk => "AuthenticationOk",
+        Message::BindComplete => "BindComplete",
+        Message::CloseComplete => "CloseComplete",
+        Message::CommandComplete(_) => "CommandComplete",
+        Message::CopyData(_) => "CopyData",
+        Message::CopyDone => "CopyDone",
+        Message::CopyInResponse(_) => "CopyInResponse",
+        Message::CopyOutResponse(_) => "CopyOutResponse",
+        Message::DataRow(_) => "DataRow",
+        Message::EmptyQueryResponse => "EmptyQueryResponse",
+        Message::ErrorResponse(_) => "ErrorResponse",
+        Message::NoData => "NoData",
+        Message::ParameterDescription(_) => "ParameterDescription",
+        Message::ParseComplete => "ParseComplete",
+        Message::PortalSuspended => "PortalSuspended",
+        Message::ReadyForQuery(_) => "ReadyForQuery",
+        Message::RowDescription(_) => "RowDescription",
+        _ => "message",
+    }
+}

@@ -1,0 +1,360 @@
+//! Rows to JSON, written straight into the response buffer: no intermediate
+//! `serde_json::Value` per row. Every value arrives in Postgres's text format and is rendered by
+//! its type's [`ValueKind`] (`types: "json"`) or as its text output (`types: "text"`).
+
+use std::io;
+
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::message::backend::DataRowBody;
+
+use super::statement::Field;
+use super::types::{PgType, ValueKind};
+
+/// `rowMode` of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RowMode {
+    #[default]
+    Object,
+    Array,
+}
+
+/// `types` of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ValueFormat {
+    #[default]
+    Json,
+    Text,
+}
+
+/// Writes the rows of one statement's result.
+pub struct RowEncoder<'s> {
+    fields: &'s [Field],
+    mode: RowMode,
+    format: ValueFormat,
+    /// Reused for unescaping quoted array elements.
+    scratch: Vec<u8>,
+}
+
+impl<'s> RowEncoder<'s> {
+    pub fn new(fields: &'s [Field], mode: RowMode, format: ValueFormat) -> Self {
+        RowEncoder {
+            fields,
+            mode,
+            format,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// `[{"name": …, "oid": …, "type": …}, …]`
+    pub fn write_fields(fields: &[Field], out: &mut Vec<u8>) {
+        out.push(b'[');
+        for (i, field) in fields.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"name\":");
+            write_json_string(out, field.name.as_bytes());
+            out.extend_from_slice(b",\"oid\":");
+            out.extend_from_slice(itoa::Buffer::new().format(field.ty.oid).as_bytes());
+            out.extend_from_slice(b",\"type\":");
+            write_json_string(out, field.ty.name.as_bytes());
+            out.push(b'}');
+        }
+        out.push(b']');
+    }
+
+    /// One row, as an object keyed by column name or an array in column order.
+    pub fn write_row(&mut self, out: &mut Vec<u8>, row: &DataRowBody) -> io::Result<()> {
+        let buffer = row.buffer();
+        let mut ranges = row.ranges();
+        let (open, close) = match self.mode {
+            RowMode::Object => (b'{', b'}'),
+            RowMode::Array => (b'[', b']'),
+        };
+        out.push(open);
+        let mut index = 0;
+        while let Some(range) = ranges.next()? {
+            let Some(field) = self.fields.get(index) else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "row has more columns than its description",
+                ));
+            };
+            if index > 0 {
+                out.push(b',');
+            }
+            if self.mode == RowMode::Object {
+                out.extend_from_slice(&field.json_key);
+            }
+            match range {
+                None => out.extend_from_slice(b"null"),
+                Some(range) => {
+                    let raw = &buffer[range];
+                    match self.format {
+                        ValueFormat::Text => write_json_string(out, raw),
+                        ValueFormat::Json => write_typed(out, &field.ty, raw, &mut self.scratch),
+                    }
+                }
+            }
+            index += 1;
+        }
+        out.push(close);
+        Ok(())
+    }
+}
+
+/// A value in `types: "json"` mode.
+pub fn write_typed(out: &mut Vec<u8>, ty: &PgType, raw: &[u8], scratch: &mut Vec<u8>) {
+    match &ty.kind {
+        ValueKind::Array { element, delimiter } => {
+            let mark = out.len();
+            if write_array(out, element, *delimiter, raw, scratch).is_none() {
+                // Not an array literal after all (cannot happen for Postgres's own output):
+                // the text output is still a faithful answer.
+                out.truncate(mark);
+                write_json_string(out, raw);
+            }
+        }
+        kind => write_scalar(out, kind, raw),
+    }
+}
+
+fn write_scalar(out: &mut Vec<u8>, kind: &ValueKind, raw: &[u8]) {
+    match kind {
+        ValueKind::Bool => out.extend_from_slice(if raw == b"t" { b"true" } else { b"false" }),
+        ValueKind::Integer => out.extend_from_slice(raw),
+        ValueKind::Float => {
+            if raw
+                .first()
+                .is_some_and(|c| c.is_ascii_digit() || *c == b'-')
+                && raw.last().is_some_and(|c| c.is_ascii_digit())
+            {
+                out.extend_from_slice(raw);
+            } else {
+                // NaN, Infinity, -Infinity
+                write_json_string(out, raw);
+            }
+        }
+        ValueKind::Json => out.extend_from_slice(raw),
+        ValueKind::ExactString | ValueKind::Text | ValueKind::Array { .. } => {
+            write_json_string(out, raw)
+        }
+    }
+}
+
+/// Parses an array's text output (`{1,2}`, `{{"a b",NULL}}`, `[0:1]={…}`) into a JSON array,
+/// converting each element by its own kind. `None` if the text is not an array literal.
+fn write_array(
+    out: &mut Vec<u8>,
+    element: &PgType,
+    delimiter: u8,
+    raw: &[u8],
+    scratch: &mut Vec<u8>,
+) -> Option<()> {
+    let mut at = 0;
+    // Arrays whose lower bounds are not 1 carry their dimensions: `[0:2]={…}`.
+    if raw.first() == Some(&b'[') {
+        at = raw.iter().position(|&c| c == b'=')? + 1;
+    }
+    write_array_level(out, element, delimiter, raw, &mut at, scratch)?;
+    (at == raw.len()).then_some(())
+}
+
+fn write_array_level(
+    out: &mut Vec<u8>,
+    element: &PgType,
+    delimiter: u8,
+    raw: &[u8],
+    at: &mut usize,
+    scratch: &mut Vec<u8>,
+) -> Option<()> {
+    if raw.get(*at) != Some(&b'{') {
+        return None;
+    }
+    *at += 1;
+    out.push(b'[');
+    if raw.get(*at) == Some(&b'}') {
+        *at += 1;
+        out.push(b']');
+        return Some(());
+    }
+    loop {
+        match *raw.get(*at)? {
+            b'{' => write_array_level(out, element, delimiter, raw, at, scratch)?,
+            b'"' => {
+                scratch.clear();
+                *at += 1;
+                loop {
+                    match *raw.get(*at)? {
+                        b'\\' => {
+                            scratch.push(*raw.get(*at + 1)?);
+                            *at += 2;
+                        }
+                        b'"' => {
+                            *at += 1;
+                            break;
+                        }
+                        c => {
+                            scratch.push(c);
+                            *at += 1;
+                        }
+                    }
+                }
+                write_scalar(out, &element.kind, scratch);
+            }
+            _ => {
+                let start = *at;
+                while !matches!(raw.get(*at), Some(&c) if c == delimiter || c == b'}') {
+                    if *at >= raw.len() {
+                        return None;
+                    }
+                    *at += 1;
+                }
+                let item = &raw[start..*at];
+                if item.eq_ignore_ascii_case(b"NULL") {
+                    out.extend_from_slice(b"null");
+                } else {
+                    write_scalar(out, &element.kind, item);
+                }
+            }
+        }
+        match *raw.get(*at)? {
+            c if c == delimiter => {
+                *at += 1;
+                out.push(b',');
+            }
+            b'}' => {
+                *at += 1;
+                out.push(b']');
+                return Some(());
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// Writes `raw` as a JSON string. Postgres sends UTF-8 (the gateway asks for it); bytes that are
+/// not valid UTF-8 (a `SQL_ASCII` database) are replaced rather than corrupting the response.
+pub fn write_json_string(out: &mut Vec<u8>, raw: &[u8]) {
+    match std::str::from_utf8(raw) {
+        Ok(text) => write_escaped(out, text.as_bytes()),
+        Err(_) => write_escaped(out, String::from_utf8_lossy(raw).as_bytes()),
+    }
+}
+
+fn write_escaped(out: &mut Vec<u8>, text: &[u8]) {
+    out.reserve(text.len() + 2);
+    out.push(b'"');
+    let mut run_start = 0;
+    for (i, &byte) in text.iter().enumerate() {
+        let escape = ESCAPE[byte as usize];
+        if escape == 0 {
+            continue;
+        }
+        out.extend_from_slice(&text[run_start..i]);
+        run_start = i + 1;
+        match escape {
+            b'u' => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[(byte >> 4) as usize]);
+                out.push(HEX[(byte & 0xf) as usize]);
+            }
+            other => out.extend_from_slice(&[b'\\', other]),
+        }
+    }
+    out.extend_from_slice(&text[run_start..]);
+    out.push(b'"');
+}
+
+/// For each byte: 0 if it is written as is, else the character after the backslash (`u` for a
+/// `\u00XX` escape).
+static ESCAPE: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        table[i] = b'u';
+        i += 1;
+    }
+    table[b'\n' as usize] = b'n';
+    table[b'\r' as usize] = b'r';
+    table[b'\t' as usize] = b't';
+    table[0x08] = b'b';
+    table[0x0c] = b'f';
+    table[b'"' as usize] = b'"';
+    table[b'\\' as usize] = b'\\';
+    table
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pg::types::builtin;
+
+    fn typed(oid: u32, raw: &str) -> String {
+        let mut out = Vec::new();
+        write_typed(
+            &mut out,
+            &builtin(oid).unwrap(),
+            raw.as_bytes(),
+            &mut Vec::new(),
+        );
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn scalars_follow_the_api_table() {
+        assert_eq!(typed(16, "t"), "true");
+        assert_eq!(typed(16, "f"), "false");
+        assert_eq!(typed(23, "-42"), "-42");
+        assert_eq!(typed(20, "9007199254740993"), "\"9007199254740993\"");
+        assert_eq!(typed(1700, "1.50"), "\"1.50\"");
+        assert_eq!(typed(701, "1.5e+100"), "1.5e+100");
+        assert_eq!(typed(701, "NaN"), "\"NaN\"");
+        assert_eq!(typed(701, "-Infinity"), "\"-Infinity\"");
+        assert_eq!(typed(3802, "{\"a\": [1, 2]}"), "{\"a\": [1, 2]}");
+        assert_eq!(
+            typed(25, "line\n\"quoted\"\\"),
+            "\"line\\n\\\"quoted\\\"\\\\\""
+        );
+        assert_eq!(typed(25, "\u{1}"), "\"\\u0001\"");
+    }
+
+    #[test]
+    fn arrays_become_json_arrays() {
+        assert_eq!(typed(1007, "{1,2,NULL}"), "[1,2,null]");
+        assert_eq!(typed(1007, "{}"), "[]");
+        assert_eq!(typed(1007, "{{1,2},{3,4}}"), "[[1,2],[3,4]]");
+        assert_eq!(typed(1007, "[0:1]={5,6}"), "[5,6]");
+        assert_eq!(
+            typed(1009, "{\"a b\",NULL,\"NULL\",\"q\\\"x\\\\\"}"),
+            "[\"a b\",null,\"NULL\",\"q\\\"x\\\\\"]"
+        );
+        assert_eq!(typed(1000, "{t,f}"), "[true,false]");
+        assert_eq!(typed(1016, "{1,2}"), "[\"1\",\"2\"]");
+        assert_eq!(
+            typed(3807, "{\"{\\\"a\\\": 1}\",2,\"null\"}"),
+            "[{\"a\": 1},2,null]"
+        );
+        assert_eq!(
+            typed(1020, "{(1,1),(0,0);(2,2),(1,1)}"),
+            "[\"(1,1),(0,0)\",\"(2,2),(1,1)\"]"
+        );
+        assert_eq!(typed(1022, "{NaN,1.5}"), "[\"NaN\",1.5]");
+    }
+
+    #[test]
+    fn malformed_array_text_falls_back_to_a_string() {
+        assert_eq!(typed(1007, "{1,2"), "\"{1,2\"");
+        assert_eq!(typed(1007, "nonsense"), "\"nonsense\"");
+    }
+
+    #[test]
+    fn invalid_utf8_is_replaced_not_passed_through() {
+        let mut out = Vec::new();
+        write_json_string(&mut out, b"a\xffb");
+        assert_eq!(String::from_utf8(out).unwrap(), "\"a\u{fffd}b\"");
+    }
+}

@@ -1,0 +1,20 @@
+//! Everything Postgres: the wire-protocol connection, TLS to the server, the SQL lexer, types,
+//! parameter encoding (JSON → Postgres text) and row encoding (Postgres text → JSON).
+
+mod builtin_types;
+pub mod conn;
+pub mod encode;
+pub mod error;
+pub mod params;
+pub mod sql;
+pub mod statement;
+pub mod tls;
+pub mod types;
+
+pub use conn::{CancelToken, ConnectConfig, PgConnection, QueryOptions, Rows, Target, TxStatus};
+pub use encode::{RowEncoder, RowMode, ValueFormat};
+pub use error::{ConnectError, DbError, QueryError};
+pub use sql::{SessionEffect, SqlAnalysis};
+pub use statement::{CommandTag, Field, Statement};
+pub use tls::{SslMode, TlsConnector};
+pub use types::TypeRegistry;

@@ -1,0 +1,188 @@
+//! Prepared statements as one connection knows them, and the bounded cache that lets a repeated
+//! statement cost one round trip (Bind/Execute/Sync) instead of two.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::encode::write_json_string;
+use super::types::PgType;
+
+/// One result column.
+#[derive(Debug)]
+pub struct Field {
+    pub name: String,
+    pub ty: Arc<PgType>,
+    /// `"name":`, escaped once so object rows are written without re-escaping keys.
+    pub json_key: Box<[u8]>,
+}
+
+impl Field {
+    pub fn new(name: String, ty: Arc<PgType>) -> Field {
+        let mut json_key = Vec::with_capacity(name.len() + 3);
+        write_json_string(&mut json_key, name.as_bytes());
+        json_key.push(b':');
+        Field {
+            name,
+            ty,
+            json_key: json_key.into_boxed_slice(),
+        }
+    }
+}
+
+/// A statement prepared on one connection under `name`.
+#[derive(Debug)]
+pub struct Statement {
+    pub name: String,
+    pub params: Vec<Arc<PgType>>,
+    pub fields: Vec<Field>,
+}
+
+/// Least-recently-used cache of prepared statements, keyed by SQL text. Bounded so that clients
+/// sending ever-new SQL cannot grow a connection's memory (or the server's) without limit.
+#[derive(Debug)]
+pub struct StatementCache {
+    entries: HashMap<Box<str>, Entry>,
+    capacity: usize,
+    clock: u64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    statement: Arc<Statement>,
+    last_used: u64,
+}
+
+impl StatementCache {
+    pub fn new(capacity: usize) -> Self {
+        StatementCache {
+            entries: HashMap::new(),
+            capacity: capacity.max(1),
+            clock: 0,
+        }
+    }
+
+    pub fn get(&mut self, sql: &str) -> Option<Arc<Statement>> {
+        self.clock += 1;
+        let entry = self.entries.get_mut(sql)?;
+        entry.last_used = self.clock;
+        Some(entry.statement.clone())
+    }
+
+    /// Adds a statement; returns the one it displaced, which the caller must close on the
+    /// server. Eviction scans the cache, which only happens on a miss of a full cache, where a
+    /// Parse round trip costs far more.
+    pub fn insert(&mut self, sql: &str, statement: Arc<Statement>) -> Option<Arc<Statement>> {
+        self.clock += 1;
+        let evicted = if self.entries.len() >= self.capacity {
+            let oldest = self
+                .entries
+                .iter()
+                .min_by_key(|(_, entry)| entry.last_used)
+                .map(|(sql, _)| sql.clone());
+            oldest
+                .and_then(|sql| self.entries.remove(&sql))
+                .map(|entry| entry.statement)
+        } else {
+            None
+        };
+        self.entries.insert(
+            sql.into(),
+            Entry {
+                statement,
+                last_used: self.clock,
+            },
+        );
+        evicted
+    }
+
+    pub fn remove(&mut self, sql: &str) -> Option<Arc<Statement>> {
+        self.entries.remove(sql).map(|entry| entry.statement)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// A command tag (`INSERT 0 5`), split into what API.md reports: the first word and, for
+/// commands that have one, the row count.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CommandTag {
+    pub command: String,
+    pub row_count: Option<u64>,
+}
+
+impl CommandTag {
+    pub fn parse(tag: &str) -> CommandTag {
+        let mut words = tag.split_ascii_whitespace();
+        let command = words.next().unwrap_or_default().to_owned();
+        let counted = matches!(
+            command.as_str(),
+            "SELECT" | "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "FETCH" | "MOVE" | "COPY"
+        );
+        let row_count = if counted {
+            words.last().and_then(|n| n.parse().ok())
+        } else {
+            None
+        };
+        CommandTag { command, row_count }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pg::types::builtin;
+
+    fn statement(name: &str) -> Arc<Statement> {
+        Arc::new(Statement {
+            name: name.into(),
+            params: vec![],
+            fields: vec![],
+        })
+    }
+
+    #[test]
+    fn evicts_the_least_recently_used() {
+        let mut cache = StatementCache::new(2);
+        assert!(cache.insert("a", statement("s1")).is_none());
+        assert!(cache.insert("b", statement("s2")).is_none());
+        assert!(cache.get("a").is_some());
+        let evicted = cache.insert("c", statement("s3")).unwrap();
+        assert_eq!(evicted.name, "s2");
+        assert!(cache.get("b").is_none());
+        assert_eq!(cache.len(), 2);
+    }
+
+    #[test]
+    fn command_tags() {
+        let tag = |t| CommandTag::parse(t);
+        assert_eq!(
+            tag("INSERT 0 5"),
+            CommandTag {
+                command: "INSERT".into(),
+                row_count: Some(5)
+            }
+        );
+        assert_eq!(tag("SELECT 1").row_count, Some(1));
+        assert_eq!(
+            tag("CREATE TABLE"),
+            CommandTag {
+                command: "CREATE".into(),
+                row_count: None
+            }
+        );
+        assert_eq!(tag("MERGE 3").row_count, Some(3));
+        assert_eq!(tag("SET").row_count, None);
+    }
+
+    #[test]
+    fn json_keys_are_escaped_once() {
+        let field = Field::new("a\"b".into(), builtin(23).unwrap());
+        assert_eq!(&*field.json_key, b"\"a\\\"b\":");
+    }
+}

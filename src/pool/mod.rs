@@ -1,0 +1,375 @@
+//! Connections to Postgres: one [`Upstream`] per server with its hard connection budget, one
+//! [`TenantPool`] per tenant on it, and the [`Checkout`] guard a request holds while it uses a
+//! connection. This module alone opens and closes connections.
+//!
+//! Check-out order: an idle connection of the tenant (most recently used first), else a place
+//! in the tenant's FIFO queue (bounded by `max_waiting`, limited by `queue_timeout_ms`) while
+//! the upstream opens a connection if the tenant is under its `pool_size` and the budget
+//! allows — or the next connection the tenant returns. A connection goes back to the pool only
+//! in a clean state (see `PgConnection::recover`); otherwise it is closed.
+
+mod health;
+mod upstream;
+
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use health::ServerLimit;
+use upstream::{PooledConn, TenantSettings, TenantStats, Upstream, UpstreamSettings};
+pub use upstream::{TenantPoolStatus, UpstreamStatus};
+
+use crate::config::{Config, TenantConfig, UpstreamConfig};
+use crate::pg::{ConnectConfig, PgConnection, TypeRegistry};
+
+/// Why no connection was handed out. In every case the statement did not run.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("too many requests are already waiting for a connection")]
+    QueueFull { retry_after: Duration },
+    #[error("no connection became free within the queue timeout")]
+    Timeout { retry_after: Duration },
+    #[error("the database is unavailable: {reason}")]
+    Unavailable {
+        retry_after: Duration,
+        reason: String,
+    },
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+}
+
+/// Every upstream and tenant pool of one configuration.
+pub struct Pools {
+    upstreams: Vec<Arc<Upstream>>,
+    tenants: Vec<TenantPool>,
+    stop_reaper: CancellationToken,
+}
+
+/// One tenant's pool: a handle onto its upstream.
+#[derive(Clone)]
+pub struct TenantPool {
+    id: Arc<str>,
+    upstream: Arc<Upstream>,
+    /// This tenant's index within its upstream.
+    index: usize,
+    types: Arc<TypeRegistry>,
+    queue_timeout: Duration,
+    stats: Arc<TenantStats>,
+}
+
+impl Pools {
+    /// Builds the pools for `config`; connections open lazily, on demand. Background work
+    /// (connecting, closing, the reaper) runs on `tasks`.
+    pub fn new(config: &Config, tasks: &TaskTracker) -> Pools {
+        let mut per_upstream: Vec<Vec<(usize, TenantSettings)>> =
+            vec![Vec::new(); config.upstreams.len()];
+        for (index, tenant) in config.tenants.iter().enumerate() {
+            let upstream = &config.upstreams[tenant.upstream];
+            let settings = TenantSettings {
+                id: tenant.id.as_str().into(),
+                pool_size: tenant.pool_size,
+                max_waiting: tenant.max_waiting,
+                connect: Arc::new(connect_config(upstream, tenant)),
+            };
+            per_upstream[tenant.upstream].push((index, settings));
+        }
+        let mut tenants: Vec<Option<TenantPool>> = vec![None; config.tenants.len()];
+        let mut registries: Vec<(usize, String, Arc<TypeRegistry>)> = Vec::new();
+        let mut upstreams = Vec::with_capacity(config.upstreams.len());
+        for (u, (upstream_config, members)) in config.upstreams.iter().zip(per_upstream).enumerate()
+        {
+            let settings = UpstreamSettings {
+                name: upstream_config.name.as_str().into(),
+                budget: upstream_config.max_connections,
+                server_lifetime: upstream_config.server_lifetime,
+                server_idle_timeout: upstream_config.server_idle_timeout,
+            };
+            let indexes: Vec<usize> = members.iter().map(|(i, _)| *i).collect();
+            let upstream = Upstream::new(
+                settings,
+                members.into_iter().map(|(_, s)| s).collect(),
+                tasks.clone(),
+            );
+            for (local, &global) in indexes.iter().enumerate() {
+                let tenant = &config.tenants[global];
+                let database = tenant
+                    .database
+                    .clone()
+                    .unwrap_or_else(|| upstream_config.database.clone());
+                // Extension and user type OIDs differ between databases, not between tenants.
+                let types = match registries
+                    .iter()
+                    .find(|(ru, rd, _)| *ru == u && *rd == database)
+                {
+                    Some((_, _, types)) => types.clone(),
+                    None => {
+                        let types = Arc::new(TypeRegistry::default());
+                        registries.push((u, database, types.clone()));
+                        types
+                    }
+                };
+                tenants[global] = Some(TenantPool {
+                    id: tenant.id.as_str().into(),
+                    upstream: upstream.clone(),
+                    index: local,
+                    types,
+                    queue_timeout: tenant.queue_timeout,
+                    stats: upstream.stats(local),
+                });
+            }
+            upstreams.push(upstream);
+        }
+        let pools = Pools {
+            upstreams,
+            tenants: tenants
+                .into_iter()
+                .map(|t| t.expect("every tenant has an upstream"))
+                .collect(),
+            stop_reaper: CancellationToken::new(),
+        };
+        pools.start_reaper(tasks);
+        pools
+    }
+
+    /// The pool of the tenant at `index` in the config's tenant list.
+    pub fn tenant(&self, index: usize) -> &TenantPool {
+        &self.tenants[index]
+    }
+
+    /// Opens one connection per upstream that has tenants (reading each server's connection
+    /// limit on the way), so a misconfigured budget is refused before serving. An upstream
+    /// that cannot be reached is not an error here: the gateway starts and checks on first
+    /// contact.
+    pub async fn probe(&self, wait: Duration) -> Result<(), String> {
+        for upstream in &self.upstreams {
+            let Some(tenant) = self
+                .tenants
+                .iter()
+                .find(|t| Arc::ptr_eq(&t.upstream, upstream))
+            else {
+                continue;
+            };
+            match upstream.checkout(tenant.index, wait).await {
+                Ok(conn) => upstream.checkin(conn),
+                Err(error) => {
+                    if let Some(problem) = upstream.misconfigured() {
+                        return Err(problem);
+                    }
+                    tracing::warn!(upstream = %upstream.name(), %error, "upstream not reachable at start; it will be checked on first contact");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Ready when every upstream with tenants can be reached: one that has never been
+    /// contacted is probed now.
+    pub async fn ready(&self, wait: Duration) -> Result<(), String> {
+        for upstream in &self.upstreams {
+            let Some(tenant) = self
+                .tenants
+                .iter()
+                .find(|t| Arc::ptr_eq(&t.upstream, upstream))
+            else {
+                continue;
+            };
+            let status = upstream.status();
+            if !status.available {
+                let reason = status.last_error.unwrap_or_else(|| "unavailable".into());
+                return Err(format!("upstream \"{}\": {reason}", upstream.name()));
+            }
+            if !upstream.has_connected() {
+                match upstream.checkout(tenant.index, wait).await {
+                    Ok(conn) => upstream.checkin(conn),
+                    Err(error) => return Err(format!("upstream \"{}\": {error}", upstream.name())),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn upstream_status(&self) -> Vec<(String, UpstreamStatus)> {
+        self.upstreams
+            .iter()
+            .map(|u| (u.name().to_owned(), u.status()))
+            .collect()
+    }
+
+    /// Stops the reaper, fails waiting requests and closes idle connections; connections in
+    /// use close as their requests finish.
+    pub fn close(&self) {
+        self.stop_reaper.cancel();
+        for upstream in &self.upstreams {
+            upstream.close();
+        }
+    }
+
+    fn start_reaper(&self, tasks: &TaskTracker) {
+        let upstreams: Vec<_> = self.upstreams.iter().map(Arc::downgrade).collect();
+        let stop = self.stop_reaper.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let now = Instant::now();
+                let mut alive = false;
+                for upstream in upstreams.iter().filter_map(|u| u.upgrade()) {
+                    upstream.reap(now);
+                    alive = true;
+                }
+                if !alive {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+impl Drop for Pools {
+    fn drop(&mut self) {
+        self.stop_reaper.cancel();
+    }
+}
+
+impl TenantPool {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn types(&self) -> &TypeRegistry {
+        &self.types
+    }
+
+    /// A connection, within the tenant's queue timeout.
+    pub async fn checkout(&self) -> Result<Checkout, PoolError> {
+        let conn = self
+            .upstream
+            .checkout(self.index, self.queue_timeout)
+            .await?;
+        Ok(Checkout {
+            conn: Some(conn),
+            upstream: self.upstream.clone(),
+            stats: self.stats.clone(),
+            since: Instant::now(),
+        })
+    }
+
+    pub fn status(&self) -> TenantPoolStatus {
+        self.upstream.status().tenants.swap_remove(self.index)
+    }
+}
+
+/// A connection checked out for one request (or one interactive transaction). Dropping it
+/// returns the connection — after cleaning it in the background if the request left it
+/// mid-statement or with session state, or closing it if that fails.
+pub struct Checkout {
+    conn: Option<PooledConn>,
+    upstream: Arc<Upstream>,
+    stats: Arc<TenantStats>,
+    since: Instant,
+}
+
+impl Deref for Checkout {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        &self.conn.as_ref().expect("present until drop").pg
+    }
+}
+
+impl DerefMut for Checkout {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.conn.as_mut().expect("present until drop").pg
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.stats.record_hold(self.since.elapsed());
+            self.upstream.checkin(conn);
+        }
+    }
+}
+
+/// How the gateway connects for a tenant: the upstream's URL with the tenant's overrides, and
+/// the session settings every connection starts with.
+fn connect_config(upstream: &UpstreamConfig, tenant: &TenantConfig) -> ConnectConfig {
+    let mut settings: Vec<(String, String)> = vec![
+        ("application_name".into(), format!("sluice/{}", tenant.id)),
+        ("client_encoding".into(), "UTF8".into()),
+        ("DateStyle".into(), "ISO, MDY".into()),
+        ("IntervalStyle".into(), "postgres".into()),
+        ("TimeZone".into(), "UTC".into()),
+        (
+            "statement_timeout".into(),
+            tenant.statement_timeout_ms.to_string(),
+        ),
+        // A backstop: the gateway rolls back idle transactions itself, well before this.
+        (
+            "idle_in_transaction_session_timeout".into(),
+            (tenant.transaction_idle_timeout.as_millis() as u64 + 10_000).to_string(),
+        ),
+    ];
+    for (name, value) in &tenant.settings {
+        match settings
+            .iter_mut()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
+            Some(existing) => existing.1 = value.clone(),
+            None => settings.push((name.clone(), value.clone())),
+        }
+    }
+    ConnectConfig {
+        target: upstream.target.clone(),
+        user: tenant.user.clone().unwrap_or_else(|| upstream.user.clone()),
+        password: tenant
+            .password
+            .clone()
+            .or_else(|| upstream.password.clone()),
+        database: tenant
+            .database
+            .clone()
+            .unwrap_or_else(|| upstream.database.clone()),
+        tls: upstream.tls.clone(),
+        connect_timeout: upstream.connect_timeout,
+        settings,
+        statement_timeout_ms: tenant.statement_timeout_ms,
+        statement_cache_size: upstream.statement_cache_size,
+    }
+}
+
+/// Connects once with the upstream's own credentials and reads the server's connection limit
+/// (for `sluice check`, which runs outside any pool).
+pub async fn read_server_limit(upstream: &UpstreamConfig) -> Result<ServerLimit, String> {
+    let config = ConnectConfig {
+        target: upstream.target.clone(),
+        user: upstream.user.clone(),
+        password: upstream.password.clone(),
+        database: upstream.database.clone(),
+        tls: upstream.tls.clone(),
+        connect_timeout: upstream.connect_timeout,
+        settings: vec![("application_name".into(), "sluice check".into())],
+        statement_timeout_ms: 0,
+        statement_cache_size: 1,
+    };
+    let mut conn = PgConnection::connect(&config)
+        .await
+        .map_err(|e| e.to_string())?;
+    let rows = conn
+        .fetch_text(health::SERVER_LIMIT_SQL, &[])
+        .await
+        .map_err(|e| e.to_string());
+    conn.terminate(Duration::from_secs(1)).await;
+    rows?
+        .first()
+        .and_then(|row| ServerLimit::from_row(row))
+        .ok_or_else(|| "the server did not report max_connections".into())
+}
