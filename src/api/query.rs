@@ -61,6 +61,13 @@ pub fn check_statement<'a>(
             )));
         }
     }
+    if analysis.copies_via_client {
+        return Err(ApiError::BadRequest(
+            "COPY FROM STDIN / TO STDOUT is not supported over HTTP: use INSERT with parameters, \
+             or SELECT (with NDJSON streaming for large results)"
+                .into(),
+        ));
+    }
     if analysis.placeholders != params.len() {
         return Err(ApiError::BadRequest(format!(
             "the statement uses {} parameter(s) ($1..${}) but `params` has {}",

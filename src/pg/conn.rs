@@ -33,7 +33,7 @@ use super::params;
 use super::sql::SessionEffect;
 use super::statement::{CommandTag, Field, Statement, StatementCache};
 use super::tls::{self, TlsConnector};
-use super::types::{PgType, TYPE_LOOKUP_SQL, TypeRegistry, TypeRow};
+use super::types::{PgType, TYPE_LOOKUP_SQL, TypeElement, TypeRegistry, TypeRow};
 
 /// Where and how to connect.
 #[derive(Debug, Clone)]
@@ -594,20 +594,25 @@ impl PgConnection {
         let parsed: Vec<TypeRow> = rows
             .iter()
             .filter_map(|row| {
-                let oid = row.first()?.as_deref()?.parse().ok()?;
-                let name = row.get(1)?.clone()?;
-                let element_oid: u32 = row.get(2)?.as_deref()?.parse().ok()?;
-                let element = (element_oid != 0).then(|| {
-                    let element_name = row.get(3).cloned().flatten().unwrap_or_default();
-                    let delimiter = row
-                        .get(4)
+                let oid = |i: usize| row.get(i)?.as_deref()?.parse::<u32>().ok();
+                let element_oid = oid(3)?;
+                let element = (element_oid != 0).then(|| TypeElement {
+                    oid: element_oid,
+                    name: row.get(4).cloned().flatten().unwrap_or_default(),
+                    delimiter: row
+                        .get(5)
                         .cloned()
                         .flatten()
                         .and_then(|d| d.bytes().next())
-                        .unwrap_or(b',');
-                    (element_oid, element_name, delimiter)
+                        .unwrap_or(b','),
+                    base: oid(6).unwrap_or(element_oid),
                 });
-                Some(TypeRow { oid, name, element })
+                Some(TypeRow {
+                    oid: oid(0)?,
+                    name: row.get(1)?.clone()?,
+                    base: oid(2)?,
+                    element,
+                })
             })
             .collect();
         registry.learn(&parsed);
@@ -1052,7 +1057,13 @@ impl Rows<'_> {
                     self.settle().await?;
                     return Err(QueryError::db(error));
                 }
-                Message::CopyInResponse(_) => self.conn.refuse_copy_in().await?,
+                Message::CopyInResponse(_) => {
+                    // Copy-in mode swallowed the Sync already sent; the server now waits for
+                    // another after the error, and owes one ReadyForQuery as before.
+                    self.conn.refuse_copy_in().await?;
+                    frontend::sync(&mut self.conn.write_buf);
+                    self.conn.flush().await.map_err(lost)?;
+                }
                 Message::CopyOutResponse(_) => self.copy_out = true,
                 Message::CopyData(_) | Message::CopyDone => {}
                 other => return Err(self.conn.desync(&other)),

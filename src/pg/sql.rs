@@ -18,6 +18,9 @@ pub struct SqlAnalysis {
     pub leading_keyword: String,
     /// Whether running this statement may leave session state behind.
     pub session_effect: SessionEffect,
+    /// A `COPY … FROM STDIN` or `COPY … TO STDOUT`: it would stream through the client's
+    /// connection, which an HTTP request does not have.
+    pub copies_via_client: bool,
 }
 
 /// Whether a statement can change the session beyond its own transaction.
@@ -480,6 +483,7 @@ impl<'a> Lexer<'a> {
         let mut placeholders = 0;
         let mut leading_keyword = String::new();
         let mut effect = SessionEffect::None;
+        let mut copies_via_client = false;
 
         // Per-statement state.
         let mut tokens_in_statement = 0usize;
@@ -522,6 +526,12 @@ impl<'a> Lexer<'a> {
                             atomic_depth -= 1;
                         }
                     }
+                    if statement_leading == "COPY"
+                        && (word.eq_ignore_ascii_case("STDIN")
+                            || word.eq_ignore_ascii_case("STDOUT"))
+                    {
+                        copies_via_client = true;
+                    }
                     // `SELECT … INTO new_table` creates a table (possibly a temporary one).
                     if word.eq_ignore_ascii_case("INTO")
                         && matches!(statement_leading.as_str(), "SELECT" | "WITH")
@@ -548,6 +558,7 @@ impl<'a> Lexer<'a> {
             placeholders,
             leading_keyword,
             session_effect: effect,
+            copies_via_client,
         }
     }
 
@@ -902,6 +913,14 @@ mod tests {
         for (sql, expected) in cases {
             assert_eq!(analyse(sql).session_effect, expected, "{sql}");
         }
+    }
+
+    #[test]
+    fn spots_copy_through_the_client() {
+        assert!(analyse("COPY t FROM STDIN").copies_via_client);
+        assert!(analyse("copy (select 1) to stdout with csv").copies_via_client);
+        assert!(!analyse("copy t from '/tmp/file'").copies_via_client);
+        assert!(!analyse("select 'copy from stdin'").copies_via_client);
     }
 
     #[test]

@@ -128,15 +128,30 @@ pub struct TypeRegistry {
 pub struct TypeRow {
     pub oid: Oid,
     pub name: String,
-    /// For array types: the element type's OID, name and delimiter.
-    pub element: Option<(Oid, String, u8)>,
+    /// The type itself, or for a domain the type it is based on: values convert by this one.
+    pub base: Oid,
+    /// For array types (or domains over arrays): the element type's OID, name, delimiter and
+    /// base type.
+    pub element: Option<TypeElement>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypeElement {
+    pub oid: Oid,
+    pub name: String,
+    pub delimiter: u8,
+    pub base: Oid,
 }
 
 /// The gateway's own query for types it does not know yet; `$1` is an `oid[]` literal.
-pub const TYPE_LOOKUP_SQL: &str = "select t.oid, t.typname, \
-     case when t.typcategory = 'A' and t.typelem <> 0 then t.typelem else 0 end, \
-     e.typname, e.typdelim \
-     from pg_catalog.pg_type t left join pg_catalog.pg_type e on e.oid = t.typelem \
+/// Domains resolve to their base type: Postgres reports a domain column as its base type, so
+/// a domain inside an array converts like the domain's own column would.
+pub const TYPE_LOOKUP_SQL: &str = "select t.oid, t.typname, b.oid, \
+     case when b.typcategory = 'A' and b.typelem <> 0 then b.typelem else 0 end, \
+     e.typname, e.typdelim, case when e.typtype = 'd' then e.typbasetype else e.oid end \
+     from pg_catalog.pg_type t \
+     join pg_catalog.pg_type b on b.oid = case when t.typtype = 'd' then t.typbasetype else t.oid end \
+     left join pg_catalog.pg_type e on e.oid = b.typelem \
      where t.oid = any($1::pg_catalog.oid[])";
 
 impl TypeRegistry {
@@ -144,28 +159,29 @@ impl TypeRegistry {
         builtin(oid).or_else(|| self.learned.read().ok()?.get(&oid).cloned())
     }
 
-    /// Records types read with [`TYPE_LOOKUP_SQL`]. Element types that are not built-in are
-    /// rendered as text (extension, enum, domain and composite types all are).
+    /// Records types read with [`TYPE_LOOKUP_SQL`]. A type (or element type) that is not
+    /// built-in and not a domain over a built-in type is rendered as text (extension, enum and
+    /// composite types all are).
     pub fn learn(&self, rows: &[TypeRow]) {
         let Ok(mut learned) = self.learned.write() else {
             return;
         };
         for row in rows {
             let kind = match &row.element {
-                Some((element_oid, element_name, delimiter)) => {
-                    let element = builtin(*element_oid).unwrap_or_else(|| {
-                        Arc::new(PgType {
-                            oid: *element_oid,
-                            name: element_name.as_str().into(),
-                            kind: ValueKind::Text,
-                        })
+                Some(element) => {
+                    let element_kind =
+                        builtin(element.base).map_or(ValueKind::Text, |b| scalar_kind(b.oid));
+                    let element = Arc::new(PgType {
+                        oid: element.oid,
+                        name: element.name.as_str().into(),
+                        kind: element_kind,
                     });
                     ValueKind::Array {
                         element,
-                        delimiter: *delimiter,
+                        delimiter: row.element.as_ref().map_or(b',', |e| e.delimiter),
                     }
                 }
-                None => ValueKind::Text,
+                None => builtin(row.base).map_or(ValueKind::Text, |b| scalar_kind(b.oid)),
             };
             let ty = PgType {
                 oid: row.oid,

@@ -1,0 +1,352 @@
+//! Test harness: one ephemeral Postgres per test binary (the same code as `sluice dev`), a
+//! database per test, gateways started in-process on free ports, and a plain HTTP client.
+//! Nothing here mocks Postgres or HTTP.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use sluice::auth::KeyHash;
+use sluice::config::Config;
+use sluice::dev::{TempPostgres, TempPostgresOptions};
+use sluice::server::{Listener, ListenerKind};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// The cluster shared by the tests of one binary. Its watchdog removes it when the binary exits.
+pub fn postgres() -> &'static Mutex<TempPostgres> {
+    postgres_with(TempPostgresOptions {
+        max_connections: 60,
+        ..TempPostgresOptions::default()
+    })
+}
+
+/// The binary's cluster, started with `options` by the first caller.
+pub fn postgres_with(options: TempPostgresOptions) -> &'static Mutex<TempPostgres> {
+    static CLUSTER: OnceLock<Mutex<TempPostgres>> = OnceLock::new();
+    CLUSTER.get_or_init(|| match TempPostgres::start(options) {
+        Ok(cluster) => Mutex::new(cluster),
+        Err(error) => panic!("cannot start the test Postgres: {error}"),
+    })
+}
+
+pub fn pg_port() -> u16 {
+    postgres().lock().unwrap().port()
+}
+
+pub fn pg_url(database: &str) -> String {
+    postgres().lock().unwrap().url(database)
+}
+
+/// A direct connection (tokio-postgres), for setting up and for checking what the gateway did.
+pub async fn direct(database: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(&pg_url(database), tokio_postgres::NoTls)
+        .await
+        .expect("direct connection to the test Postgres");
+    tokio::spawn(connection);
+    client
+}
+
+/// A fresh database for one test, with `setup` run in it.
+pub async fn database(setup: &str) -> String {
+    static COUNTER: LazyLock<Mutex<u32>> = LazyLock::new(|| Mutex::new(0));
+    let n = {
+        let mut counter = COUNTER.lock().unwrap();
+        *counter += 1;
+        *counter
+    };
+    let name = format!("t{}_{n}", std::process::id());
+    direct("postgres")
+        .await
+        .batch_execute(&format!("create database {name}"))
+        .await
+        .unwrap();
+    if !setup.is_empty() {
+        direct(&name).await.batch_execute(setup).await.unwrap();
+    }
+    name
+}
+
+/// Backends of the gateway (any tenant) in `pg_stat_activity`.
+pub async fn gateway_backends(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one(
+            "select count(*) from pg_stat_activity where application_name like 'sluice/%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// A key and its config line.
+pub fn key(name: &str) -> (String, String) {
+    let key = format!("test-key-{name}-{:016x}", rand::random::<u64>());
+    let hash = KeyHash::of_key(&key).to_string();
+    (key, hash)
+}
+
+/// A gateway running in this test's runtime.
+pub struct Gateway {
+    pub addr: std::net::SocketAddr,
+    pub client: Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), sluice::server::RunError>>>,
+}
+
+impl Gateway {
+    pub async fn start(toml: &str) -> Gateway {
+        Gateway::try_start(toml).await.expect("gateway starts")
+    }
+
+    /// Starts a gateway; `Err` if `run` returns an error within a few seconds (config refused).
+    pub async fn try_start(toml: &str) -> Result<Gateway, String> {
+        let config = Config::from_toml(toml, Path::new(".")).map_err(|e| e.to_string())?;
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let mut task = tokio::spawn(sluice::server::run(
+            vec![Listener {
+                tcp,
+                kind: ListenerKind::Http,
+            }],
+            config,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let client = Client::new(&format!("http://{addr}"));
+        // Serving once /healthz answers; a refused config ends `run` first.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if task.is_finished() {
+                return match (&mut task).await {
+                    Ok(Err(error)) => Err(error.to_string()),
+                    other => Err(format!("gateway stopped: {other:?}")),
+                };
+            }
+            if let Ok(Ok(reply)) =
+                tokio::time::timeout(Duration::from_millis(500), client.try_get("/healthz")).await
+                && reply.status == 200
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "gateway did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(Gateway {
+            addr,
+            client,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Drains and waits for the gateway to stop.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(60), task)
+                .await
+                .expect("gateway stops")
+                .expect("gateway task")
+                .expect("gateway ran");
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A single-upstream, single-tenant config for `database`; `tenant_extra` and `upstream_extra`
+/// are TOML lines added to those tables.
+pub fn config(database: &str, key_hash: &str, tenant_extra: &str, upstream_extra: &str) -> String {
+    let pool_size = if tenant_extra.contains("pool_size") {
+        ""
+    } else {
+        "pool_size = 4"
+    };
+    let max_connections = if upstream_extra.contains("max_connections") {
+        ""
+    } else {
+        "max_connections = 10"
+    };
+    format!(
+        r#"
+        [server]
+        listen = "127.0.0.1:0"
+        shutdown_timeout_ms = 10000
+
+        [[upstreams]]
+        name = "main"
+        url = "{url}"
+        {max_connections}
+        {upstream_extra}
+
+        [[tenants]]
+        id = "acme"
+        api_keys = ["{key_hash}"]
+        {pool_size}
+        {tenant_extra}
+        "#,
+        url = pg_url(database),
+    )
+}
+
+/// A database, a key and a gateway in front of it: the common start of a test.
+pub async fn gateway_for(setup: &str, tenant_extra: &str) -> (Gateway, String, String) {
+    let db = database(setup).await;
+    let (key, hash) = key("acme");
+    let gateway = Gateway::start(&config(&db, &hash, tenant_extra, "")).await;
+    (gateway, key, db)
+}
+
+/// What came back.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+
+    pub fn kind(&self) -> String {
+        self.json()["error"]["kind"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    pub fn retry_after(&self) -> Option<u64> {
+        self.headers.get("retry-after")?.to_str().ok()?.parse().ok()
+    }
+
+    /// The rows of a successful query.
+    pub fn rows(&self) -> Vec<Value> {
+        assert_eq!(self.status, 200, "{}", self.text);
+        self.json()["rows"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+/// A keep-alive HTTP client.
+#[derive(Clone)]
+pub struct Client {
+    inner: HyperClient<HttpConnector, Full<Bytes>>,
+    base: Arc<str>,
+}
+
+impl Client {
+    pub fn new(base: &str) -> Client {
+        let inner = HyperClient::builder(TokioExecutor::new()).build_http();
+        Client {
+            inner,
+            base: base.into(),
+        }
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Reply {
+        self.try_request(method, path, headers, body.into())
+            .await
+            .expect("HTTP request")
+    }
+
+    async fn try_request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<Reply, String> {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
+        let response = self
+            .inner
+            .request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok(Reply {
+            status,
+            headers,
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+        })
+    }
+
+    pub async fn try_get(&self, path: &str) -> Result<Reply, String> {
+        self.try_request(Method::GET, path, &[], Bytes::new()).await
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.request(Method::GET, path, &[], Bytes::new()).await
+    }
+
+    /// POST a JSON body with a key.
+    pub async fn post(&self, path: &str, key: &str, body: &Value) -> Reply {
+        let auth = format!("Bearer {key}");
+        self.request(
+            Method::POST,
+            path,
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+            serde_json::to_vec(body).unwrap(),
+        )
+        .await
+    }
+
+    /// `/v1/query` with `sql` and `params`.
+    pub async fn query(&self, key: &str, sql: &str, params: Value) -> Reply {
+        self.post("/v1/query", key, &json!({ "sql": sql, "params": params }))
+            .await
+    }
+}
+
+pub fn assert_status(reply: &Reply, status: StatusCode, kind: &str) {
+    assert_eq!(reply.status, status.as_u16(), "{}", reply.text);
+    if !kind.is_empty() {
+        assert_eq!(reply.kind(), kind, "{}", reply.text);
+    }
+}
