@@ -49,7 +49,7 @@ impl PostgresBinaries {
                 Some((version, entry.path().join("bin")))
             })
             .collect();
-        versioned.sort_by(|a, b| b.0.cmp(&a.0));
+        versioned.sort_by_key(|(version, _)| std::cmp::Reverse(*version));
         candidates.extend(versioned.into_iter().map(|(_, dir)| dir));
         candidates.extend(
             [
@@ -86,6 +86,10 @@ pub struct TempPostgresOptions {
     pub hba: Option<String>,
     /// Files to copy into the data directory before start (certificates), as (name, contents).
     pub files: Vec<(String, Vec<u8>)>,
+    /// The port to listen on; a free one when `None`.
+    pub port: Option<u16>,
+    /// The superuser's password; a random one when `None`.
+    pub password: Option<String>,
 }
 
 impl Default for TempPostgresOptions {
@@ -95,6 +99,8 @@ impl Default for TempPostgresOptions {
             settings: Vec::new(),
             hba: None,
             files: Vec::new(),
+            port: None,
+            password: None,
         }
     }
 }
@@ -126,11 +132,14 @@ impl TempPostgres {
             std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
                 .map_err(|e| format!("chown {}: {e}", dir.display()))?;
         }
-        let password = format!("pw{:016x}", rand::random::<u64>());
+        let password = options
+            .password
+            .clone()
+            .unwrap_or_else(|| format!("pw{:016x}", rand::random::<u64>()));
         let mut cluster = TempPostgres {
             binaries,
             dir,
-            port: 0,
+            port: options.port.unwrap_or(0),
             password,
             owner,
             options,
@@ -384,7 +393,8 @@ fn unprivileged_owner() -> Result<Option<(u32, u32)>, String> {
     )
 }
 
-fn free_port() -> Result<u16, String> {
+/// A port nothing listens on right now.
+pub fn free_port() -> Result<u16, String> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
     listener
         .local_addr()

@@ -77,7 +77,7 @@ pub async fn run(
         .probe(Duration::from_secs(5))
         .await
         .map_err(RunError::Config)?;
-    let app = App::new(generation, tasks.clone());
+    let app = App::new(generation);
 
     let builder = Arc::new(http_builder(header_read_timeout));
     // Connections are tracked apart from background work so shutdown can wait for them first.

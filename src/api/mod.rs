@@ -29,7 +29,6 @@ pub struct App {
     generation: ArcSwap<Generation>,
     draining: AtomicBool,
     in_flight: AtomicUsize,
-    pub(crate) tasks: TaskTracker,
 }
 
 /// One configuration and everything built from it.
@@ -73,12 +72,11 @@ pub struct Tenant {
 }
 
 impl App {
-    pub fn new(generation: Generation, tasks: TaskTracker) -> Arc<App> {
+    pub fn new(generation: Generation) -> Arc<App> {
         Arc::new(App {
             generation: ArcSwap::from_pointee(generation),
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
-            tasks,
         })
     }
 

@@ -320,7 +320,9 @@ impl PgConnection {
                 }
                 Message::ReadyForQuery(_) => break,
                 Message::ErrorResponse(body) => {
-                    return Err(ConnectError::Rejected(DbError::parse(body.fields())?));
+                    return Err(ConnectError::Rejected(Box::new(DbError::parse(
+                        body.fields(),
+                    )?)));
                 }
                 Message::AuthenticationKerberosV5
                 | Message::AuthenticationScmCredential
@@ -1141,13 +1143,13 @@ async fn open_stream(target: &Target, tls: &TlsConnector) -> Result<Stream, Conn
 
 fn require_password(config: &ConnectConfig) -> Result<&str, ConnectError> {
     config.password.as_deref().ok_or_else(|| {
-        ConnectError::Rejected(DbError::new(
+        ConnectError::Rejected(Box::new(DbError::new(
             "28P01",
             format!(
                 "the server asks for a password for user \"{}\" but none is configured",
                 config.user
             ),
-        ))
+        )))
     })
 }
 

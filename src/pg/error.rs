@@ -97,7 +97,7 @@ pub enum ConnectError {
     #[error("TLS: {0}")]
     Tls(String),
     #[error("the server refused the connection: {0}")]
-    Rejected(DbError),
+    Rejected(Box<DbError>),
     #[error("unexpected message from the server during start-up: {0}")]
     Protocol(String),
     #[error("{0}")]

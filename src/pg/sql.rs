@@ -516,11 +516,10 @@ impl<'a> Lexer<'a> {
                         }
                     }
                     if statement_leading == "CREATE" {
-                        if word.eq_ignore_ascii_case("ATOMIC")
-                            && matches!(previous[3], Some(Token::Word(w)) if w.eq_ignore_ascii_case("BEGIN"))
-                        {
-                            atomic_depth += 1;
-                        } else if atomic_depth > 0 && word.eq_ignore_ascii_case("CASE") {
+                        let begins_atomic = word.eq_ignore_ascii_case("ATOMIC")
+                            && matches!(previous[3], Some(Token::Word(w)) if w.eq_ignore_ascii_case("BEGIN"));
+                        let opens_case = atomic_depth > 0 && word.eq_ignore_ascii_case("CASE");
+                        if begins_atomic || opens_case {
                             atomic_depth += 1;
                         } else if atomic_depth > 0 && word.eq_ignore_ascii_case("END") {
                             atomic_depth -= 1;
@@ -539,10 +538,8 @@ impl<'a> Lexer<'a> {
                         effect = SessionEffect::MayChangeSession;
                     }
                 }
-                Token::OpenParen => {
-                    if calls_unsafe_function(&previous) {
-                        effect = SessionEffect::MayChangeSession;
-                    }
+                Token::OpenParen if calls_unsafe_function(&previous) => {
+                    effect = SessionEffect::MayChangeSession;
                 }
                 _ => {}
             }

@@ -230,19 +230,37 @@ mod tests {
     fn learned_types_are_found_and_arrays_of_them_are_arrays() {
         let registry = TypeRegistry::default();
         assert!(registry.get(90000).is_none());
+        let element = TypeElement {
+            oid: 90000,
+            name: "citext".into(),
+            delimiter: b',',
+            base: 90000,
+        };
         registry.learn(&[
             TypeRow {
                 oid: 90000,
                 name: "citext".into(),
+                base: 90000,
                 element: None,
             },
             TypeRow {
                 oid: 90001,
                 name: "_citext".into(),
-                element: Some((90000, "citext".into(), b',')),
+                base: 90001,
+                element: Some(element),
+            },
+            TypeRow {
+                oid: 90002,
+                name: "posint".into(),
+                base: 23,
+                element: None,
             },
         ]);
         assert_eq!(&*registry.get(90000).unwrap().name, "citext");
         assert!(registry.get(90001).unwrap().is_array());
+        assert!(
+            matches!(registry.get(90002).unwrap().kind, ValueKind::Integer),
+            "a domain converts as its base type"
+        );
     }
 }

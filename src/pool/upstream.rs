@@ -172,6 +172,9 @@ pub struct UpstreamStatus {
     pub tenants: Vec<TenantPoolStatus>,
 }
 
+// A ticket lives for one step of a check-out, on the stack; boxing the connection would cost
+// an allocation per check-out instead.
+#[allow(clippy::large_enum_variant)]
 enum Ticket {
     Idle(PooledConn),
     Wait(u64, oneshot::Receiver<Result<PooledConn, PoolError>>),
