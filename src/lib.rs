@@ -1,3 +1,26 @@
+//! sluice: an HTTP-to-SQL pooling gateway for PostgreSQL, built for serverless functions.
+//!
+//! Functions send SQL over HTTP(S); the gateway runs it on a capped pool of real Postgres
+//! connections per tenant, under one hard connection budget per Postgres server, with
+//! per-tenant rate limits — so a burst of function instances never becomes a connection storm.
+//!
+//! # Layout: the path of one request
+//!
+//! 1. [`server`] accepts the connection (TCP, TLS) and hands each HTTP request to [`api`].
+//! 2. [`api`] routes it, reads and bounds the body, and authenticates the key with [`auth`]
+//!    (key → tenant); rate limits are checked before anything else is spent.
+//! 3. [`pool`] checks a connection out of the tenant's pool: an idle one, a new one under the
+//!    upstream's budget, or a place in the tenant's bounded FIFO queue with a deadline.
+//! 4. [`pg`] runs the statement on that connection in the wire protocol (parameters as text,
+//!    a cached prepared statement when warm) and encodes the rows to JSON straight into the
+//!    response.
+//! 5. Dropping the checkout returns the connection: clean, or cleaned in the background, or
+//!    closed.
+//!
+//! [`config`] turns the TOML file (or environment) into a validated configuration once;
+//! [`dev`] runs the throwaway Postgres behind `sluice dev` and the tests; [`check`] is
+//! `sluice check`.
+
 pub mod api;
 pub mod auth;
 pub mod check;
