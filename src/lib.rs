@@ -21,6 +21,7 @@
 //! [`dev`] runs the throwaway Postgres behind `sluice dev` and the tests; [`check`] is
 //! `sluice check`.
 
+pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod check;

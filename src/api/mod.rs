@@ -20,13 +20,15 @@ use tokio_util::task::TaskTracker;
 
 use self::body::Body;
 use self::error::ApiError;
-use crate::auth::{AuthError, KeyStore, Principal};
+use crate::admission::{AuthFailures, TenantRate};
+use crate::auth::{KeyStore, Principal};
 use crate::config::{Config, TenantConfig};
 use crate::pool::{Pools, TenantPool};
 
 /// State shared by every request.
 pub struct App {
     generation: ArcSwap<Generation>,
+    auth_failures: AuthFailures,
     draining: AtomicBool,
     in_flight: AtomicUsize,
 }
@@ -36,6 +38,8 @@ pub struct Generation {
     pub config: Config,
     pub keys: KeyStore,
     pub pools: Pools,
+    /// Each tenant's request rate, by tenant index.
+    pub rates: Vec<TenantRate>,
 }
 
 impl Generation {
@@ -55,10 +59,16 @@ impl Generation {
                 ),
         );
         let pools = Pools::new(&config, tasks);
+        let rates = config
+            .tenants
+            .iter()
+            .map(|t| TenantRate::new(t.rate_per_second, t.burst))
+            .collect();
         Generation {
             config,
             keys,
             pools,
+            rates,
         }
     }
 }
@@ -73,8 +83,10 @@ pub struct Tenant {
 
 impl App {
     pub fn new(generation: Generation) -> Arc<App> {
+        let auth_failures = AuthFailures::new(generation.config.server.auth_failures_per_minute);
         Arc::new(App {
             generation: ArcSwap::from_pointee(generation),
+            auth_failures,
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
         })
@@ -119,12 +131,19 @@ pub struct RequestContext<'r> {
 }
 
 impl RequestContext<'_> {
-    /// The tenant whose key the request carries; admin keys are not tenants.
+    /// The tenant whose key the request carries, admitted under its rate limit; admin keys
+    /// are not tenants.
     pub fn tenant(&mut self) -> Result<Tenant, ApiError> {
         match self.principal()? {
             Principal::Tenant(index) => {
                 let config = self.generation.config.tenants[index].clone();
                 self.log.tenant = Some(config.id.clone());
+                if let Err(retry_after) = self.generation.rates[index].check() {
+                    return Err(ApiError::RateLimited {
+                        retry_after,
+                        reason: "the tenant's request rate limit is exceeded; retry after Retry-After",
+                    });
+                }
                 Ok(Tenant {
                     index,
                     config,
@@ -137,15 +156,25 @@ impl RequestContext<'_> {
         }
     }
 
+    /// Who the key belongs to. An address with too many failed attempts gets 429 whatever
+    /// key it sends, so guessing cannot go on.
     fn principal(&self) -> Result<Principal, ApiError> {
+        let blocked = |retry_after| ApiError::RateLimited {
+            retry_after,
+            reason: "too many failed authentications from this address; retry after Retry-After",
+        };
+        if let Some(wait) = self.app.auth_failures.blocked_for(self.peer) {
+            return Err(blocked(wait));
+        }
         let header = self
             .headers
             .get(http::header::AUTHORIZATION)
             .map(HeaderValue::as_bytes);
         self.generation.keys.authenticate(header).map_err(|error| {
-            ApiError::Unauthorized(match error {
-                AuthError::Missing | AuthError::Malformed | AuthError::Unknown => error.to_string(),
-            })
+            match self.app.auth_failures.record_failure(self.peer) {
+                Some(wait) => blocked(wait),
+                None => ApiError::Unauthorized(error.to_string()),
+            }
         })
     }
 }
@@ -268,9 +297,9 @@ async fn dispatch(
         Route::Query => {
             // Authenticate before reading the body: an unauthenticated client costs no more
             // than its headers.
-            ctx.tenant()?;
+            let tenant = ctx.tenant()?;
             let body = read_body(ctx, incoming).await?;
-            query::handle(ctx, &body).await
+            query::handle(ctx, &tenant, &body).await
         }
         Route::NotFound => Err(ApiError::NotFound),
     }

@@ -92,11 +92,11 @@ pub fn check_statement<'a>(
 
 pub async fn handle(
     ctx: &mut RequestContext<'_>,
+    tenant: &Tenant,
     body: &[u8],
 ) -> Result<http::Response<Body>, ApiError> {
-    let tenant = ctx.tenant()?;
     let request: QueryRequest = super::parse_json(body)?;
-    let prepared = request.check(&tenant)?;
+    let prepared = request.check(tenant)?;
     let waited = Instant::now();
     let mut conn = tenant.pool.checkout().await?;
     ctx.log.queue_wait = Some(waited.elapsed());
@@ -106,7 +106,7 @@ pub async fn handle(
     let result = run_into(
         &mut conn,
         &prepared,
-        &tenant,
+        tenant,
         request.row_mode,
         request.types,
         ctx.max_response_bytes,
