@@ -30,3 +30,4 @@ pub mod dev;
 pub mod pg;
 pub mod pool;
 pub mod server;
+pub mod transactions;

@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{self, App, Generation};
 use crate::config::Config;
+use crate::transactions::Transactions;
 
 /// Why the gateway could not run.
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +78,8 @@ pub async fn run(
         .probe(Duration::from_secs(5))
         .await
         .map_err(RunError::Config)?;
-    let app = App::new(generation);
+    let transactions = Transactions::new(tasks.clone());
+    let app = App::new(generation, transactions.clone());
 
     let builder = Arc::new(http_builder(header_read_timeout));
     // Connections are tracked apart from background work so shutdown can wait for them first.
@@ -99,10 +101,12 @@ pub async fn run(
     let deadline = Instant::now() + shutdown_timeout;
     tracing::info!(timeout_ms = shutdown_timeout.as_millis() as u64, "draining");
     app.start_draining();
-    // Keep answering (so `/readyz` can say 503) until nothing is in flight.
-    while app.in_flight() > 0 && Instant::now() < deadline {
+    // Keep answering (so `/readyz` can say 503) until nothing is in flight and every open
+    // transaction has ended (committed, rolled back or timed out).
+    while (app.in_flight() > 0 || transactions.open_count() > 0) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    transactions.abort_all().await;
     stop_accepting.cancel();
     // Idle keep-alive connections close now; busy ones after their current request.
     close_connections.cancel();

@@ -2,10 +2,13 @@
 //! endpoint group. This layer alone knows about status codes; the stages below it answer with
 //! their own error types, mapped to API.md's kinds in [`error`].
 
+pub mod batch;
 pub mod body;
 pub mod error;
 mod health;
 pub mod query;
+pub mod results;
+mod transactions;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -24,10 +27,12 @@ use crate::admission::{AuthFailures, TenantRate};
 use crate::auth::{KeyStore, Principal};
 use crate::config::{Config, TenantConfig};
 use crate::pool::{Pools, TenantPool};
+use crate::transactions::Transactions;
 
 /// State shared by every request.
 pub struct App {
     generation: ArcSwap<Generation>,
+    pub transactions: Arc<Transactions>,
     auth_failures: AuthFailures,
     draining: AtomicBool,
     in_flight: AtomicUsize,
@@ -82,10 +87,11 @@ pub struct Tenant {
 }
 
 impl App {
-    pub fn new(generation: Generation) -> Arc<App> {
+    pub fn new(generation: Generation, transactions: Arc<Transactions>) -> Arc<App> {
         let auth_failures = AuthFailures::new(generation.config.server.auth_failures_per_minute);
         Arc::new(App {
             generation: ArcSwap::from_pointee(generation),
+            transactions,
             auth_failures,
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
@@ -115,6 +121,8 @@ impl App {
 #[derive(Debug, Default)]
 pub struct RequestLog {
     pub tenant: Option<String>,
+    /// The transaction's id, shortened (never logged in full).
+    pub transaction: Option<String>,
     pub queue_wait: Option<Duration>,
     pub exec: Option<Duration>,
     pub rows: u64,
@@ -191,7 +199,7 @@ pub async fn handle(
     let request_id = request_id(request.headers());
     let generation = app.generation();
     let (parts, incoming) = request.into_parts();
-    let route = Route::of(&parts.method, parts.uri.path());
+    let route = Route::of(parts.uri.path());
     let mut ctx = RequestContext {
         app: &app,
         generation: &generation,
@@ -217,6 +225,7 @@ pub async fn handle(
         target: "sluice::request",
         request_id = request_id.to_str().unwrap_or_default(),
         tenant = log.tenant.as_deref().unwrap_or("-"),
+        transaction = log.transaction.as_deref(),
         route = route.name(),
         status = response.status().as_u16(),
         outcome,
@@ -238,28 +247,55 @@ impl Drop for InFlight<'_> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Route {
+enum Route<'p> {
     Healthz,
     Readyz,
     Query,
+    Batch,
+    Begin,
+    Transaction(&'p str, transactions::Action),
     NotFound,
 }
 
-impl Route {
-    fn of(_method: &Method, path: &str) -> Route {
+impl<'p> Route<'p> {
+    fn of(path: &'p str) -> Route<'p> {
         match path {
             "/healthz" => Route::Healthz,
             "/readyz" => Route::Readyz,
             "/v1/query" => Route::Query,
-            _ => Route::NotFound,
+            "/v1/batch" => Route::Batch,
+            "/v1/transactions" => Route::Begin,
+            _ => {
+                let Some(rest) = path.strip_prefix("/v1/transactions/") else {
+                    return Route::NotFound;
+                };
+                let Some((id, action)) = rest.split_once('/') else {
+                    return Route::NotFound;
+                };
+                let action = match action {
+                    "query" => transactions::Action::Query,
+                    "batch" => transactions::Action::Batch,
+                    "commit" => transactions::Action::Commit,
+                    "rollback" => transactions::Action::Rollback,
+                    _ => return Route::NotFound,
+                };
+                Route::Transaction(id, action)
+            }
         }
     }
 
+    /// The route's name in logs and metrics (bounded: no ids).
     fn name(self) -> &'static str {
         match self {
             Route::Healthz => "healthz",
             Route::Readyz => "readyz",
             Route::Query => "query",
+            Route::Batch => "batch",
+            Route::Begin => "transaction_begin",
+            Route::Transaction(_, transactions::Action::Query) => "transaction_query",
+            Route::Transaction(_, transactions::Action::Batch) => "transaction_batch",
+            Route::Transaction(_, transactions::Action::Commit) => "transaction_commit",
+            Route::Transaction(_, transactions::Action::Rollback) => "transaction_rollback",
             Route::NotFound => "not_found",
         }
     }
@@ -267,15 +303,15 @@ impl Route {
     fn method(self) -> &'static str {
         match self {
             Route::Healthz | Route::Readyz => "GET",
-            Route::Query => "POST",
             Route::NotFound => "GET, POST",
+            _ => "POST",
         }
     }
 }
 
 async fn dispatch(
     ctx: &mut RequestContext<'_>,
-    route: Route,
+    route: Route<'_>,
     method: &Method,
     incoming: hyper::body::Incoming,
 ) -> Result<Response<Body>, ApiError> {
@@ -294,14 +330,22 @@ async fn dispatch(
     match route {
         Route::Healthz => Ok(health::healthz()),
         Route::Readyz => Ok(health::readyz(ctx).await),
-        Route::Query => {
-            // Authenticate before reading the body: an unauthenticated client costs no more
-            // than its headers.
+        Route::NotFound => Err(ApiError::NotFound),
+        _ => {
+            // Authenticate (and admit) before reading the body: an unauthenticated or
+            // rate-limited client costs no more than its headers.
             let tenant = ctx.tenant()?;
             let body = read_body(ctx, incoming).await?;
-            query::handle(ctx, &tenant, &body).await
+            match route {
+                Route::Query => query::handle(ctx, &tenant, &body).await,
+                Route::Batch => batch::handle(ctx, &tenant, &body).await,
+                Route::Begin => transactions::begin(ctx, &tenant, &body).await,
+                Route::Transaction(id, action) => {
+                    transactions::call(ctx, &tenant, id, action, &body).await
+                }
+                Route::Healthz | Route::Readyz | Route::NotFound => Err(ApiError::NotFound),
+            }
         }
-        Route::NotFound => Err(ApiError::NotFound),
     }
 }
 

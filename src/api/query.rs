@@ -9,10 +9,9 @@ use serde_json::value::RawValue;
 
 use super::body::Body;
 use super::error::ApiError;
+use super::results::ResultWriter;
 use super::{RequestContext, Tenant};
-use crate::pg::{
-    CommandTag, PgConnection, QueryOptions, RowEncoder, RowMode, SqlAnalysis, ValueFormat,
-};
+use crate::pg::{CommandTag, PgConnection, QueryOptions, RowMode, SqlAnalysis, ValueFormat};
 
 /// The body of `/v1/query` (and of `/v1/transactions/{id}/query`).
 #[derive(Debug, Deserialize)]
@@ -127,10 +126,7 @@ pub struct StatementSummary {
     pub rows: u64,
 }
 
-/// Runs one statement on `conn` and writes `"fields":[…],"rows":[…],"command":…,"rowCount":…`
-/// (without braces) to `out`. Beyond `max_bytes` the remaining rows are read and dropped — the
-/// statement still completes, so "executed" stays true — and the call fails with
-/// `response_too_large`.
+/// Runs one statement on `conn` and writes its result (see [`ResultWriter`]) to `out`.
 pub async fn run_into(
     conn: &mut PgConnection,
     request: &PreparedRequest<'_>,
@@ -146,38 +142,18 @@ pub async fn run_into(
         types: tenant.pool.types(),
     };
     let mut rows = conn.query(request.sql, request.params, &options).await?;
-    let statement = rows.statement();
-    out.extend_from_slice(b"\"fields\":");
-    RowEncoder::write_fields(&statement.fields, out);
-    out.extend_from_slice(b",\"rows\":[");
-    let mut encoder = RowEncoder::new(&statement.fields, row_mode, types);
-    let mut count = 0u64;
-    let mut too_large = false;
+    let mut writer = ResultWriter::new(out, row_mode, types, max_bytes);
+    writer.begin(&rows.statement());
     while let Some(row) = rows.next().await? {
-        if too_large {
-            continue;
-        }
-        if count > 0 {
-            out.push(b',');
-        }
-        encoder
-            .write_row(out, &row)
-            .map_err(|e| ApiError::ConnectionLost {
-                reason: format!("malformed row from the server: {e}"),
-            })?;
-        count += 1;
-        too_large = out.len() > max_bytes;
+        writer.row(&row).map_err(|e| ApiError::ConnectionLost {
+            reason: format!("malformed row from the server: {e}"),
+        })?;
     }
     let tag = rows.finish().await?;
-    if too_large {
-        return Err(ApiError::ResponseTooLarge { limit: max_bytes });
-    }
-    out.extend_from_slice(b"],\"command\":");
-    crate::pg::encode::write_json_string(out, tag.command.as_bytes());
-    out.extend_from_slice(b",\"rowCount\":");
-    match tag.row_count {
-        Some(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
-        None => out.extend_from_slice(b"null"),
-    }
-    Ok(StatementSummary { tag, rows: count })
+    writer.check_size()?;
+    writer.end(&tag);
+    Ok(StatementSummary {
+        rows: writer.total_rows,
+        tag,
+    })
 }

@@ -139,6 +139,31 @@ pub struct QueryOptions<'a> {
     pub types: &'a TypeRegistry,
 }
 
+/// A statement as Describe reports it: parameter type OIDs, and result columns (name, OID).
+type Description = (Vec<u32>, Vec<(String, u32)>);
+
+/// One statement of a pipeline.
+pub struct PipelineStatement<'a> {
+    pub sql: &'a str,
+    pub params: &'a [&'a RawValue],
+    pub session_effect: SessionEffect,
+}
+
+/// Receives a pipeline's results as they arrive.
+pub trait ResultSink {
+    /// Statement `index` produced its first message; its rows follow.
+    fn begin_statement(&mut self, index: usize, statement: &Arc<Statement>);
+    fn row(&mut self, row: &DataRowBody) -> io::Result<()>;
+    fn end_statement(&mut self, tag: &CommandTag);
+}
+
+/// A pipeline that failed: which statement (none when COMMIT failed), and why.
+#[derive(Debug)]
+pub struct PipelineError {
+    pub statement_index: Option<usize>,
+    pub error: QueryError,
+}
+
 /// Everything needed to cancel the statement running on a connection, from another task.
 #[derive(Debug, Clone)]
 pub struct CancelToken {
@@ -183,6 +208,8 @@ pub struct PgConnection {
     session_dirty: bool,
     statement_timeout_ms: u64,
     default_statement_timeout_ms: u64,
+    /// A `SET LOCAL statement_timeout` of the transaction in progress.
+    local_timeout_ms: Option<u64>,
     cancel: CancelToken,
     statements: StatementCache,
     next_statement: u64,
@@ -216,6 +243,7 @@ impl PgConnection {
             session_dirty: false,
             statement_timeout_ms: config.statement_timeout_ms,
             default_statement_timeout_ms: config.statement_timeout_ms,
+            local_timeout_ms: None,
             cancel: CancelToken {
                 target: config.target.clone(),
                 tls: config.tls.clone(),
@@ -464,9 +492,13 @@ impl PgConnection {
             frontend::execute("", 0, &mut self.write_buf).map_err(lost)?;
             frontend::sync(&mut self.write_buf);
             self.pending_syncs += 1;
-            let reset = options.session_effect == SessionEffect::MayChangeSession;
+            // Inside a transaction the reset waits for its end (it would become part of it).
+            let may_change = options.session_effect == SessionEffect::MayChangeSession;
+            let reset = may_change && self.tx_status == TxStatus::Idle;
             if reset {
                 self.queue_session_reset();
+            } else if may_change {
+                self.session_dirty = true;
             }
             self.flush().await.map_err(lost)?;
             if set_timeout {
@@ -503,60 +535,105 @@ impl PgConnection {
         }
     }
 
-    /// Parse + Describe + Sync, then learns any column or parameter type it does not know.
+    /// Parse + Describe + Sync for one statement, then learns any type it does not know.
     async fn prepare(
         &mut self,
         sql: &str,
         options: &QueryOptions<'_>,
     ) -> Result<Arc<Statement>, QueryError> {
-        self.next_statement += 1;
-        let name = format!("sluice_{}", self.next_statement);
-        frontend::parse(&name, sql, std::iter::empty(), &mut self.write_buf).map_err(lost)?;
-        frontend::describe(b'S', &name, &mut self.write_buf).map_err(lost)?;
+        let mut prepared = self
+            .prepare_many(&[sql], options)
+            .await
+            .map_err(|(_, e)| e)?;
+        Ok(prepared.remove(0))
+    }
+
+    /// Prepares several statements in one round trip (Parse + Describe each, one Sync) and
+    /// caches them; `Err((i, error))` names the first one that failed.
+    async fn prepare_many(
+        &mut self,
+        sqls: &[&str],
+        options: &QueryOptions<'_>,
+    ) -> Result<Vec<Arc<Statement>>, (usize, QueryError)> {
+        let mut names = Vec::with_capacity(sqls.len());
+        for sql in sqls {
+            self.next_statement += 1;
+            let name = format!("sluice_{}", self.next_statement);
+            frontend::parse(&name, sql, std::iter::empty(), &mut self.write_buf)
+                .map_err(|e| (0, lost(e)))?;
+            frontend::describe(b'S', &name, &mut self.write_buf).map_err(|e| (0, lost(e)))?;
+            names.push(name);
+        }
         frontend::sync(&mut self.write_buf);
         self.pending_syncs += 1;
-        self.flush().await.map_err(lost)?;
+        self.flush().await.map_err(|e| (0, lost(e)))?;
 
-        let mut param_oids = Vec::new();
-        let mut columns: Vec<(String, u32)> = Vec::new();
+        // Each statement answers ParseComplete, ParameterDescription, RowDescription or
+        // NoData; an error ends the exchange and belongs to the statement being described.
+        let mut described: Vec<Description> = Vec::with_capacity(sqls.len());
+        let mut current: Option<Description> = None;
         let mut error = None;
         loop {
-            match self.recv().await.map_err(lost)? {
-                Message::ParseComplete | Message::NoData => {}
+            match self.recv().await.map_err(|e| (described.len(), lost(e)))? {
+                Message::ParseComplete => current = Some((Vec::new(), Vec::new())),
                 Message::ParameterDescription(body) => {
-                    param_oids = body.parameters().collect().map_err(lost)?;
-                }
-                Message::RowDescription(body) => {
-                    let mut fields = body.fields();
-                    while let Some(field) = fields.next().map_err(lost)? {
-                        columns.push((field.name().to_owned(), field.type_oid()));
+                    let oids = body
+                        .parameters()
+                        .collect()
+                        .map_err(|e| (described.len(), lost(e)))?;
+                    if let Some(entry) = current.as_mut() {
+                        entry.0 = oids;
                     }
                 }
+                Message::RowDescription(body) => {
+                    let mut columns = Vec::new();
+                    let mut fields = body.fields();
+                    while let Some(field) = fields.next().map_err(|e| (described.len(), lost(e)))? {
+                        columns.push((field.name().to_owned(), field.type_oid()));
+                    }
+                    described.extend(current.take().map(|(params, _)| (params, columns)));
+                }
+                Message::NoData => described.extend(current.take()),
                 Message::ErrorResponse(body) => {
-                    error = Some(DbError::parse(body.fields()).map_err(lost)?)
+                    error = Some(
+                        DbError::parse(body.fields()).map_err(|e| (described.len(), lost(e)))?,
+                    )
                 }
                 Message::ReadyForQuery(_) => break,
-                other => return Err(self.desync(&other)),
+                other => return Err((described.len(), self.desync(&other))),
             }
         }
         if let Some(error) = error {
+            let index = described.len();
             if error.code == "42601" && error.message.contains("multiple commands") {
-                return Err(QueryError::Rejected(
-                    "`sql` holds more than one statement; send several statements to /v1/batch"
-                        .into(),
-                ));
+                let message = "a statement holds more than one command; send each as its own statement (or use /v1/batch)";
+                return Err((index, QueryError::Rejected(message.into())));
             }
-            return Err(QueryError::db(error));
+            return Err((index, QueryError::db(error)));
+        }
+        if described.len() != sqls.len() {
+            return Err((
+                described.len(),
+                QueryError::ConnectionLost("incomplete statement description".into()),
+            ));
         }
 
-        let unknown: Vec<u32> = param_oids
+        let mut unknown: Vec<u32> = described
             .iter()
-            .chain(columns.iter().map(|(_, oid)| oid))
-            .copied()
+            .flat_map(|(params, columns)| {
+                params
+                    .iter()
+                    .copied()
+                    .chain(columns.iter().map(|(_, oid)| *oid))
+            })
             .filter(|oid| options.types.get(*oid).is_none())
             .collect();
+        unknown.sort_unstable();
+        unknown.dedup();
         if !unknown.is_empty() {
-            self.learn_types(&unknown, options.types).await?;
+            self.learn_types(&unknown, options.types)
+                .await
+                .map_err(|e| (0, e))?;
         }
         let resolve = |oid: u32| {
             options
@@ -564,18 +641,306 @@ impl PgConnection {
                 .get(oid)
                 .unwrap_or_else(|| PgType::unknown(oid))
         };
-        let statement = Arc::new(Statement {
-            name,
-            params: param_oids.into_iter().map(resolve).collect(),
-            fields: columns
-                .into_iter()
-                .map(|(name, oid)| Field::new(name, resolve(oid)))
-                .collect(),
-        });
-        if let Some(evicted) = self.statements.insert(sql, statement.clone()) {
-            self.queue_close(&evicted.name);
+        let mut statements = Vec::with_capacity(sqls.len());
+        for ((sql, name), (params, columns)) in sqls.iter().zip(names).zip(described) {
+            let statement = Arc::new(Statement {
+                name,
+                params: params.into_iter().map(resolve).collect(),
+                fields: columns
+                    .into_iter()
+                    .map(|(name, oid)| Field::new(name, resolve(oid)))
+                    .collect(),
+            });
+            for evicted in self.statements.insert(sql, statement.clone()) {
+                self.queue_close(&evicted.name);
+            }
+            statements.push(statement);
         }
-        Ok(statement)
+        Ok(statements)
+    }
+
+    /// Runs `statements` in one pipeline: their Bind/Execute messages and a single Sync —
+    /// wrapped in `begin` … `COMMIT` when `begin` is given (a `/v1/batch`), bare inside an
+    /// interactive transaction. Statements not yet prepared cost one more round trip first.
+    /// Results reach `sink` as they arrive. On failure the error names the statement
+    /// (`None` when COMMIT itself failed), and a wrapped transaction is over either way.
+    pub async fn pipeline(
+        &mut self,
+        statements: &[PipelineStatement<'_>],
+        begin: Option<&str>,
+        options: &QueryOptions<'_>,
+        sink: &mut impl ResultSink,
+    ) -> Result<Option<CommandTag>, PipelineError> {
+        let failed = |index: Option<usize>| {
+            move |error: QueryError| PipelineError {
+                statement_index: index,
+                error,
+            }
+        };
+        self.ensure_in_sync().map_err(failed(None))?;
+        self.statements.protect();
+        let result = self
+            .pipeline_protected(statements, begin, options, sink)
+            .await;
+        self.statements.unprotect();
+        result
+    }
+
+    async fn pipeline_protected(
+        &mut self,
+        statements: &[PipelineStatement<'_>],
+        begin: Option<&str>,
+        options: &QueryOptions<'_>,
+        sink: &mut impl ResultSink,
+    ) -> Result<Option<CommandTag>, PipelineError> {
+        let at = |index: usize| {
+            move |error: QueryError| PipelineError {
+                statement_index: Some(index),
+                error,
+            }
+        };
+        // Prepare what the cache lacks, all at once.
+        let mut prepared: Vec<Option<Arc<Statement>>> = statements
+            .iter()
+            .map(|s| self.statements.get(s.sql))
+            .collect();
+        let mut missing: Vec<&str> = statements
+            .iter()
+            .zip(&prepared)
+            .filter(|(_, p)| p.is_none())
+            .map(|(s, _)| s.sql)
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if !missing.is_empty() {
+            let fresh = self
+                .prepare_many(&missing, options)
+                .await
+                .map_err(|(i, error)| {
+                    let index = statements
+                        .iter()
+                        .position(|s| s.sql == missing[i.min(missing.len() - 1)]);
+                    PipelineError {
+                        statement_index: index,
+                        error,
+                    }
+                })?;
+            for (slot, statement) in prepared.iter_mut().zip(statements) {
+                if slot.is_none() {
+                    *slot = missing
+                        .iter()
+                        .position(|sql| *sql == statement.sql)
+                        .map(|i| fresh[i].clone());
+                }
+            }
+        }
+        let prepared: Vec<Arc<Statement>> = prepared
+            .into_iter()
+            .map(|p| p.expect("every statement is prepared"))
+            .collect();
+
+        // Everything encoded before anything is queued, so a parameter error sends nothing.
+        let mut binds = Vec::with_capacity(statements.len());
+        for (index, (statement, request)) in prepared.iter().zip(statements).enumerate() {
+            if statement.params.len() != request.params.len() {
+                return Err(at(index)(QueryError::Rejected(format!(
+                    "the statement has {} parameter placeholder(s) but {} parameter(s) were given",
+                    statement.params.len(),
+                    request.params.len()
+                ))));
+            }
+            binds.push(
+                self.encode_bind(statement, request.params)
+                    .map_err(at(index))?,
+            );
+        }
+        let set_timeout = self.queue_statement_timeout(options.statement_timeout_ms);
+        if let Some(begin) = begin {
+            frontend::query(begin, &mut self.write_buf).map_err(|e| at(0)(lost(e)))?;
+            self.pending_syncs += 1;
+        }
+        for bind in binds {
+            self.write_buf.unsplit(bind);
+            frontend::execute("", 0, &mut self.write_buf).map_err(|e| at(0)(lost(e)))?;
+        }
+        frontend::sync(&mut self.write_buf);
+        self.pending_syncs += 1;
+        if begin.is_some() {
+            // On a failed transaction COMMIT rolls back and answers "ROLLBACK": no extra round
+            // trip either way.
+            frontend::query("COMMIT", &mut self.write_buf).map_err(|e| at(0)(lost(e)))?;
+            self.pending_syncs += 1;
+        }
+        if statements
+            .iter()
+            .any(|s| s.session_effect == SessionEffect::MayChangeSession)
+        {
+            self.session_dirty = true;
+        }
+        self.flush().await.map_err(|e| at(0)(lost(e)))?;
+
+        if set_timeout {
+            self.expect_command_ok().await.map_err(at(0))?;
+        }
+        if begin.is_some() {
+            self.expect_command_ok().await.map_err(at(0))?;
+        }
+        let mut failure: Option<PipelineError> = None;
+        let mut index = 0;
+        let mut started = false;
+        loop {
+            let message = self.recv().await.map_err(|e| at(index)(lost(e)))?;
+            match message {
+                Message::BindComplete => {
+                    sink.begin_statement(index, &prepared[index]);
+                    started = true;
+                }
+                Message::DataRow(row) if started => sink.row(&row).map_err(|e| {
+                    self.broken = true;
+                    at(index)(QueryError::ConnectionLost(format!(
+                        "malformed row from the server: {e}"
+                    )))
+                })?,
+                Message::CommandComplete(body) if started => {
+                    let tag = CommandTag::parse(body.tag().map_err(|e| at(index)(lost(e)))?);
+                    sink.end_statement(&tag);
+                    started = false;
+                    index += 1;
+                }
+                Message::EmptyQueryResponse if started => {
+                    sink.end_statement(&CommandTag::default());
+                    started = false;
+                    index += 1;
+                }
+                Message::ErrorResponse(body) => {
+                    let error = DbError::parse(body.fields()).map_err(|e| at(index)(lost(e)))?;
+                    failure = Some(at(index)(QueryError::db(error)));
+                }
+                Message::CopyInResponse(_) => {
+                    self.refuse_copy_in().await.map_err(at(index))?;
+                    frontend::sync(&mut self.write_buf);
+                    self.flush().await.map_err(|e| at(index)(lost(e)))?;
+                }
+                Message::CopyOutResponse(_) | Message::CopyData(_) | Message::CopyDone => {}
+                Message::ReadyForQuery(_) => break,
+                other => return Err(at(index)(self.desync(&other))),
+            }
+        }
+        let mut commit_tag = None;
+        if begin.is_some() {
+            let mut commit_error = None;
+            loop {
+                match self.recv().await.map_err(|e| at(index)(lost(e)))? {
+                    Message::CommandComplete(body) => {
+                        commit_tag = Some(CommandTag::parse(
+                            body.tag().map_err(|e| at(index)(lost(e)))?,
+                        ));
+                    }
+                    Message::ErrorResponse(body) => {
+                        commit_error =
+                            Some(DbError::parse(body.fields()).map_err(|e| at(index)(lost(e)))?);
+                    }
+                    Message::ReadyForQuery(_) => break,
+                    other => return Err(at(index)(self.desync(&other))),
+                }
+            }
+            if failure.is_none()
+                && let Some(error) = commit_error
+            {
+                failure = Some(PipelineError {
+                    statement_index: None,
+                    error: QueryError::db(error),
+                });
+            }
+        }
+        match failure {
+            Some(failure) => Err(failure),
+            None => Ok(commit_tag),
+        }
+    }
+
+    /// Runs a multi-statement script with the simple query protocol (no parameters), inside
+    /// `begin` … `COMMIT` when `begin` is given, and returns each statement's command tag.
+    /// A failure names the statement by its position in the script.
+    pub async fn script(
+        &mut self,
+        script: &str,
+        begin: Option<&str>,
+        statement_timeout_ms: u64,
+    ) -> Result<Vec<CommandTag>, PipelineError> {
+        let at = |index: Option<usize>| {
+            move |error: QueryError| PipelineError {
+                statement_index: index,
+                error,
+            }
+        };
+        self.ensure_in_sync().map_err(at(None))?;
+        let set_timeout = self.queue_statement_timeout(statement_timeout_ms);
+        for sql in [begin, Some(script), begin.map(|_| "COMMIT")]
+            .into_iter()
+            .flatten()
+        {
+            frontend::query(sql, &mut self.write_buf).map_err(|e| at(None)(lost(e)))?;
+            self.pending_syncs += 1;
+        }
+        // Scripts are for DDL and migrations: reset the session before the connection is reused.
+        self.session_dirty = true;
+        self.flush().await.map_err(|e| at(None)(lost(e)))?;
+        if set_timeout {
+            self.expect_command_ok().await.map_err(at(None))?;
+        }
+        if begin.is_some() {
+            self.expect_command_ok().await.map_err(at(Some(0)))?;
+        }
+        let mut tags = Vec::new();
+        let mut failure = None;
+        loop {
+            match self
+                .recv()
+                .await
+                .map_err(|e| at(Some(tags.len()))(lost(e)))?
+            {
+                Message::CommandComplete(body) => {
+                    tags.push(CommandTag::parse(
+                        body.tag().map_err(|e| at(Some(tags.len()))(lost(e)))?,
+                    ));
+                }
+                Message::EmptyQueryResponse | Message::RowDescription(_) | Message::DataRow(_) => {}
+                Message::CopyInResponse(_) => {
+                    self.refuse_copy_in().await.map_err(at(Some(tags.len())))?
+                }
+                Message::CopyOutResponse(_) | Message::CopyData(_) | Message::CopyDone => {}
+                Message::ErrorResponse(body) => {
+                    let error =
+                        DbError::parse(body.fields()).map_err(|e| at(Some(tags.len()))(lost(e)))?;
+                    failure = Some(at(Some(tags.len()))(QueryError::db(error)));
+                }
+                Message::ReadyForQuery(_) => break,
+                other => return Err(at(Some(tags.len()))(self.desync(&other))),
+            }
+        }
+        if begin.is_some() {
+            let mut commit_error = None;
+            loop {
+                match self.recv().await.map_err(|e| at(None)(lost(e)))? {
+                    Message::ErrorResponse(body) => {
+                        commit_error =
+                            Some(DbError::parse(body.fields()).map_err(|e| at(None)(lost(e)))?)
+                    }
+                    Message::ReadyForQuery(_) => break,
+                    _ => {}
+                }
+            }
+            if failure.is_none()
+                && let Some(error) = commit_error
+            {
+                failure = Some(at(None)(QueryError::db(error)));
+            }
+        }
+        match failure {
+            Some(failure) => Err(failure),
+            None => Ok(tags),
+        }
     }
 
     /// Looks up types the registry does not know (extension, enum, domain, composite types).
@@ -695,26 +1060,13 @@ impl PgConnection {
         }
     }
 
-    /// Brings the connection back to a clean state after whatever happened to it: drains
-    /// responses still owed (after asking Postgres to cancel a statement still running), rolls
-    /// back an open transaction and resets the session. Returns false when the connection
-    /// cannot be trusted any more and must be closed.
+    /// Brings the connection back to a clean state after whatever happened to it: settles
+    /// the exchange (see [`PgConnection::settle`]), rolls back an open transaction and resets
+    /// the session. Returns false when the connection cannot be trusted any more and must be
+    /// closed.
     pub async fn recover(&mut self, deadline: Duration) -> bool {
-        if self.is_broken() {
-            return false;
-        }
         let result = tokio::time::timeout(deadline, async {
-            if self.pending_syncs > 0 {
-                // A statement may still be running for a client that is gone. The cancel is
-                // complete (the server has signalled the backend) when its socket closes, so a
-                // late cancel cannot hit the next request's statement.
-                let _ = self.cancel.cancel().await;
-                while self.pending_syncs > 0 {
-                    if let Message::CopyInResponse(_) = self.recv().await.map_err(lost)? {
-                        self.refuse_copy_in().await?;
-                    }
-                }
-            }
+            self.settle_inner().await?;
             if self.tx_status != TxStatus::Idle || self.session_dirty {
                 self.reset_session().await?;
             }
@@ -722,6 +1074,34 @@ impl PgConnection {
         })
         .await;
         matches!(result, Ok(Ok(()))) && self.is_clean()
+    }
+
+    /// Brings the protocol back in sync after an exchange was abandoned halfway (the client
+    /// vanished): asks Postgres to cancel a statement still running and reads what is still
+    /// owed. A transaction stays open (failed, if its statement was cancelled). Returns false
+    /// when the connection cannot be trusted any more.
+    pub async fn settle(&mut self, deadline: Duration) -> bool {
+        let result = tokio::time::timeout(deadline, self.settle_inner()).await;
+        matches!(result, Ok(Ok(()))) && self.is_in_sync()
+    }
+
+    async fn settle_inner(&mut self) -> Result<(), QueryError> {
+        if self.is_broken() {
+            return Err(QueryError::ConnectionLost(
+                "the connection is broken".into(),
+            ));
+        }
+        if self.pending_syncs > 0 {
+            // The cancel is complete (the server has signalled the backend) when its socket
+            // closes, so a late cancel cannot hit the next statement on this connection.
+            let _ = self.cancel.cancel().await;
+            while self.pending_syncs > 0 {
+                if let Message::CopyInResponse(_) = self.recv().await.map_err(lost)? {
+                    self.refuse_copy_in().await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Rolls back any transaction and resets the session (one round trip).
@@ -772,22 +1152,23 @@ impl PgConnection {
     /// Pipelines `SET statement_timeout` in front of the statement when this call's timeout
     /// differs from the session's (one message, no extra round trip). Inside a transaction it
     /// is `SET LOCAL`, which ends with the transaction and leaves the session value alone.
+    /// In a failed transaction nothing is sent (it would fail; statements there fail anyway,
+    /// except `ROLLBACK TO SAVEPOINT`, which needs no timeout).
     fn queue_statement_timeout(&mut self, timeout_ms: u64) -> bool {
-        if self.tx_status == TxStatus::Idle {
-            if timeout_ms == self.statement_timeout_ms {
-                return false;
+        let sql = match self.tx_status {
+            TxStatus::Idle if timeout_ms != self.statement_timeout_ms => {
+                self.statement_timeout_ms = timeout_ms;
+                format!("SET statement_timeout = {timeout_ms}")
             }
-            self.statement_timeout_ms = timeout_ms;
-            let _ = frontend::query(
-                &format!("SET statement_timeout = {timeout_ms}"),
-                &mut self.write_buf,
-            );
-        } else {
-            let _ = frontend::query(
-                &format!("SET LOCAL statement_timeout = {timeout_ms}"),
-                &mut self.write_buf,
-            );
-        }
+            TxStatus::InTransaction
+                if timeout_ms != self.local_timeout_ms.unwrap_or(self.statement_timeout_ms) =>
+            {
+                self.local_timeout_ms = Some(timeout_ms);
+                format!("SET LOCAL statement_timeout = {timeout_ms}")
+            }
+            _ => return false,
+        };
+        let _ = frontend::query(&sql, &mut self.write_buf);
         self.pending_syncs += 1;
         true
     }
@@ -881,6 +1262,9 @@ impl PgConnection {
                             b'E' => TxStatus::Failed,
                             _ => TxStatus::Idle,
                         };
+                        if self.tx_status == TxStatus::Idle {
+                            self.local_timeout_ms = None;
+                        }
                         return Ok(Message::ReadyForQuery(body));
                     }
                     Message::ErrorResponse(body) => {

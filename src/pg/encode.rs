@@ -29,18 +29,16 @@ pub enum ValueFormat {
 }
 
 /// Writes the rows of one statement's result.
-pub struct RowEncoder<'s> {
-    fields: &'s [Field],
+pub struct RowEncoder {
     mode: RowMode,
     format: ValueFormat,
     /// Reused for unescaping quoted array elements.
     scratch: Vec<u8>,
 }
 
-impl<'s> RowEncoder<'s> {
-    pub fn new(fields: &'s [Field], mode: RowMode, format: ValueFormat) -> Self {
+impl RowEncoder {
+    pub fn new(mode: RowMode, format: ValueFormat) -> Self {
         RowEncoder {
-            fields,
             mode,
             format,
             scratch: Vec::new(),
@@ -66,7 +64,12 @@ impl<'s> RowEncoder<'s> {
     }
 
     /// One row, as an object keyed by column name or an array in column order.
-    pub fn write_row(&mut self, out: &mut Vec<u8>, row: &DataRowBody) -> io::Result<()> {
+    pub fn write_row(
+        &mut self,
+        out: &mut Vec<u8>,
+        fields: &[Field],
+        row: &DataRowBody,
+    ) -> io::Result<()> {
         let buffer = row.buffer();
         let mut ranges = row.ranges();
         let (open, close) = match self.mode {
@@ -76,7 +79,7 @@ impl<'s> RowEncoder<'s> {
         out.push(open);
         let mut index = 0;
         while let Some(range) = ranges.next()? {
-            let Some(field) = self.fields.get(index) else {
+            let Some(field) = fields.get(index) else {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     "row has more columns than its description",

@@ -11,7 +11,10 @@ pub mod statement;
 pub mod tls;
 pub mod types;
 
-pub use conn::{CancelToken, ConnectConfig, PgConnection, QueryOptions, Rows, Target, TxStatus};
+pub use conn::{
+    CancelToken, ConnectConfig, PgConnection, PipelineError, PipelineStatement, QueryOptions,
+    ResultSink, Rows, Target, TxStatus,
+};
 pub use encode::{RowEncoder, RowMode, ValueFormat};
 pub use error::{ConnectError, DbError, QueryError};
 pub use sql::{SessionEffect, SqlAnalysis};

@@ -21,6 +21,12 @@ pub struct SqlAnalysis {
     /// A `COPY … FROM STDIN` or `COPY … TO STDOUT`: it would stream through the client's
     /// connection, which an HTTP request does not have.
     pub copies_via_client: bool,
+    /// A statement that begins or ends a transaction (`BEGIN`, `COMMIT`, `ROLLBACK` but not
+    /// `ROLLBACK TO SAVEPOINT`, `PREPARE TRANSACTION`, …): the gateway owns those in batches
+    /// and interactive transactions.
+    pub transaction_control: bool,
+    /// Where each non-empty statement starts and ends in the text (without its `;`).
+    pub statement_spans: Vec<std::ops::Range<usize>>,
 }
 
 /// Whether a statement can change the session beyond its own transaction.
@@ -467,6 +473,8 @@ struct Lexer<'a> {
     sql: &'a str,
     bytes: &'a [u8],
     pos: usize,
+    /// Where the token last returned by `next_token` starts.
+    token_start: usize,
 }
 
 impl<'a> Lexer<'a> {
@@ -475,6 +483,7 @@ impl<'a> Lexer<'a> {
             sql,
             bytes: sql.as_bytes(),
             pos: 0,
+            token_start: 0,
         }
     }
 
@@ -484,10 +493,13 @@ impl<'a> Lexer<'a> {
         let mut leading_keyword = String::new();
         let mut effect = SessionEffect::None;
         let mut copies_via_client = false;
+        let mut transaction_control = false;
+        let mut statement_spans = Vec::new();
 
         // Per-statement state.
         let mut tokens_in_statement = 0usize;
         let mut statement_leading = String::new();
+        let mut span = 0..0;
         // `BEGIN ATOMIC … END` bodies of SQL-standard functions contain `;`.
         let mut atomic_depth = 0usize;
         // The last few tokens, to decide whether `word (` is a function call.
@@ -498,6 +510,7 @@ impl<'a> Lexer<'a> {
                 Token::Semicolon if atomic_depth == 0 => {
                     if tokens_in_statement > 0 {
                         statements += 1;
+                        statement_spans.push(span.clone());
                     }
                     tokens_in_statement = 0;
                     statement_leading.clear();
@@ -506,8 +519,15 @@ impl<'a> Lexer<'a> {
                 }
                 Token::Placeholder(n) => placeholders = placeholders.max(*n),
                 Token::Word(word) => {
+                    if tokens_in_statement == 1 {
+                        transaction_control |= ends_or_begins_transaction(&statement_leading, word);
+                    }
                     if tokens_in_statement == 0 {
                         statement_leading = word.to_ascii_uppercase();
+                        transaction_control |= matches!(
+                            statement_leading.as_str(),
+                            "BEGIN" | "START" | "COMMIT" | "END" | "ABORT"
+                        );
                         if statements == 0 {
                             leading_keyword.clone_from(&statement_leading);
                         }
@@ -543,12 +563,19 @@ impl<'a> Lexer<'a> {
                 }
                 _ => {}
             }
+            if tokens_in_statement == 0 {
+                span.start = self.token_start;
+            }
+            span.end = self.pos.min(self.bytes.len());
             tokens_in_statement += 1;
             previous.rotate_left(1);
             previous[3] = Some(token);
         }
         if tokens_in_statement > 0 {
             statements += 1;
+            // A lone `ROLLBACK` (no second word) is transaction control too.
+            transaction_control |= tokens_in_statement == 1 && statement_leading == "ROLLBACK";
+            statement_spans.push(span);
         }
         SqlAnalysis {
             statements,
@@ -556,6 +583,8 @@ impl<'a> Lexer<'a> {
             leading_keyword,
             session_effect: effect,
             copies_via_client,
+            transaction_control,
+            statement_spans,
         }
     }
 
@@ -573,6 +602,7 @@ impl<'a> Lexer<'a> {
                 _ => break,
             }
         }
+        self.token_start = self.pos;
         let c = self.peek(0)?;
         let token = match c {
             b';' => {
@@ -740,6 +770,17 @@ impl<'a> Lexer<'a> {
             None => self.pos = self.bytes.len(),
         }
         Token::Other
+    }
+}
+
+/// The second word of a statement led by `leading`: `ROLLBACK` ends a transaction unless it
+/// goes `TO` a savepoint; `PREPARE TRANSACTION`, `COMMIT PREPARED` and `ROLLBACK PREPARED`
+/// are two-phase commit.
+fn ends_or_begins_transaction(leading: &str, second: &str) -> bool {
+    match leading {
+        "ROLLBACK" => !second.eq_ignore_ascii_case("TO"),
+        "PREPARE" => second.eq_ignore_ascii_case("TRANSACTION"),
+        _ => false,
     }
 }
 
@@ -918,6 +959,51 @@ mod tests {
         assert!(analyse("copy (select 1) to stdout with csv").copies_via_client);
         assert!(!analyse("copy t from '/tmp/file'").copies_via_client);
         assert!(!analyse("select 'copy from stdin'").copies_via_client);
+    }
+
+    #[test]
+    fn finds_transaction_control() {
+        for sql in [
+            "begin",
+            "BEGIN ISOLATION LEVEL SERIALIZABLE",
+            "start transaction",
+            "commit",
+            "end",
+            "rollback",
+            "ROLLBACK AND CHAIN",
+            "abort",
+            "prepare transaction 'x'",
+            "select 1; commit",
+        ] {
+            assert!(analyse(sql).transaction_control, "{sql}");
+        }
+        for sql in [
+            "rollback to savepoint s",
+            "ROLLBACK TO s",
+            "savepoint s",
+            "release savepoint s",
+            "select 'begin'",
+            "prepare p as select 1",
+            "create function f() returns int begin atomic select 1; end",
+        ] {
+            assert!(!analyse(sql).transaction_control, "{sql}");
+        }
+    }
+
+    #[test]
+    fn splits_statements_at_their_boundaries() {
+        let sql =
+            "create table t (a text);\n insert into t values (';') ; ;\n-- done\nselect $$;$$";
+        let spans = analyse(sql).statement_spans;
+        let parts: Vec<&str> = spans.iter().map(|r| &sql[r.clone()]).collect();
+        assert_eq!(
+            parts,
+            [
+                "create table t (a text)",
+                "insert into t values (';')",
+                "select $$;$$"
+            ]
+        );
     }
 
     #[test]

@@ -44,6 +44,9 @@ pub struct StatementCache {
     entries: HashMap<Box<str>, Entry>,
     capacity: usize,
     clock: u64,
+    /// Entries used at or after this clock value belong to the exchange in progress and are
+    /// never evicted by it (a batch larger than the cache grows it for a moment instead).
+    protected_from: u64,
 }
 
 #[derive(Debug)]
@@ -58,6 +61,7 @@ impl StatementCache {
             entries: HashMap::new(),
             capacity: capacity.max(1),
             clock: 0,
+            protected_from: u64::MAX,
         }
     }
 
@@ -68,23 +72,25 @@ impl StatementCache {
         Some(entry.statement.clone())
     }
 
-    /// Adds a statement; returns the one it displaced, which the caller must close on the
+    /// Adds a statement; returns those it displaced, which the caller must close on the
     /// server. Eviction scans the cache, which only happens on a miss of a full cache, where a
     /// Parse round trip costs far more.
-    pub fn insert(&mut self, sql: &str, statement: Arc<Statement>) -> Option<Arc<Statement>> {
+    pub fn insert(&mut self, sql: &str, statement: Arc<Statement>) -> Vec<Arc<Statement>> {
         self.clock += 1;
-        let evicted = if self.entries.len() >= self.capacity {
+        let mut evicted = Vec::new();
+        while self.entries.len() >= self.capacity {
+            let protected_from = self.protected_from;
             let oldest = self
                 .entries
                 .iter()
+                .filter(|(_, entry)| entry.last_used < protected_from)
                 .min_by_key(|(_, entry)| entry.last_used)
                 .map(|(sql, _)| sql.clone());
-            oldest
-                .and_then(|sql| self.entries.remove(&sql))
-                .map(|entry| entry.statement)
-        } else {
-            None
-        };
+            match oldest.and_then(|sql| self.entries.remove(&sql)) {
+                Some(entry) => evicted.push(entry.statement),
+                None => break,
+            }
+        }
         self.entries.insert(
             sql.into(),
             Entry {
@@ -93,6 +99,15 @@ impl StatementCache {
             },
         );
         evicted
+    }
+
+    /// From now until [`StatementCache::unprotect`], statements used are not evicted.
+    pub fn protect(&mut self) {
+        self.protected_from = self.clock + 1;
+    }
+
+    pub fn unprotect(&mut self) {
+        self.protected_from = u64::MAX;
     }
 
     pub fn remove(&mut self, sql: &str) -> Option<Arc<Statement>> {
@@ -149,13 +164,31 @@ mod tests {
     #[test]
     fn evicts_the_least_recently_used() {
         let mut cache = StatementCache::new(2);
-        assert!(cache.insert("a", statement("s1")).is_none());
-        assert!(cache.insert("b", statement("s2")).is_none());
+        assert!(cache.insert("a", statement("s1")).is_empty());
+        assert!(cache.insert("b", statement("s2")).is_empty());
         assert!(cache.get("a").is_some());
-        let evicted = cache.insert("c", statement("s3")).unwrap();
-        assert_eq!(evicted.name, "s2");
+        let evicted = cache.insert("c", statement("s3"));
+        assert_eq!(evicted[0].name, "s2");
         assert!(cache.get("b").is_none());
         assert_eq!(cache.len(), 2);
+    }
+
+    #[test]
+    fn protected_statements_are_not_evicted() {
+        let mut cache = StatementCache::new(1);
+        cache.protect();
+        assert!(cache.insert("a", statement("s1")).is_empty());
+        assert!(
+            cache.insert("b", statement("s2")).is_empty(),
+            "grows rather than evict a statement in use"
+        );
+        cache.unprotect();
+        assert_eq!(
+            cache.insert("c", statement("s3")).len(),
+            2,
+            "and shrinks back once it may"
+        );
+        assert_eq!(cache.len(), 1);
     }
 
     #[test]

@@ -1,0 +1,163 @@
+//! `/v1/transactions`: begin, query, batch, commit and rollback of interactive transactions
+//! (see `crate::transactions` for the registry and its timeouts).
+
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::batch::{BatchRequest, Isolation, begin_sql, check_statements, run_pipeline};
+use super::body::Body;
+use super::error::ApiError;
+use super::query::{QueryRequest, run_into};
+use super::{RequestContext, Tenant};
+use crate::transactions::{BeginOptions, rfc3339, short};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct BeginRequest {
+    isolation: Option<Isolation>,
+    read_only: Option<bool>,
+    deferrable: Option<bool>,
+    idle_timeout_ms: Option<u64>,
+}
+
+/// What a call on `/v1/transactions/{id}/…` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Query,
+    Batch,
+    Commit,
+    Rollback,
+}
+
+pub async fn begin(
+    ctx: &mut RequestContext<'_>,
+    tenant: &Tenant,
+    body: &[u8],
+) -> Result<http::Response<Body>, ApiError> {
+    let request: BeginRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        BeginRequest::default()
+    } else {
+        super::parse_json(body)?
+    };
+    let idle_timeout = match request.idle_timeout_ms {
+        Some(0) => {
+            return Err(ApiError::BadRequest(
+                "`idleTimeoutMs` must be above 0".into(),
+            ));
+        }
+        // Never above the tenant's.
+        Some(ms) => Duration::from_millis(ms).min(tenant.config.transaction_idle_timeout),
+        None => tenant.config.transaction_idle_timeout,
+    };
+    let options = BeginOptions {
+        begin_sql: begin_sql(request.isolation, request.read_only, request.deferrable),
+        idle_timeout,
+    };
+    let waited = Instant::now();
+    let transaction = ctx.app.transactions.begin(tenant, options).await?;
+    ctx.log.queue_wait = Some(waited.elapsed());
+    ctx.log.transaction = Some(short(transaction.id()));
+    let body = json!({
+        "id": transaction.id(),
+        "idleTimeoutMs": transaction.idle_timeout().as_millis() as u64,
+        "expiresAt": rfc3339(transaction.expires_at()),
+    });
+    Ok(Body::json_response(StatusCode::CREATED, &body))
+}
+
+pub async fn call(
+    ctx: &mut RequestContext<'_>,
+    tenant: &Tenant,
+    id: &str,
+    action: Action,
+    body: &[u8],
+) -> Result<http::Response<Body>, ApiError> {
+    ctx.log.transaction = Some(short(id));
+    let transactions = ctx.app.transactions.clone();
+    // The body is checked before the transaction is touched: a malformed call never makes
+    // another wait.
+    match action {
+        Action::Query => {
+            let request: QueryRequest = super::parse_json(body)?;
+            let prepared = request.check(tenant)?;
+            if prepared.analysis.transaction_control {
+                return Err(ApiError::BadRequest(
+                    "end the transaction with /commit or /rollback; savepoints are fine".into(),
+                ));
+            }
+            let transaction = transactions.get(id, tenant)?;
+            let mut call = transactions.call(&transaction)?;
+            let executed = Instant::now();
+            let mut out = Vec::with_capacity(256);
+            out.push(b'{');
+            let result = run_into(
+                call.conn(),
+                &prepared,
+                tenant,
+                request.row_mode,
+                request.types,
+                ctx.max_response_bytes,
+                &mut out,
+            )
+            .await;
+            ctx.log.exec = Some(executed.elapsed());
+            ctx.log.rows = result?.rows;
+            out.push(b'}');
+            Ok(Body::json_bytes(StatusCode::OK, out))
+        }
+        Action::Batch => {
+            let request: BatchRequest = super::parse_json(body)?;
+            let Some(statements) = &request.statements else {
+                return Err(ApiError::BadRequest("send `statements`".into()));
+            };
+            if request.script.is_some()
+                || request.transaction.is_some()
+                || request.isolation.is_some()
+                || request.read_only.is_some()
+                || request.deferrable.is_some()
+            {
+                return Err(ApiError::BadRequest(
+                    "inside a transaction a batch takes `statements` (with `rowMode`, `types`, `timeoutMs`) only".into(),
+                ));
+            }
+            let (statements, timeout) = check_statements(statements, request.timeout_ms, tenant)?;
+            let transaction = transactions.get(id, tenant)?;
+            let mut call = transactions.call(&transaction)?;
+            let executed = Instant::now();
+            let mut out = Vec::with_capacity(256);
+            let result = run_pipeline(
+                call.conn(),
+                &statements,
+                None,
+                timeout,
+                tenant,
+                &request,
+                ctx.max_response_bytes,
+                &mut out,
+            )
+            .await;
+            ctx.log.exec = Some(executed.elapsed());
+            ctx.log.rows = result?;
+            Ok(Body::json_bytes(StatusCode::OK, out))
+        }
+        Action::Commit | Action::Rollback => {
+            if !body.iter().all(u8::is_ascii_whitespace) && body != b"{}" {
+                return Err(ApiError::BadRequest(
+                    "commit and rollback take no body".into(),
+                ));
+            }
+            let transaction = transactions.get(id, tenant)?;
+            let call = transactions.call(&transaction)?;
+            let executed = Instant::now();
+            let command = transactions.finish(call, action == Action::Commit).await;
+            ctx.log.exec = Some(executed.elapsed());
+            Ok(Body::json_response(
+                StatusCode::OK,
+                &json!({ "command": command? }),
+            ))
+        }
+    }
+}

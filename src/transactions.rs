@@ -1,0 +1,497 @@
+//! Interactive transactions over HTTP: the registry of open ones, each pinning one pooled
+//! connection of its tenant (so it counts against the upstream budget like any connection).
+//!
+//! - An id is 192 random bits (`tx_…`), bound to its tenant: any other tenant's key is told
+//!   it does not exist. Ids are never logged in full.
+//! - One call at a time: a transaction's connection sits behind an async mutex, and a second
+//!   call finds it locked (`transaction_busy`).
+//! - A watcher task per transaction rolls it back when it sits idle longer than its idle
+//!   timeout or lives past its maximum lifetime (cancelling a statement still running); its
+//!   id then answers `expired` for a while.
+//! - A client that vanishes mid-statement gets its statement cancelled; the transaction stays
+//!   open (failed, as Postgres leaves it) until commit, rollback or timeout.
+//! - At most `min(max_transactions, max_transaction_connections)` per tenant are open, so
+//!   one-shot queries always find a connection.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::Engine;
+use rand::Rng;
+use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::Tenant;
+use crate::api::error::ApiError;
+use crate::pg::{CancelToken, QueryError};
+use crate::pool::Checkout;
+
+/// How long an expired id still answers `expired` rather than "unknown".
+const REMEMBER_EXPIRED: Duration = Duration::from_secs(15 * 60);
+const MAX_REMEMBERED: usize = 100_000;
+/// How long a connection abandoned mid-statement may take to settle.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Every open transaction of the gateway.
+pub struct Transactions {
+    // std Mutexes: each critical section is a map operation, never held across an await.
+    open: Mutex<HashMap<Arc<str>, Arc<OpenTransaction>>>,
+    expired: Mutex<Expired>,
+    /// Per tenant id: the slots for open transactions.
+    slots: Mutex<HashMap<String, (usize, Arc<Semaphore>)>>,
+    tasks: TaskTracker,
+}
+
+pub struct OpenTransaction {
+    id: Arc<str>,
+    tenant: Arc<str>,
+    /// `None` once the transaction has ended.
+    conn: Arc<tokio::sync::Mutex<Option<Checkout>>>,
+    cancel: CancelToken,
+    idle_timeout: Duration,
+    deadline: Instant,
+    last_active: Mutex<Instant>,
+    ended: CancellationToken,
+    _slot: OwnedSemaphorePermit,
+}
+
+/// The connection of a transaction, held for one call. If the call is dropped halfway (the
+/// client vanished), the statement still running is cancelled and the protocol settled in the
+/// background; the transaction itself stays open.
+pub struct TransactionCall {
+    transaction: Arc<OpenTransaction>,
+    guard: Option<OwnedMutexGuard<Option<Checkout>>>,
+    tasks: TaskTracker,
+}
+
+#[derive(Default)]
+struct Expired {
+    ids: HashMap<Arc<str>, Instant>,
+    order: VecDeque<Arc<str>>,
+}
+
+/// What `begin` was asked for, already checked against the tenant's limits.
+pub struct BeginOptions {
+    pub begin_sql: String,
+    pub idle_timeout: Duration,
+}
+
+impl Transactions {
+    pub fn new(tasks: TaskTracker) -> Arc<Transactions> {
+        Arc::new(Transactions {
+            open: Mutex::new(HashMap::new()),
+            expired: Mutex::new(Expired::default()),
+            slots: Mutex::new(HashMap::new()),
+            tasks,
+        })
+    }
+
+    pub fn open_count(&self) -> usize {
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Open transactions of one tenant.
+    pub fn open_for(&self, tenant: &str) -> usize {
+        self.open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|t| &*t.tenant == tenant)
+            .count()
+    }
+
+    /// Opens a transaction: a slot, a connection, `BEGIN`.
+    pub async fn begin(
+        self: &Arc<Self>,
+        tenant: &Tenant,
+        options: BeginOptions,
+    ) -> Result<Arc<OpenTransaction>, ApiError> {
+        let slot = self.slot(tenant)?;
+        let mut conn = tenant.pool.checkout().await?;
+        conn.simple_query(&options.begin_sql)
+            .await
+            .map_err(|error| match error {
+                QueryError::Db(error) => ApiError::Database {
+                    error,
+                    statement_index: None,
+                },
+                other => ApiError::from(other),
+            })?;
+        let now = Instant::now();
+        let transaction = Arc::new(OpenTransaction {
+            id: new_id().into(),
+            tenant: tenant.config.id.as_str().into(),
+            cancel: conn.cancel_token(),
+            conn: Arc::new(tokio::sync::Mutex::new(Some(conn))),
+            idle_timeout: options.idle_timeout,
+            deadline: now + tenant.config.transaction_max,
+            last_active: Mutex::new(now),
+            ended: CancellationToken::new(),
+            _slot: slot,
+        });
+        self.open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(transaction.id.clone(), transaction.clone());
+        self.tasks.spawn(self.clone().watch(transaction.clone()));
+        Ok(transaction)
+    }
+
+    /// One of the tenant's transaction slots, or `too_many_transactions` at once.
+    fn slot(&self, tenant: &Tenant) -> Result<OwnedSemaphorePermit, ApiError> {
+        let capacity = tenant
+            .config
+            .max_transactions
+            .min(tenant.config.max_transaction_connections);
+        let semaphore = {
+            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            let entry = slots
+                .entry(tenant.config.id.clone())
+                .or_insert_with(|| (capacity, Arc::new(Semaphore::new(capacity))));
+            if entry.0 != capacity {
+                // The limit changed with a reload: new transactions count against the new one.
+                *entry = (capacity, Arc::new(Semaphore::new(capacity)));
+            }
+            entry.1.clone()
+        };
+        semaphore
+            .try_acquire_owned()
+            .map_err(|_| ApiError::TooManyTransactions {
+                retry_after: self.next_free(&tenant.config.id),
+            })
+    }
+
+    /// When the tenant's next transaction is due to end at the latest (its idle or lifetime
+    /// deadline), for `Retry-After`.
+    fn next_free(&self, tenant: &str) -> Duration {
+        let now = Instant::now();
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.values()
+            .filter(|t| &*t.tenant == tenant)
+            .map(|t| {
+                t.deadline
+                    .min(t.last_active() + t.idle_timeout)
+                    .saturating_duration_since(now)
+            })
+            .min()
+            .unwrap_or(Duration::from_secs(1))
+    }
+
+    /// The transaction `id` of `tenant`; another tenant's is "not found", like an unknown one.
+    pub fn get(&self, id: &str, tenant: &Tenant) -> Result<Arc<OpenTransaction>, ApiError> {
+        let found = self
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned();
+        match found {
+            Some(transaction) if *transaction.tenant == *tenant.config.id => Ok(transaction),
+            Some(_) => Err(ApiError::TransactionNotFound { expired: false }),
+            None => Err(ApiError::TransactionNotFound {
+                expired: self.was_expired(id),
+            }),
+        }
+    }
+
+    fn was_expired(&self, id: &str) -> bool {
+        let expired = self.expired.lock().unwrap_or_else(|e| e.into_inner());
+        expired
+            .ids
+            .get(id)
+            .is_some_and(|at| at.elapsed() < REMEMBER_EXPIRED)
+    }
+
+    /// The connection, for one call: `transaction_busy` if another call holds it.
+    pub fn call(&self, transaction: &Arc<OpenTransaction>) -> Result<TransactionCall, ApiError> {
+        let guard = transaction
+            .conn
+            .clone()
+            .try_lock_owned()
+            .map_err(|_| ApiError::TransactionBusy)?;
+        if guard.is_none() {
+            return Err(ApiError::TransactionNotFound {
+                expired: self.was_expired(&transaction.id),
+            });
+        }
+        // Past a deadline the watcher is about to roll back: the caller sees it expired now.
+        let now = Instant::now();
+        if now >= transaction.deadline
+            || now >= transaction.last_active() + transaction.idle_timeout
+        {
+            return Err(ApiError::TransactionNotFound { expired: true });
+        }
+        Ok(TransactionCall {
+            transaction: transaction.clone(),
+            guard: Some(guard),
+            tasks: self.tasks.clone(),
+        })
+    }
+
+    /// Ends the transaction with `COMMIT` or `ROLLBACK`; returns the command tag Postgres gave
+    /// (`ROLLBACK` for a commit of a failed transaction).
+    pub async fn finish(
+        &self,
+        mut call: TransactionCall,
+        commit: bool,
+    ) -> Result<String, ApiError> {
+        let transaction = call.transaction.clone();
+        let mut conn = call.take().expect("a call holds the connection");
+        self.forget(&transaction, false);
+        let tags = conn
+            .simple_query(if commit { "COMMIT" } else { "ROLLBACK" })
+            .await
+            .map_err(|error| match error {
+                QueryError::Db(error) => ApiError::Database {
+                    error,
+                    statement_index: None,
+                },
+                other => ApiError::from(other),
+            })?;
+        Ok(tags
+            .first()
+            .map(|t| t.command.clone())
+            .unwrap_or_else(|| "ROLLBACK".into()))
+    }
+
+    fn forget(&self, transaction: &OpenTransaction, expired: bool) {
+        self.open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&transaction.id);
+        transaction.ended.cancel();
+        if expired {
+            let mut remembered = self.expired.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            while remembered.order.len() >= MAX_REMEMBERED
+                || remembered.order.front().is_some_and(|id| {
+                    remembered
+                        .ids
+                        .get(id)
+                        .is_none_or(|at| now.duration_since(*at) >= REMEMBER_EXPIRED)
+                })
+            {
+                let Some(oldest) = remembered.order.pop_front() else {
+                    break;
+                };
+                remembered.ids.remove(&oldest);
+            }
+            remembered.ids.insert(transaction.id.clone(), now);
+            remembered.order.push_back(transaction.id.clone());
+        }
+    }
+
+    /// Rolls the transaction back when it has been idle too long or lived too long.
+    async fn watch(self: Arc<Self>, transaction: Arc<OpenTransaction>) {
+        loop {
+            let idle_deadline = transaction.last_active() + transaction.idle_timeout;
+            let wake = idle_deadline.min(transaction.deadline);
+            tokio::select! {
+                _ = transaction.ended.cancelled() => return,
+                _ = tokio::time::sleep_until(wake.into()) => {}
+            }
+            let now = Instant::now();
+            if now >= transaction.deadline {
+                self.expire(&transaction, "lifetime").await;
+                return;
+            }
+            if now < transaction.last_active() + transaction.idle_timeout {
+                continue;
+            }
+            // A call in progress is activity: wait for it (until the lifetime ends), then look
+            // again at when the transaction was last active.
+            let guard = tokio::select! {
+                _ = transaction.ended.cancelled() => return,
+                guard = tokio::time::timeout_at(transaction.deadline.into(), transaction.conn.clone().lock_owned()) => guard,
+            };
+            match guard {
+                Ok(guard) if guard.is_none() => return,
+                Ok(guard)
+                    if Instant::now() >= transaction.last_active() + transaction.idle_timeout =>
+                {
+                    self.rollback_expired(&transaction, guard, "idle").await;
+                    return;
+                }
+                Ok(_) => continue,
+                Err(_) => {
+                    self.expire(&transaction, "lifetime").await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Lifetime over: cancel whatever runs, then roll back.
+    async fn expire(&self, transaction: &Arc<OpenTransaction>, reason: &str) {
+        let guard = match transaction.conn.clone().try_lock_owned() {
+            Ok(guard) => guard,
+            Err(_) => {
+                let _ = transaction.cancel.cancel().await;
+                transaction.conn.clone().lock_owned().await
+            }
+        };
+        self.rollback_expired(transaction, guard, reason).await;
+    }
+
+    async fn rollback_expired(
+        &self,
+        transaction: &Arc<OpenTransaction>,
+        mut guard: OwnedMutexGuard<Option<Checkout>>,
+        reason: &str,
+    ) {
+        if let Some(mut conn) = guard.take() {
+            // Rolled back before the id reads "expired", so whoever sees that also sees the
+            // locks gone. Failing that, returning the connection rolls back in the background.
+            if conn.is_in_sync() {
+                let _ = conn.simple_query("ROLLBACK").await;
+            }
+            drop(conn);
+        }
+        tracing::info!(transaction = %short(&transaction.id), tenant = %transaction.tenant, reason, "transaction expired and was rolled back");
+        self.forget(transaction, true);
+    }
+
+    /// At the end of a drain: rolls back every transaction still open.
+    pub async fn abort_all(&self) {
+        let open: Vec<_> = self
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for transaction in open {
+            self.expire(&transaction, "shutdown").await;
+        }
+    }
+}
+
+impl OpenTransaction {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
+    }
+
+    /// The lifetime deadline as wall-clock time.
+    pub fn expires_at(&self) -> SystemTime {
+        SystemTime::now() + self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    fn last_active(&self) -> Instant {
+        *self.last_active.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn touch(&self) {
+        *self.last_active.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+}
+
+impl TransactionCall {
+    pub fn conn(&mut self) -> &mut Checkout {
+        self.guard
+            .as_mut()
+            .and_then(|g| g.as_mut())
+            .expect("a call holds the connection")
+    }
+
+    fn take(&mut self) -> Option<Checkout> {
+        self.guard.as_mut().and_then(|g| g.take())
+    }
+}
+
+impl Drop for TransactionCall {
+    fn drop(&mut self) {
+        self.transaction.touch();
+        let Some(mut guard) = self.guard.take() else {
+            return;
+        };
+        let in_sync = guard.as_ref().is_none_or(|c| c.is_in_sync());
+        if in_sync {
+            return;
+        }
+        let transaction = self.transaction.clone();
+        self.tasks.spawn(async move {
+            if let Some(conn) = guard.as_mut()
+                && !conn.settle(SETTLE_TIMEOUT).await
+            {
+                // Cannot be trusted: the connection goes (and the transaction with it).
+                tracing::warn!(transaction = %short(&transaction.id), "transaction connection lost after a client vanished");
+                guard.take();
+            }
+            transaction.touch();
+        });
+    }
+}
+
+/// 192 random bits.
+fn new_id() -> String {
+    let mut bytes = [0u8; 24];
+    rand::rng().fill_bytes(&mut bytes);
+    format!(
+        "tx_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+/// Enough of an id to follow it in the logs, not enough to use it.
+pub fn short(id: &str) -> String {
+    format!("{}…", id.get(..9).unwrap_or(id))
+}
+
+/// RFC 3339 in UTC with milliseconds.
+pub fn rfc3339(time: SystemTime) -> String {
+    let since_epoch = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let seconds = since_epoch.as_secs() as i64;
+    let (days, rest) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60,
+        since_epoch.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_long_random_and_url_safe() {
+        let (a, b) = (new_id(), new_id());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 3 + 32);
+        assert!(
+            a[3..]
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        );
+        assert_eq!(short(&a).chars().count(), 10);
+    }
+
+    #[test]
+    fn rfc3339_formats_utc() {
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_000_000_123);
+        assert_eq!(rfc3339(t), "2026-11-18T11:06:40.123Z");
+        let leap = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400);
+        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
+    }
+}
