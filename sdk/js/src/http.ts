@@ -1,0 +1,138 @@
+// One POST to the gateway: deadline, caller's abort, error mapping, and the retry policy. A retry
+// happens only where a second send cannot run a statement twice: the gateway answered 429 or
+// 503 (API.md: the statement did not run), or no response came at all and the caller marked
+// the request idempotent.
+
+import { SluiceError } from './error.js';
+
+export interface RetryOptions {
+  /** Sends at most this many times, the first included (default 3). */
+  maxAttempts?: number;
+  /** Backoff base: attempt n waits up to `baseDelayMs * 2^(n-1)`, full jitter (default 100). */
+  baseDelayMs?: number;
+  /** Cap of one backoff, on top of `Retry-After` (default 2000). */
+  maxDelayMs?: number;
+  /** No retry starts later than this after the first send (default 10000). */
+  maxElapsedMs?: number;
+}
+
+/** The gateway one client talks to, and how: what all its requests share. */
+export interface Gateway {
+  url: string;
+  headers: Record<string, string>;
+  fetch: typeof fetch;
+  retry: Required<RetryOptions> | false;
+}
+
+export interface Call {
+  /** Any of these aborting aborts the request. */
+  signals: (AbortSignal | undefined)[];
+  /** The client's own deadline for one send, in ms. */
+  deadlineMs?: number;
+  /** Retry on 429/503; false inside a transaction's callback. */
+  retry: boolean;
+  /** Retry after a network error too. */
+  idempotent?: boolean;
+  /** For the error: the statement's text. */
+  query?: string;
+}
+
+export async function post(gateway: Gateway, path: string, body: unknown, call: Call): Promise<any> {
+  const payload = body === undefined ? undefined : JSON.stringify(body);
+  const policy = call.retry && gateway.retry;
+  const started = Date.now();
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await send(gateway, path, payload, call);
+    } catch (error) {
+      const failure = error as SluiceError;
+      failure.attempts = attempt;
+      if (call.query) failure.query = call.query;
+      // A 429/503 from something other than the gateway (a proxy's page) promises nothing.
+      const refused = (failure.status === 429 || failure.status === 503) && failure.kind !== 'bad_response';
+      const retryable = refused || (failure.kind === 'network' && call.idempotent);
+      if (!policy || !retryable || attempt >= policy.maxAttempts) throw failure;
+      const backoff = Math.random() * Math.min(policy.maxDelayMs, policy.baseDelayMs * 2 ** (attempt - 1));
+      const wait = (failure.retryAfter ?? 0) * 1000 + backoff;
+      if (Date.now() + wait - started > policy.maxElapsedMs) throw failure;
+      await sleep(wait, call.signals);
+    }
+  }
+}
+
+async function send(gateway: Gateway, path: string, payload: string | undefined, call: Call): Promise<any> {
+  const controller = new AbortController();
+  let timedOut = false;
+  const abort = () => controller.abort();
+  const timer = call.deadlineMs === undefined ? undefined : setTimeout(() => ((timedOut = true), abort()), call.deadlineMs);
+  for (const signal of call.signals) signal?.addEventListener('abort', abort);
+  // Why the request ended early, once it has.
+  const cancelled = (cause: unknown) => {
+    const signal = call.signals.find((s) => s?.aborted);
+    if (signal) return aborted(signal);
+    if (timedOut) return new SluiceError('timeout', `no answer within ${call.deadlineMs} ms`, { cause });
+  };
+  try {
+    const early = cancelled(undefined);
+    if (early) throw early;
+    const headers = payload === undefined ? gateway.headers : { ...gateway.headers, 'content-type': 'application/json' };
+    let response: Response;
+    try {
+      response = await gateway.fetch(gateway.url + path, { method: 'POST', headers, body: payload, signal: controller.signal });
+    } catch (error) {
+      throw cancelled(error) ?? new SluiceError('network', `could not reach the gateway: ${(error as Error)?.message}`, { cause: error });
+    }
+    const requestId = response.headers.get('x-request-id');
+    const fields = requestId ? { status: response.status, requestId } : { status: response.status };
+    let text: string;
+    try {
+      text = await response.text();
+    } catch (error) {
+      // The headers came, so the statement may have run.
+      throw cancelled(error) ?? new SluiceError('connection_lost', 'the response broke off', { ...fields, cause: error });
+    }
+    let json: any;
+    try {
+      json = JSON.parse(text);
+    } catch {}
+    if (response.ok && json) return json;
+    const error = json?.error;
+    if (!error?.kind) {
+      throw new SluiceError('bad_response', `HTTP ${response.status} without a gateway answer: ${text.slice(0, 200)}`, fields);
+    }
+    const { retryAfterMs, ...rest } = error;
+    const retryAfter = parseRetryAfter(response.headers.get('retry-after')) ?? (retryAfterMs === undefined ? undefined : retryAfterMs / 1000);
+    throw new SluiceError(error.kind, error.message, retryAfter === undefined ? { ...rest, ...fields } : { ...rest, ...fields, retryAfter });
+  } finally {
+    clearTimeout(timer);
+    for (const signal of call.signals) signal?.removeEventListener('abort', abort);
+  }
+}
+
+/** Seconds, from either form of the header: a number of seconds or an HTTP date. */
+function parseRetryAfter(header: string | null): number | undefined {
+  if (!header) return undefined;
+  const seconds = Number(header);
+  if (seconds >= 0) return seconds;
+  const at = Date.parse(header);
+  return Number.isNaN(at) ? undefined : Math.max(0, (at - Date.now()) / 1000);
+}
+
+function sleep(ms: number, signals: (AbortSignal | undefined)[]): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const done = () => {
+      clearTimeout(timer);
+      for (const signal of signals) signal?.removeEventListener('abort', stop);
+    };
+    const stop = (event: Event) => {
+      done();
+      reject(aborted(event.target as AbortSignal));
+    };
+    const timer = setTimeout(() => (done(), resolve()), ms);
+    for (const signal of signals) signal?.addEventListener('abort', stop);
+  });
+}
+
+export function aborted(signal: AbortSignal): SluiceError {
+  return new SluiceError('aborted', 'the request was aborted', { cause: signal.reason });
+}

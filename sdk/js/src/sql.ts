@@ -1,0 +1,148 @@
+// The `sql` function users hold: a tagged template with `query`, `batch`, `id` and `unsafe`
+// attached. The client and each transaction get one, differing only in where their statements go
+// (`Scope`): the client's routes with retries, or a transaction's routes, one call at a time.
+
+import { post, type Gateway } from './http.js';
+import { Fragment, Query, id, toStatement, type FullResult, type QueryOptions, type Row } from './query.js';
+import { parserFor, type Field } from './values.js';
+
+export type Isolation = 'read uncommitted' | 'read committed' | 'repeatable read' | 'serializable';
+
+export interface BatchOptions {
+  /** Aborting cancels the request, and with it the running statement, so the batch rolls back. */
+  signal?: AbortSignal;
+  /** The client gives up after this many ms. */
+  timeoutMs?: number;
+  /** Safe to run twice: retry it after a network error too. Defaults to `readOnly`. */
+  idempotent?: boolean;
+}
+
+export interface ClientBatchOptions extends BatchOptions {
+  isolation?: Isolation;
+  readOnly?: boolean;
+  deferrable?: boolean;
+}
+
+/** Each query's result, in order. */
+export type BatchResults<Q extends readonly Query<unknown>[]> = { -readonly [K in keyof Q]: Awaited<Q[K]> };
+
+/** The tagged template and its helpers; `Sql` (the client) and `Transaction` extend it. */
+export interface SqlTag<Options extends BatchOptions> {
+  /** ``sql<User>`select * from users where id = ${id}` `` — values become `$n` parameters. */
+  <T = Row>(strings: TemplateStringsArray, ...values: unknown[]): Query<T[]>;
+  /** SQL text with `$1..$n` placeholders, or a template query with options. */
+  query<T = Row>(text: string, params?: readonly unknown[] | null, options?: QueryOptions & { fullResults?: false }): Query<T[]>;
+  query<T = Row>(text: string, params: readonly unknown[] | null | undefined, options: QueryOptions & { fullResults: true }): Query<FullResult<T>>;
+  query<T = Row>(query: Query<T[]> | Fragment, options?: QueryOptions & { fullResults?: false }): Query<T[]>;
+  query<T = Row>(query: Query<T[]> | Fragment, options: QueryOptions & { fullResults: true }): Query<FullResult<T>>;
+  /** With options whose `fullResults` is only known at run time. */
+  query<T = Row>(text: string, params?: readonly unknown[] | null, options?: QueryOptions): Query<T[] | FullResult<T>>;
+  query<T = Row>(query: Query<T[]> | Fragment, options?: QueryOptions): Query<T[] | FullResult<T>>;
+  /** Several statements in one request and one transaction: all commit, or none. */
+  batch<const Q extends readonly Query<unknown>[]>(queries: Q, options?: Options): Promise<BatchResults<Q>>;
+  /** A quoted identifier: `sql.id('users')`, `sql.id(['app', 'users'])`. */
+  id(name: string | readonly string[]): Fragment;
+  /** Trusted SQL text, inserted as it is: never pass user input here. */
+  unsafe<T = Row>(raw: string): Query<T[]>;
+}
+
+/** Where a `SqlTag`'s statements go. */
+export interface Scope {
+  gateway: Gateway;
+  defaults: QueryOptions;
+  /** `/v1` for the client, `/v1/transactions/{id}` for a transaction. */
+  path: string;
+  /** Retry on 429/503: the client yes, a transaction's callback never. */
+  retry: boolean;
+  /** Extra body fields of `batch` from its options. */
+  batchFields(options: ClientBatchOptions): object;
+  /** A transaction's signal; aborting it aborts every call of the scope. */
+  signal?: AbortSignal;
+  /** Serialises a transaction's calls, and refuses them once it has ended. */
+  enqueue<T>(task: () => Promise<T>): Promise<T>;
+}
+
+export function makeSql(scope: Scope): SqlTag<ClientBatchOptions> {
+  const run = async (query: Query<unknown>) => {
+    const options = withDefaults(scope.defaults, query.options);
+    const { sql, params } = toStatement(query);
+    const body = { sql, params, rowMode: 'array', timeoutMs: options.timeoutMs };
+    const deadlineMs = options.timeoutMs === undefined ? undefined : options.timeoutMs + 1000;
+    return scope.enqueue(() =>
+      post(scope.gateway, scope.path + '/query', body, {
+        signals: [options.signal, scope.signal],
+        deadlineMs,
+        retry: scope.retry,
+        idempotent: options.idempotent,
+        query: sql,
+      }),
+    ).then((result) => shape(result, options));
+  };
+
+  const sql = (strings: TemplateStringsArray, ...values: unknown[]) => {
+    if (!Array.isArray(strings) || !('raw' in strings)) {
+      throw new TypeError(
+        'sql is a tagged template: write sql`select … where id = ${id}`, not sql("…"). ' +
+          'For text with $1, $2 placeholders use sql.query(text, params); for trusted raw SQL, sql.unsafe(text).',
+      );
+    }
+    return new Query(new Fragment(strings, values), {}, run);
+  };
+
+  sql.query = (source: string | Query<unknown> | Fragment, params?: any, options?: QueryOptions) => {
+    if (typeof source === 'string') return new Query({ sql: source, params: params ?? [] }, options ?? {}, run);
+    // A query again, with these options.
+    if (source instanceof Query) return new Query(source.source, params ?? {}, run);
+    if (!(source instanceof Fragment)) throw new TypeError('sql.query takes SQL text, or a query built with the sql template');
+    return new Query(source, params ?? {}, run);
+  };
+
+  sql.batch = async (queries: readonly Query<unknown>[], options: ClientBatchOptions = {}) => {
+    const statements = queries.map(toStatement);
+    return scope
+      .enqueue(() =>
+        post(
+          scope.gateway,
+          scope.path + '/batch',
+          { statements, ...scope.batchFields(options) },
+          {
+            signals: [options.signal, scope.signal],
+            deadlineMs: options.timeoutMs,
+            retry: scope.retry,
+            idempotent: options.idempotent ?? options.readOnly,
+          },
+        ),
+      )
+      .then(({ results }) => results.map((result: StatementResult, i: number) => shape(result, withDefaults(scope.defaults, queries[i].options))));
+  };
+
+  sql.id = id;
+  sql.unsafe = (raw: string) => new Query(new Fragment([raw], []), {}, run);
+  return sql as SqlTag<ClientBatchOptions>;
+}
+
+/** A query's options over the client's; custom type parsers merge, the query's winning. */
+function withDefaults(defaults: QueryOptions, options: QueryOptions): QueryOptions {
+  return { ...defaults, ...options, types: { ...defaults.types, ...options.types } };
+}
+
+/** A statement's result as the gateway sends it: rows as arrays (or objects, from a transaction's batch). */
+interface StatementResult {
+  fields: Field[];
+  rows: unknown[][] | Row[];
+  command: string;
+  rowCount: number | null;
+}
+
+function shape({ fields, rows, command, rowCount }: StatementResult, options: QueryOptions): unknown {
+  const parsers = fields.map((field) => parserFor(field, options));
+  const parsed = rows.map((row) => {
+    const values = Array.isArray(row) ? row : fields.map((field) => row[field.name]);
+    parsers.forEach((parse, i) => {
+      if (parse && values[i] !== null) values[i] = parse(values[i]);
+    });
+    // fromEntries defines properties, so a column named __proto__ stays a plain key.
+    return options.rowMode === 'array' ? values : Object.fromEntries(fields.map((field, i) => [field.name, values[i]]));
+  });
+  return options.fullResults ? { rows: parsed, fields, command, rowCount } : parsed;
+}
