@@ -48,6 +48,10 @@ pub struct ServerTls {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub listen: Option<SocketAddr>,
+    /// A client must finish its handshake within this.
+    pub handshake_timeout: Duration,
+    /// Handshakes in progress at once, beyond which new connections wait (within the timeout).
+    pub max_handshakes: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -143,6 +147,8 @@ struct RawServerTls {
     cert: PathBuf,
     key: PathBuf,
     listen: Option<String>,
+    handshake_timeout_ms: Option<u64>,
+    max_handshakes: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -204,6 +210,8 @@ pub mod defaults {
     pub const BODY_READ_TIMEOUT_MS: u64 = 30_000;
     pub const SHUTDOWN_TIMEOUT_MS: u64 = 30_000;
     pub const AUTH_FAILURES_PER_MINUTE: u32 = 10;
+    pub const TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+    pub const TLS_MAX_HANDSHAKES: usize = 256;
 }
 
 impl Config {
@@ -374,12 +382,28 @@ impl RawServer {
             listen.as_deref().unwrap_or(defaults::LISTEN),
         )?;
         let tls = match tls {
-            Some(RawServerTls { cert, key, listen }) => Some(ServerTls {
+            Some(RawServerTls {
+                cert,
+                key,
+                listen,
+                handshake_timeout_ms,
+                max_handshakes,
+            }) => Some(ServerTls {
                 cert: base.join(cert),
                 key: base.join(key),
                 listen: listen
                     .map(|l| parse_addr("server.tls.listen", &l))
                     .transpose()?,
+                handshake_timeout: millis(
+                    "server.tls.handshake_timeout_ms",
+                    handshake_timeout_ms,
+                    defaults::TLS_HANDSHAKE_TIMEOUT_MS,
+                )?,
+                max_handshakes: at_least(
+                    "server.tls.max_handshakes",
+                    max_handshakes.unwrap_or(defaults::TLS_MAX_HANDSHAKES),
+                    1,
+                )?,
             }),
             None => None,
         };

@@ -313,6 +313,11 @@ rm -rf "$1""#;
         )
     }
 
+    /// The directory of the server's Unix socket (`host=` for a local connection).
+    pub fn socket_dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Where the server's log goes.
     pub fn log_path(&self) -> PathBuf {
         self.dir.join("postgres.log")
@@ -408,6 +413,8 @@ pub struct DevOptions {
     pub listen: std::net::SocketAddr,
     /// Print one JSON line (for scripts and the SDK's tests) instead of the human summary.
     pub json: bool,
+    /// Serve HTTPS with a throwaway CA and certificate.
+    pub tls: bool,
 }
 
 /// `sluice dev`: a throwaway Postgres with a demo table, a gateway with a demo tenant in
@@ -424,10 +431,24 @@ pub async fn run(
 
     let api_key = crate::auth::generate_key();
     let admin_key = crate::auth::generate_key();
+    let certificates = if options.tls {
+        Some(DevCertificates::write()?)
+    } else {
+        None
+    };
+    let tls_line = match &certificates {
+        Some(c) => format!(
+            "tls = {{ cert = \"{}\", key = \"{}\" }}",
+            c.cert.display(),
+            c.key.display()
+        ),
+        None => String::new(),
+    };
     let toml = format!(
         r#"
         [server]
         listen = "{listen}"
+        {tls_line}
         admin_keys = ["{admin}"]
         shutdown_timeout_ms = 5000
 
@@ -452,17 +473,23 @@ pub async fn run(
         format!("{e}\n(pick another address with `sluice dev --listen 127.0.0.1:PORT`)")
     })?;
     let address = listeners[0].local_addr().map_err(|e| e.to_string())?;
-    let url = format!("http://{address}");
+    let url = match &certificates {
+        // The certificate names localhost, so clients verify it by that name.
+        Some(_) => format!("https://localhost:{}", address.port()),
+        None => format!("http://{address}"),
+    };
+    let ca_file = certificates.as_ref().map(|c| c.ca.display().to_string());
     if options.json {
         let line = serde_json::json!({
             "url": url,
             "apiKey": api_key,
             "adminKey": admin_key,
             "databaseUrl": postgres.url("postgres"),
+            "caFile": ca_file,
         });
         println!("{line}");
     } else {
-        print_welcome(&url, &api_key, &admin_key, &postgres);
+        print_welcome(&url, &api_key, &admin_key, &postgres, ca_file.as_deref());
     }
     let result = crate::server::run(listeners, config, shutdown)
         .await
@@ -470,6 +497,7 @@ pub async fn run(
     tokio::task::spawn_blocking(move || drop(postgres))
         .await
         .map_err(|e| e.to_string())?;
+    drop(certificates);
     if !options.json {
         eprintln!("sluice dev: stopped; the throwaway database is gone.");
     }
@@ -504,7 +532,16 @@ async fn seed_demo(postgres: &TempPostgres) -> Result<(), String> {
     Ok(())
 }
 
-fn print_welcome(url: &str, api_key: &str, admin_key: &str, postgres: &TempPostgres) {
+fn print_welcome(
+    url: &str,
+    api_key: &str,
+    admin_key: &str,
+    postgres: &TempPostgres,
+    ca_file: Option<&str>,
+) {
+    let cacert = ca_file
+        .map(|f| format!(" --cacert {f}"))
+        .unwrap_or_default();
     println!(
         r#"sluice dev: a throwaway Postgres and a gateway in front of it.
 
@@ -515,12 +552,109 @@ fn print_welcome(url: &str, api_key: &str, admin_key: &str, postgres: &TempPostg
 
 Try it:
 
-  curl -s {url}/v1/query \
+  curl -s{cacert} {url}/v1/query \
     -H 'Authorization: Bearer {api_key}' \
     -H 'Content-Type: application/json' \
     -d '{{"sql": "select id, name, born, tags from demo where id <= $1", "params": [2]}}'
-
-Ctrl-C stops the gateway and removes the database."#,
+"#,
         database = postgres.url("postgres"),
     );
+    if let Some(ca) = ca_file {
+        println!(
+            "The certificate is signed by a throwaway CA: trust {ca}\n  curl: --cacert {ca}    Node.js: NODE_EXTRA_CA_CERTS={ca}    Deno: --cert {ca}\n"
+        );
+    }
+    println!("Ctrl-C stops the gateway and removes the database.");
+}
+
+/// The files of `sluice dev --tls`, removed when dropped.
+struct DevCertificates {
+    dir: PathBuf,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl DevCertificates {
+    fn write() -> Result<DevCertificates, String> {
+        let dir = std::env::temp_dir().join(format!("sluice-dev-tls-{}", std::process::id()));
+        fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let ca = DevCa::new("sluice dev CA")?;
+        let issued = ca.issue(&["localhost", "127.0.0.1", "::1"], 1)?;
+        let files = DevCertificates {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+            dir,
+        };
+        fs::write(&files.ca, &ca.cert_pem).map_err(|e| e.to_string())?;
+        fs::write(&files.cert, &issued.cert_pem).map_err(|e| e.to_string())?;
+        fs::write(&files.key, &issued.key_pem).map_err(|e| e.to_string())?;
+        fs::set_permissions(&files.key, fs::Permissions::from_mode(0o600))
+            .map_err(|e| e.to_string())?;
+        Ok(files)
+    }
+}
+
+impl Drop for DevCertificates {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A throwaway certificate authority, for `sluice dev --tls` and the TLS tests.
+pub struct DevCa {
+    params: rcgen::CertificateParams,
+    key: rcgen::KeyPair,
+    /// The CA certificate (PEM): what clients must trust.
+    pub cert_pem: String,
+}
+
+/// A certificate issued by a [`DevCa`], with its private key (PEM).
+pub struct DevCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl DevCa {
+    pub fn new(name: &str) -> Result<DevCa, String> {
+        let mut params =
+            rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+        let cert_pem = params.self_signed(&key).map_err(|e| e.to_string())?.pem();
+        Ok(DevCa {
+            params,
+            key,
+            cert_pem,
+        })
+    }
+
+    /// A server certificate for `names` (DNS names or IP addresses) with `serial`.
+    pub fn issue(&self, names: &[&str], serial: u64) -> Result<DevCert, String> {
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .map_err(|e| e.to_string())?;
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            names.first().copied().unwrap_or("localhost"),
+        );
+        params.serial_number = Some(rcgen::SerialNumber::from(serial));
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
+        let cert = params.signed_by(&key, &issuer).map_err(|e| e.to_string())?;
+        Ok(DevCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
 }

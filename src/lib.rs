@@ -30,4 +30,5 @@ pub mod dev;
 pub mod pg;
 pub mod pool;
 pub mod server;
+pub mod tls;
 pub mod transactions;

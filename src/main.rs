@@ -38,9 +38,12 @@ enum Command {
         /// Address for the gateway (port 0 picks a free one).
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
-        /// Print one JSON line {url, apiKey, adminKey, databaseUrl} instead of the summary.
+        /// Print one JSON line {url, apiKey, adminKey, databaseUrl, caFile} instead of the summary.
         #[arg(long)]
         json: bool,
+        /// Serve HTTPS with a throwaway certificate authority and certificate.
+        #[arg(long)]
+        tls: bool,
     },
     /// Print a new random API key and the `sha256:` line for the config.
     Key,
@@ -88,17 +91,21 @@ fn main() -> ExitCode {
                     Ok(listeners) => listeners,
                     Err(error) => return fail(&error.to_string()),
                 };
-                match sluice::server::run(listeners, config, shutdown_signal()).await {
+                let options = sluice::server::RunOptions {
+                    reload: Some(reload_signals()),
+                };
+                match sluice::server::run_with(listeners, config, options, shutdown_signal()).await
+                {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(error) => fail(&error.to_string()),
                 }
             })
         }
-        Command::Dev { listen, json } => {
+        Command::Dev { listen, json, tls } => {
             if !json {
                 init_logging(LogFormat::Text);
             }
-            let options = sluice::dev::DevOptions { listen, json };
+            let options = sluice::dev::DevOptions { listen, json, tls };
             match runtime().block_on(sluice::dev::run(options, shutdown_signal())) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => fail(&error),
@@ -150,6 +157,21 @@ fn init_logging(format: LogFormat) {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
     }
+}
+
+/// SIGHUP asks the gateway to reload (its TLS certificate and its config).
+fn reload_signals() -> tokio::sync::mpsc::Receiver<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut hangup = signal(SignalKind::hangup()).expect("cannot listen for SIGHUP");
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            if tx.send(()).await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// The first SIGTERM or Ctrl-C starts a drain; a second one exits at once.

@@ -16,11 +16,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, App, Generation};
-use crate::config::Config;
+use crate::config::{Config, ServerTls};
+use crate::tls::{ReloadableCert, TlsAcceptor};
 use crate::transactions::Transactions;
 
 /// Why the gateway could not run.
@@ -38,10 +40,13 @@ pub struct Listener {
     pub kind: ListenerKind,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum ListenerKind {
-    /// The API over plain HTTP/1.1 (and HTTP/2 with prior knowledge).
+    /// The API over plain HTTP/1.1 (and HTTP/2 with prior knowledge), for use behind a
+    /// TLS-terminating load balancer.
     Http,
+    /// The API over HTTPS: HTTP/1.1 or HTTP/2 by ALPN.
+    Https(TlsAcceptor),
 }
 
 impl Listener {
@@ -50,23 +55,79 @@ impl Listener {
     }
 }
 
-/// Binds the listeners a config asks for.
+impl ListenerKind {
+    fn name(&self) -> &'static str {
+        match self {
+            ListenerKind::Http => "http",
+            ListenerKind::Https(_) => "https",
+        }
+    }
+}
+
+/// Binds the listeners a config asks for: `listen` (HTTPS when `tls` has no address of its
+/// own), and `tls.listen` for HTTPS beside plain HTTP.
 pub async fn bind(config: &Config) -> Result<Vec<Listener>, RunError> {
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
             .map_err(|e| RunError::Config(format!("cannot listen on {addr}: {e}")))
     };
-    Ok(vec![Listener {
-        tcp: bind(config.server.listen).await?,
-        kind: ListenerKind::Http,
-    }])
+    let mut listeners = Vec::new();
+    match &config.server.tls {
+        None => listeners.push(Listener {
+            tcp: bind(config.server.listen).await?,
+            kind: ListenerKind::Http,
+        }),
+        Some(tls) => {
+            let acceptor = tls_acceptor(tls)?;
+            match tls.listen {
+                Some(https) => {
+                    listeners.push(Listener {
+                        tcp: bind(config.server.listen).await?,
+                        kind: ListenerKind::Http,
+                    });
+                    listeners.push(Listener {
+                        tcp: bind(https).await?,
+                        kind: ListenerKind::Https(acceptor),
+                    });
+                }
+                None => listeners.push(Listener {
+                    tcp: bind(config.server.listen).await?,
+                    kind: ListenerKind::Https(acceptor),
+                }),
+            }
+        }
+    }
+    Ok(listeners)
+}
+
+/// The TLS acceptor for `[server] tls`: the certificate is loaded (and checked) now.
+pub fn tls_acceptor(tls: &ServerTls) -> Result<TlsAcceptor, RunError> {
+    let cert = ReloadableCert::load(&tls.cert, &tls.key).map_err(RunError::Config)?;
+    TlsAcceptor::new(cert, tls.max_handshakes, tls.handshake_timeout).map_err(RunError::Config)
+}
+
+/// What the process around the gateway controls besides shutdown.
+#[derive(Default)]
+pub struct RunOptions {
+    /// Reload requests (SIGHUP): certificates are read again.
+    pub reload: Option<mpsc::Receiver<()>>,
 }
 
 /// Runs the gateway on `listeners` until `shutdown` completes, then drains and returns.
 pub async fn run(
     listeners: Vec<Listener>,
     config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    run_with(listeners, config, RunOptions::default(), shutdown).await
+}
+
+/// [`run`], with reload requests.
+pub async fn run_with(
+    listeners: Vec<Listener>,
+    config: Config,
+    options: RunOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     let tasks = TaskTracker::new();
@@ -86,8 +147,13 @@ pub async fn run(
     let connections = TaskTracker::new();
     let stop_accepting = CancellationToken::new();
     let close_connections = CancellationToken::new();
+    let mut certificates = Vec::new();
     for listener in listeners {
-        tracing::info!(address = %listener.local_addr()?, kind = ?listener.kind, "listening");
+        tracing::info!(address = %listener.local_addr()?, kind = listener.kind.name(), "listening");
+        if let ListenerKind::Https(acceptor) = &listener.kind {
+            certificates.push(acceptor.cert.clone());
+            tasks.spawn(acceptor.clone().watch_files(stop_accepting.clone()));
+        }
         let serving = Serving {
             app: app.clone(),
             builder: builder.clone(),
@@ -95,6 +161,20 @@ pub async fn run(
             connections: connections.clone(),
         };
         tasks.spawn(accept_loop(listener, serving, stop_accepting.clone()));
+    }
+    if let Some(mut reload) = options.reload {
+        let stop = stop_accepting.clone();
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    request = reload.recv() => match request {
+                        Some(()) => certificates.iter().for_each(|cert| { cert.reload(); }),
+                        None => return,
+                    },
+                }
+            }
+        });
     }
 
     shutdown.await;
@@ -174,9 +254,24 @@ async fn accept_loop(listener: Listener, serving: Serving, stop: CancellationTok
             }
         };
         let _ = stream.set_nodelay(true);
-        serving
-            .connections
-            .spawn(serve_connection(stream, peer, serving.clone()));
+        match &listener.kind {
+            ListenerKind::Http => {
+                serving
+                    .connections
+                    .spawn(serve_connection(stream, peer, serving.clone()));
+            }
+            ListenerKind::Https(acceptor) => {
+                // The handshake runs in the connection's own task: a slow client never holds
+                // up the accept loop.
+                let (acceptor, serving) = (acceptor.clone(), serving.clone());
+                serving.connections.clone().spawn(async move {
+                    match acceptor.accept(stream).await {
+                        Ok(tls) => serve_connection(tls, peer, serving).await,
+                        Err(error) => tracing::debug!(%peer, %error, "TLS connection refused"),
+                    }
+                });
+            }
+        }
     }
 }
 

@@ -32,7 +32,7 @@ use super::error::{ConnectError, DbError, QueryError};
 use super::params;
 use super::sql::SessionEffect;
 use super::statement::{CommandTag, Field, Statement, StatementCache};
-use super::tls::{self, TlsConnector};
+use super::tls::{self, SslMode, TlsConnector};
 use super::types::{PgType, TYPE_LOOKUP_SQL, TypeElement, TypeRegistry, TypeRow};
 
 /// Where and how to connect.
@@ -348,9 +348,19 @@ impl PgConnection {
                 }
                 Message::ReadyForQuery(_) => break,
                 Message::ErrorResponse(body) => {
-                    return Err(ConnectError::Rejected(Box::new(DbError::parse(
-                        body.fields(),
-                    )?)));
+                    let error = DbError::parse(body.fields())?;
+                    // pg_hba.conf has only `hostssl` lines for us: say what to change.
+                    if error.code == "28000"
+                        && error.message.contains("no encryption")
+                        && config.tls.mode() == SslMode::Disable
+                    {
+                        return Err(ConnectError::Tls(format!(
+                            "the server accepts only TLS connections ({}): set sslmode=require, verify-ca or \
+                             verify-full in the upstream URL",
+                            error.message
+                        )));
+                    }
+                    return Err(ConnectError::Rejected(Box::new(error)));
                 }
                 Message::AuthenticationKerberosV5
                 | Message::AuthenticationScmCredential
