@@ -39,6 +39,9 @@ pub struct ServerConfig {
     /// Failed authentications allowed per client address per minute before it gets 429s.
     pub auth_failures_per_minute: u32,
     pub log_format: LogFormat,
+    /// `error`, `warn`, `info`, `debug` or `trace` (or a `RUST_LOG`-style filter); `RUST_LOG`
+    /// overrides it.
+    pub log_level: String,
 }
 
 /// `[server] tls`: a certificate chain and key (PEM), and optionally a separate HTTPS address
@@ -139,6 +142,7 @@ struct RawServer {
     shutdown_timeout_ms: Option<u64>,
     auth_failures_per_minute: Option<u32>,
     log_format: Option<LogFormat>,
+    log_level: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -376,6 +380,7 @@ impl RawServer {
             shutdown_timeout_ms,
             auth_failures_per_minute,
             log_format,
+            log_level,
         } = self;
         let listen = parse_addr(
             "server.listen",
@@ -451,6 +456,18 @@ impl RawServer {
                 1,
             )? as u32,
             log_format: log_format.unwrap_or(LogFormat::Text),
+            log_level: match log_level {
+                Some(level) if tracing_subscriber::EnvFilter::try_new(&level).is_err() => {
+                    return Err(err(
+                        "server.log_level",
+                        format!(
+                            "\"{level}\" is not a level or filter (error, warn, info, debug, trace)"
+                        ),
+                    ));
+                }
+                Some(level) => level,
+                None => "info".to_owned(),
+            },
         })
     }
 }

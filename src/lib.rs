@@ -27,6 +27,7 @@ pub mod auth;
 pub mod check;
 pub mod config;
 pub mod dev;
+pub mod metrics;
 pub mod pg;
 pub mod pool;
 pub mod server;

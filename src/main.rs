@@ -75,17 +75,17 @@ fn main() -> ExitCode {
         }
         Command::Check { config, offline } => {
             let config = match load_config(config.as_deref()) {
-                Ok(config) => config,
+                Ok((config, _)) => config,
                 Err(error) => return fail(&error),
             };
             runtime().block_on(sluice::check::run(&config, offline))
         }
         Command::Serve { config } => {
-            let config = match load_config(config.as_deref()) {
-                Ok(config) => config,
+            let (config, config_path) = match load_config(config.as_deref()) {
+                Ok(loaded) => loaded,
                 Err(error) => return fail(&error),
             };
-            init_logging(config.server.log_format);
+            init_logging(config.server.log_format, &config.server.log_level);
             runtime().block_on(async move {
                 let listeners = match sluice::server::bind(&config).await {
                     Ok(listeners) => listeners,
@@ -93,6 +93,7 @@ fn main() -> ExitCode {
                 };
                 let options = sluice::server::RunOptions {
                     reload: Some(reload_signals()),
+                    config_path,
                 };
                 match sluice::server::run_with(listeners, config, options, shutdown_signal()).await
                 {
@@ -103,7 +104,7 @@ fn main() -> ExitCode {
         }
         Command::Dev { listen, json, tls } => {
             if !json {
-                init_logging(LogFormat::Text);
+                init_logging(LogFormat::Text, "info");
             }
             let options = sluice::dev::DevOptions { listen, json, tls };
             match runtime().block_on(sluice::dev::run(options, shutdown_signal())) {
@@ -126,12 +127,21 @@ fn fail(message: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn load_config(path: Option<&Path>) -> Result<Config, String> {
+/// The config and the file it came from (`None` in environment-only mode).
+fn load_config(path: Option<&Path>) -> Result<(Config, Option<PathBuf>), String> {
     let default = Path::new("sluice.toml");
-    match path {
-        Some(path) => Config::from_file(path).map_err(|e| format!("{}: {e}", path.display())),
-        None if default.exists() => {
-            Config::from_file(default).map_err(|e| format!("sluice.toml: {e}"))
+    let file = match path {
+        Some(path) => Some(path.to_owned()),
+        None if default.exists() => Some(default.to_owned()),
+        None => None,
+    };
+    match file {
+        Some(file) => {
+            let config =
+                Config::from_file(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            // Absolute, so a reload finds it whatever the working directory becomes.
+            let file = std::fs::canonicalize(&file).unwrap_or(file);
+            Ok((config, Some(file)))
         }
         None => {
             let vars: HashMap<String, String> = std::env::vars()
@@ -142,14 +152,15 @@ fn load_config(path: Option<&Path>) -> Result<Config, String> {
                             SLUICE_API_KEY (try `sluice dev` for a local sandbox)"
                     .into());
             }
-            Config::from_env(&vars).map_err(|e| e.to_string())
+            Ok((Config::from_env(&vars).map_err(|e| e.to_string())?, None))
         }
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs to stderr: the level from `RUST_LOG` if set, else `[server] log_level`.
+fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -8,6 +8,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,8 +21,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api::{self, App, Generation};
+use crate::api::{self, App, Generation, Reloader, Surface};
 use crate::config::{Config, ServerTls};
+use crate::metrics::{Metrics, ProtocolLabel};
 use crate::tls::{ReloadableCert, TlsAcceptor};
 use crate::transactions::Transactions;
 
@@ -47,6 +49,8 @@ pub enum ListenerKind {
     Http,
     /// The API over HTTPS: HTTP/1.1 or HTTP/2 by ALPN.
     Https(TlsAcceptor),
+    /// `GET /metrics` only (`[server] metrics_listen`).
+    Metrics,
 }
 
 impl Listener {
@@ -60,6 +64,7 @@ impl ListenerKind {
         match self {
             ListenerKind::Http => "http",
             ListenerKind::Https(_) => "https",
+            ListenerKind::Metrics => "metrics",
         }
     }
 }
@@ -98,6 +103,12 @@ pub async fn bind(config: &Config) -> Result<Vec<Listener>, RunError> {
             }
         }
     }
+    if let Some(metrics) = config.server.metrics_listen {
+        listeners.push(Listener {
+            tcp: bind(metrics).await?,
+            kind: ListenerKind::Metrics,
+        });
+    }
     Ok(listeners)
 }
 
@@ -110,8 +121,11 @@ pub fn tls_acceptor(tls: &ServerTls) -> Result<TlsAcceptor, RunError> {
 /// What the process around the gateway controls besides shutdown.
 #[derive(Default)]
 pub struct RunOptions {
-    /// Reload requests (SIGHUP): certificates are read again.
+    /// Reload requests (SIGHUP): certificates and the config file are read again.
     pub reload: Option<mpsc::Receiver<()>>,
+    /// The config file, for reloads (SIGHUP, `POST /v1/admin/reload`); `None` when the config
+    /// came from the environment.
+    pub config_path: Option<PathBuf>,
 }
 
 /// Runs the gateway on `listeners` until `shutdown` completes, then drains and returns.
@@ -133,43 +147,67 @@ pub async fn run_with(
     let tasks = TaskTracker::new();
     let shutdown_timeout = config.server.shutdown_timeout;
     let header_read_timeout = config.server.header_read_timeout;
-    let generation = Generation::new(config, &tasks);
+    let with_metrics = config.server.metrics_listen.is_none();
+    let metrics = Metrics::new();
+    let generation = Generation::new(config, &tasks, &metrics);
     generation
         .pools
         .probe(Duration::from_secs(5))
         .await
         .map_err(RunError::Config)?;
-    let transactions = Transactions::new(tasks.clone());
-    let app = App::new(generation, transactions.clone());
+    let transactions = Transactions::new(tasks.clone(), metrics.clone());
+    let certificates = listeners
+        .iter()
+        .filter_map(|l| match &l.kind {
+            ListenerKind::Https(acceptor) => Some(acceptor.cert.clone()),
+            _ => None,
+        })
+        .collect();
+    let reloader = Reloader::new(options.config_path, certificates);
+    let app = App::new(
+        generation,
+        transactions.clone(),
+        metrics,
+        tasks.clone(),
+        reloader,
+    );
 
     let builder = Arc::new(http_builder(header_read_timeout));
     // Connections are tracked apart from background work so shutdown can wait for them first.
     let connections = TaskTracker::new();
     let stop_accepting = CancellationToken::new();
     let close_connections = CancellationToken::new();
-    let mut certificates = Vec::new();
     for listener in listeners {
         tracing::info!(address = %listener.local_addr()?, kind = listener.kind.name(), "listening");
         if let ListenerKind::Https(acceptor) = &listener.kind {
-            certificates.push(acceptor.cert.clone());
             tasks.spawn(acceptor.clone().watch_files(stop_accepting.clone()));
         }
+        let surface = match listener.kind {
+            ListenerKind::Metrics => Surface::Metrics,
+            ListenerKind::Http | ListenerKind::Https(_) => Surface::Api { with_metrics },
+        };
         let serving = Serving {
             app: app.clone(),
             builder: builder.clone(),
+            surface,
+            header_read_timeout,
             close: close_connections.clone(),
             connections: connections.clone(),
         };
         tasks.spawn(accept_loop(listener, serving, stop_accepting.clone()));
     }
     if let Some(mut reload) = options.reload {
-        let stop = stop_accepting.clone();
+        let (stop, app) = (stop_accepting.clone(), app.clone());
         tasks.spawn(async move {
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     request = reload.recv() => match request {
-                        Some(()) => certificates.iter().for_each(|cert| { cert.reload(); }),
+                        Some(()) => {
+                            if let Err(reason) = app.reload().await {
+                                tracing::error!(%reason, "config reload refused; the current config stays in force");
+                            }
+                        }
                         None => return,
                     },
                 }
@@ -233,6 +271,8 @@ fn http_builder(header_read_timeout: Duration) -> auto::Builder<TokioExecutor> {
 struct Serving {
     app: Arc<App>,
     builder: Arc<auto::Builder<TokioExecutor>>,
+    surface: Surface,
+    header_read_timeout: Duration,
     /// Cancelled at shutdown: connections finish their current request and close.
     close: CancellationToken,
     connections: TaskTracker,
@@ -255,10 +295,15 @@ async fn accept_loop(listener: Listener, serving: Serving, stop: CancellationTok
         };
         let _ = stream.set_nodelay(true);
         match &listener.kind {
-            ListenerKind::Http => {
-                serving
-                    .connections
-                    .spawn(serve_connection(stream, peer, serving.clone()));
+            ListenerKind::Http | ListenerKind::Metrics => {
+                let serving = serving.clone();
+                serving.connections.clone().spawn(async move {
+                    if let Some(protocol) =
+                        sniff_protocol(&stream, serving.header_read_timeout).await
+                    {
+                        serve_connection(stream, peer, protocol, serving).await;
+                    }
+                });
             }
             ListenerKind::Https(acceptor) => {
                 // The handshake runs in the connection's own task: a slow client never holds
@@ -266,7 +311,11 @@ async fn accept_loop(listener: Listener, serving: Serving, stop: CancellationTok
                 let (acceptor, serving) = (acceptor.clone(), serving.clone());
                 serving.connections.clone().spawn(async move {
                     match acceptor.accept(stream).await {
-                        Ok(tls) => serve_connection(tls, peer, serving).await,
+                        Ok(tls) => {
+                            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                            serve_connection(tls, peer, if h2 { "h2" } else { "http1" }, serving)
+                                .await;
+                        }
                         Err(error) => tracing::debug!(%peer, %error, "TLS connection refused"),
                     }
                 });
@@ -275,14 +324,33 @@ async fn accept_loop(listener: Listener, serving: Serving, stop: CancellationTok
     }
 }
 
-async fn serve_connection<I>(io: I, peer: SocketAddr, serving: Serving)
+/// Plain HTTP/2 starts with its preface ("PRI * HTTP/2.0"); anything else is HTTP/1. Waits
+/// for the first bytes no longer than a client may take to send its headers.
+async fn sniff_protocol(stream: &tokio::net::TcpStream, timeout: Duration) -> Option<&'static str> {
+    let mut first = [0u8; 3];
+    match tokio::time::timeout(timeout, stream.peek(&mut first)).await {
+        Ok(Ok(n)) if n > 0 => Some(if &first[..n] == b"PRI" { "h2" } else { "http1" }),
+        _ => None,
+    }
+}
+
+async fn serve_connection<I>(io: I, peer: SocketAddr, protocol: &'static str, serving: Serving)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let app = serving.app.clone();
+    let gauge = serving
+        .app
+        .metrics
+        .http_connections
+        .get_or_create_owned(&ProtocolLabel { protocol });
+    gauge.inc();
+    let _open = scopeguard(move || {
+        gauge.dec();
+    });
+    let (app, surface) = (serving.app.clone(), serving.surface);
     let service = service_fn(move |request| {
         let app = app.clone();
-        async move { Ok::<_, Infallible>(api::handle(app, request, peer.ip()).await) }
+        async move { Ok::<_, Infallible>(api::handle(app, request, peer.ip(), surface).await) }
     });
     let connection = serving.builder.serve_connection(TokioIo::new(io), service);
     let mut connection = std::pin::pin!(connection);
@@ -296,4 +364,17 @@ where
     if let Err(error) = result {
         tracing::debug!(%peer, %error, "connection ended with an error");
     }
+}
+
+/// Runs `f` when dropped (a connection's gauge goes down however the connection ends).
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }

@@ -14,6 +14,7 @@
 //!   one-shot queries always find a connection.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -25,6 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::Tenant;
 use crate::api::error::ApiError;
+use crate::metrics::{Metrics, TenantLabel};
 use crate::pg::{CancelToken, QueryError};
 use crate::pool::Checkout;
 
@@ -42,6 +44,7 @@ pub struct Transactions {
     /// Per tenant id: the slots for open transactions.
     slots: Mutex<HashMap<String, (usize, Arc<Semaphore>)>>,
     tasks: TaskTracker,
+    metrics: Arc<Metrics>,
 }
 
 pub struct OpenTransaction {
@@ -53,6 +56,8 @@ pub struct OpenTransaction {
     idle_timeout: Duration,
     deadline: Instant,
     last_active: Mutex<Instant>,
+    /// Set when the watcher decides to roll the transaction back.
+    expiring: AtomicBool,
     ended: CancellationToken,
     _slot: OwnedSemaphorePermit,
 }
@@ -79,12 +84,13 @@ pub struct BeginOptions {
 }
 
 impl Transactions {
-    pub fn new(tasks: TaskTracker) -> Arc<Transactions> {
+    pub fn new(tasks: TaskTracker, metrics: Arc<Metrics>) -> Arc<Transactions> {
         Arc::new(Transactions {
             open: Mutex::new(HashMap::new()),
             expired: Mutex::new(Expired::default()),
             slots: Mutex::new(HashMap::new()),
             tasks,
+            metrics,
         })
     }
 
@@ -128,6 +134,7 @@ impl Transactions {
             idle_timeout: options.idle_timeout,
             deadline: now + tenant.config.transaction_max,
             last_active: Mutex::new(now),
+            expiring: AtomicBool::new(false),
             ended: CancellationToken::new(),
             _slot: slot,
         });
@@ -206,6 +213,11 @@ impl Transactions {
 
     /// The connection, for one call: `transaction_busy` if another call holds it.
     pub fn call(&self, transaction: &Arc<OpenTransaction>) -> Result<TransactionCall, ApiError> {
+        // Past its lifetime, or once the watcher has decided to roll it back (it may hold the
+        // connection doing so), the caller sees the transaction expired, not busy.
+        if Instant::now() >= transaction.deadline || transaction.expiring.load(Ordering::SeqCst) {
+            return Err(ApiError::TransactionNotFound { expired: true });
+        }
         let guard = transaction
             .conn
             .clone()
@@ -215,13 +227,6 @@ impl Transactions {
             return Err(ApiError::TransactionNotFound {
                 expired: self.was_expired(&transaction.id),
             });
-        }
-        // Past a deadline the watcher is about to roll back: the caller sees it expired now.
-        let now = Instant::now();
-        if now >= transaction.deadline
-            || now >= transaction.last_active() + transaction.idle_timeout
-        {
-            return Err(ApiError::TransactionNotFound { expired: true });
         }
         Ok(TransactionCall {
             transaction: transaction.clone(),
@@ -311,6 +316,7 @@ impl Transactions {
                 Ok(guard)
                     if Instant::now() >= transaction.last_active() + transaction.idle_timeout =>
                 {
+                    transaction.expiring.store(true, Ordering::SeqCst);
                     self.rollback_expired(&transaction, guard, "idle").await;
                     return;
                 }
@@ -325,6 +331,7 @@ impl Transactions {
 
     /// Lifetime over: cancel whatever runs, then roll back.
     async fn expire(&self, transaction: &Arc<OpenTransaction>, reason: &str) {
+        transaction.expiring.store(true, Ordering::SeqCst);
         let guard = match transaction.conn.clone().try_lock_owned() {
             Ok(guard) => guard,
             Err(_) => {
@@ -350,6 +357,15 @@ impl Transactions {
             drop(conn);
         }
         tracing::info!(transaction = %short(&transaction.id), tenant = %transaction.tenant, reason, "transaction expired and was rolled back");
+        if reason != "shutdown" {
+            let label = TenantLabel {
+                tenant: transaction.tenant.to_string(),
+            };
+            self.metrics
+                .transactions_expired
+                .get_or_create(&label)
+                .inc();
+        }
         self.forget(transaction, true);
     }
 

@@ -79,6 +79,7 @@ impl TlsGateway {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let options = sluice::server::RunOptions {
             reload: Some(reloads),
+            config_path: None,
         };
         let task = tokio::spawn(sluice::server::run_with(
             listeners,

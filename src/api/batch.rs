@@ -245,6 +245,9 @@ pub async fn run_pipeline(
         session_effect,
         types: tenant.pool.types(),
     };
+    for statement in statements {
+        tracing::debug!(target: "sluice::sql", tenant = %tenant.config.id, sql = statement.sql, "statement");
+    }
     out.extend_from_slice(b"{\"results\":[");
     let mut writer = ResultWriter::new(out, request.row_mode, request.types, max_bytes);
     conn.pipeline(statements, begin, &options, &mut writer)

@@ -2,6 +2,7 @@
 //! endpoint group. This layer alone knows about status codes; the stages below it answer with
 //! their own error types, mapped to API.md's kinds in [`error`].
 
+mod admin;
 pub mod batch;
 pub mod body;
 pub mod error;
@@ -11,6 +12,7 @@ pub mod results;
 mod transactions;
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -18,7 +20,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use tokio_util::task::TaskTracker;
 
 use self::body::Body;
@@ -26,16 +28,41 @@ use self::error::ApiError;
 use crate::admission::{AuthFailures, TenantRate};
 use crate::auth::{KeyStore, Principal};
 use crate::config::{Config, TenantConfig};
+use crate::metrics::Metrics;
 use crate::pool::{Pools, TenantPool};
+use crate::tls::ReloadableCert;
 use crate::transactions::Transactions;
 
 /// State shared by every request.
 pub struct App {
     generation: ArcSwap<Generation>,
     pub transactions: Arc<Transactions>,
-    auth_failures: AuthFailures,
+    pub metrics: Arc<Metrics>,
+    tasks: TaskTracker,
+    reloader: Reloader,
     draining: AtomicBool,
     in_flight: AtomicUsize,
+}
+
+/// What a reload reads again.
+#[derive(Default)]
+pub struct Reloader {
+    /// The config file; `None` when the config came from the environment.
+    pub config_path: Option<PathBuf>,
+    /// The HTTPS listeners' certificates.
+    pub certificates: Vec<Arc<ReloadableCert>>,
+    /// One reload at a time.
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl Reloader {
+    pub fn new(config_path: Option<PathBuf>, certificates: Vec<Arc<ReloadableCert>>) -> Reloader {
+        Reloader {
+            config_path,
+            certificates,
+            lock: tokio::sync::Mutex::new(()),
+        }
+    }
 }
 
 /// One configuration and everything built from it.
@@ -44,11 +71,29 @@ pub struct Generation {
     pub keys: KeyStore,
     pub pools: Pools,
     /// Each tenant's request rate, by tenant index.
-    pub rates: Vec<TenantRate>,
+    pub rates: Vec<Arc<TenantRate>>,
+    pub auth_failures: Arc<AuthFailures>,
 }
 
 impl Generation {
-    pub fn new(config: Config, tasks: &TaskTracker) -> Generation {
+    pub fn new(config: Config, tasks: &TaskTracker, metrics: &Arc<Metrics>) -> Generation {
+        let pools = Pools::new(&config, tasks, metrics);
+        Generation::assemble(config, pools, None)
+    }
+
+    /// The next generation after a reload: pools reconfigured in place, rate-limit state kept
+    /// for tenants whose limits did not change.
+    pub fn reconfigure(
+        config: Config,
+        previous: &Generation,
+        tasks: &TaskTracker,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Generation, String> {
+        let pools = previous.pools.reconfigure(&config, tasks, metrics)?;
+        Ok(Generation::assemble(config, pools, Some(previous)))
+    }
+
+    fn assemble(config: Config, pools: Pools, previous: Option<&Generation>) -> Generation {
         let keys = KeyStore::new(
             config
                 .tenants
@@ -63,17 +108,32 @@ impl Generation {
                         .map(|k| (*k, Principal::Admin)),
                 ),
         );
-        let pools = Pools::new(&config, tasks);
         let rates = config
             .tenants
             .iter()
-            .map(|t| TenantRate::new(t.rate_per_second, t.burst))
+            .map(|tenant| {
+                let unchanged = previous.and_then(|p| {
+                    let index = p.config.tenant_index(&tenant.id)?;
+                    let old = &p.config.tenants[index];
+                    (old.rate_per_second == tenant.rate_per_second && old.burst == tenant.burst)
+                        .then(|| p.rates[index].clone())
+                });
+                unchanged.unwrap_or_else(|| {
+                    Arc::new(TenantRate::new(tenant.rate_per_second, tenant.burst))
+                })
+            })
             .collect();
+        let per_minute = config.server.auth_failures_per_minute;
+        let auth_failures = previous
+            .filter(|p| p.config.server.auth_failures_per_minute == per_minute)
+            .map(|p| p.auth_failures.clone())
+            .unwrap_or_else(|| Arc::new(AuthFailures::new(per_minute)));
         Generation {
             config,
             keys,
             pools,
             rates,
+            auth_failures,
         }
     }
 }
@@ -87,12 +147,19 @@ pub struct Tenant {
 }
 
 impl App {
-    pub fn new(generation: Generation, transactions: Arc<Transactions>) -> Arc<App> {
-        let auth_failures = AuthFailures::new(generation.config.server.auth_failures_per_minute);
+    pub fn new(
+        generation: Generation,
+        transactions: Arc<Transactions>,
+        metrics: Arc<Metrics>,
+        tasks: TaskTracker,
+        reloader: Reloader,
+    ) -> Arc<App> {
         Arc::new(App {
             generation: ArcSwap::from_pointee(generation),
             transactions,
-            auth_failures,
+            metrics,
+            tasks,
+            reloader,
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
         })
@@ -100,6 +167,46 @@ impl App {
 
     pub fn generation(&self) -> Arc<Generation> {
         self.generation.load_full()
+    }
+
+    /// Reloads certificates and the config file (SIGHUP, `POST /v1/admin/reload`). An invalid
+    /// config is refused whole, with the reason, and the current one stays; requests in flight
+    /// finish on the generation they started with.
+    pub async fn reload(&self) -> Result<serde_json::Value, String> {
+        let _one_at_a_time = self.reloader.lock.lock().await;
+        for certificate in &self.reloader.certificates {
+            certificate.reload();
+        }
+        let Some(path) = &self.reloader.config_path else {
+            return Ok(
+                serde_json::json!({ "reloaded": false, "reason": "the config came from the environment; certificates were reloaded" }),
+            );
+        };
+        let config = Config::from_file(path).map_err(|e| e.to_string())?;
+        let current = self.generation();
+        let mut warnings = Vec::new();
+        let (old, new) = (&current.config.server, &config.server);
+        if old.listen != new.listen
+            || old.metrics_listen != new.metrics_listen
+            || old.tls.as_ref().map(|t| (&t.cert, &t.key, t.listen))
+                != new.tls.as_ref().map(|t| (&t.cert, &t.key, t.listen))
+            || old.header_read_timeout != new.header_read_timeout
+        {
+            warnings.push(
+                "listen addresses, TLS files and header_read_timeout_ms change only with a restart"
+                    .to_owned(),
+            );
+        }
+        let generation = Generation::reconfigure(config, &current, &self.tasks, &self.metrics)?;
+        let report = serde_json::json!({
+            "reloaded": true,
+            "upstreams": generation.config.upstreams.iter().map(|u| u.name.clone()).collect::<Vec<_>>(),
+            "tenants": generation.config.tenants.iter().map(|t| t.id.clone()).collect::<Vec<_>>(),
+            "warnings": warnings,
+        });
+        self.generation.store(Arc::new(generation));
+        tracing::info!(config = %path.display(), "config reloaded");
+        Ok(report)
     }
 
     /// From now on `/readyz` answers 503, so load balancers stop sending.
@@ -147,6 +254,10 @@ impl RequestContext<'_> {
                 let config = self.generation.config.tenants[index].clone();
                 self.log.tenant = Some(config.id.clone());
                 if let Err(retry_after) = self.generation.rates[index].check() {
+                    let label = crate::metrics::TenantLabel {
+                        tenant: config.id.clone(),
+                    };
+                    self.app.metrics.rate_limited.get_or_create(&label).inc();
                     return Err(ApiError::RateLimited {
                         retry_after,
                         reason: "the tenant's request rate limit is exceeded; retry after Retry-After",
@@ -166,12 +277,13 @@ impl RequestContext<'_> {
 
     /// Who the key belongs to. An address with too many failed attempts gets 429 whatever
     /// key it sends, so guessing cannot go on.
-    fn principal(&self) -> Result<Principal, ApiError> {
+    pub(crate) fn principal(&self) -> Result<Principal, ApiError> {
         let blocked = |retry_after| ApiError::RateLimited {
             retry_after,
             reason: "too many failed authentications from this address; retry after Retry-After",
         };
-        if let Some(wait) = self.app.auth_failures.blocked_for(self.peer) {
+        let failures = &self.generation.auth_failures;
+        if let Some(wait) = failures.blocked_for(self.peer) {
             return Err(blocked(wait));
         }
         let header = self
@@ -179,7 +291,8 @@ impl RequestContext<'_> {
             .get(http::header::AUTHORIZATION)
             .map(HeaderValue::as_bytes);
         self.generation.keys.authenticate(header).map_err(|error| {
-            match self.app.auth_failures.record_failure(self.peer) {
+            self.app.metrics.auth_failures.inc();
+            match failures.record_failure(self.peer) {
                 Some(wait) => blocked(wait),
                 None => ApiError::Unauthorized(error.to_string()),
             }
@@ -187,11 +300,21 @@ impl RequestContext<'_> {
     }
 }
 
+/// Which routes a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// The API, with `/metrics` too unless metrics have a listener of their own.
+    Api { with_metrics: bool },
+    /// `/metrics` (and `/healthz`) only.
+    Metrics,
+}
+
 /// Handles one HTTP request. Never fails: every error becomes an API.md error response.
 pub async fn handle(
     app: Arc<App>,
     request: Request<hyper::body::Incoming>,
     peer: IpAddr,
+    surface: Surface,
 ) -> Response<Body> {
     let started = Instant::now();
     app.in_flight.fetch_add(1, Ordering::SeqCst);
@@ -199,7 +322,7 @@ pub async fn handle(
     let request_id = request_id(request.headers());
     let generation = app.generation();
     let (parts, incoming) = request.into_parts();
-    let route = Route::of(parts.uri.path());
+    let route = Route::of(parts.uri.path(), surface);
     let mut ctx = RequestContext {
         app: &app,
         generation: &generation,
@@ -221,10 +344,26 @@ pub async fn handle(
         .headers_mut()
         .insert("x-request-id", request_id.clone());
     let log = &ctx.log;
+    let elapsed = started.elapsed();
+    let tenant = log.tenant.as_deref().unwrap_or("-");
+    if route.is_api() {
+        app.metrics
+            .request(tenant, route.name(), outcome, elapsed.as_secs_f64());
+        if let (Some(wait), Some(tenant)) = (log.queue_wait, &log.tenant) {
+            let label = crate::metrics::TenantLabel {
+                tenant: tenant.clone(),
+            };
+            app.metrics
+                .queue_wait
+                .get_or_create(&label)
+                .observe(wait.as_secs_f64());
+        }
+    }
+    let bytes = http_body::Body::size_hint(response.body()).exact();
     tracing::info!(
         target: "sluice::request",
         request_id = request_id.to_str().unwrap_or_default(),
-        tenant = log.tenant.as_deref().unwrap_or("-"),
+        tenant,
         transaction = log.transaction.as_deref(),
         route = route.name(),
         status = response.status().as_u16(),
@@ -232,7 +371,8 @@ pub async fn handle(
         queue_wait_ms = log.queue_wait.map(|d| d.as_secs_f64() * 1e3),
         exec_ms = log.exec.map(|d| d.as_secs_f64() * 1e3),
         rows = log.rows,
-        duration_ms = started.elapsed().as_secs_f64() * 1e3,
+        bytes,
+        duration_ms = elapsed.as_secs_f64() * 1e3,
         detail = detail.as_deref(),
     );
     response
@@ -250,21 +390,30 @@ impl Drop for InFlight<'_> {
 enum Route<'p> {
     Healthz,
     Readyz,
+    Metrics,
     Query,
     Batch,
     Begin,
     Transaction(&'p str, transactions::Action),
+    AdminPools,
+    AdminReload,
     NotFound,
 }
 
 impl<'p> Route<'p> {
-    fn of(path: &'p str) -> Route<'p> {
-        match path {
-            "/healthz" => Route::Healthz,
-            "/readyz" => Route::Readyz,
-            "/v1/query" => Route::Query,
-            "/v1/batch" => Route::Batch,
-            "/v1/transactions" => Route::Begin,
+    fn of(path: &'p str, surface: Surface) -> Route<'p> {
+        match (surface, path) {
+            (_, "/healthz") => Route::Healthz,
+            (Surface::Metrics, "/metrics") | (Surface::Api { with_metrics: true }, "/metrics") => {
+                Route::Metrics
+            }
+            (Surface::Metrics, _) => Route::NotFound,
+            (_, "/readyz") => Route::Readyz,
+            (_, "/v1/query") => Route::Query,
+            (_, "/v1/batch") => Route::Batch,
+            (_, "/v1/transactions") => Route::Begin,
+            (_, "/v1/admin/pools") => Route::AdminPools,
+            (_, "/v1/admin/reload") => Route::AdminReload,
             _ => {
                 let Some(rest) = path.strip_prefix("/v1/transactions/") else {
                     return Route::NotFound;
@@ -289,6 +438,7 @@ impl<'p> Route<'p> {
         match self {
             Route::Healthz => "healthz",
             Route::Readyz => "readyz",
+            Route::Metrics => "metrics",
             Route::Query => "query",
             Route::Batch => "batch",
             Route::Begin => "transaction_begin",
@@ -296,13 +446,23 @@ impl<'p> Route<'p> {
             Route::Transaction(_, transactions::Action::Batch) => "transaction_batch",
             Route::Transaction(_, transactions::Action::Commit) => "transaction_commit",
             Route::Transaction(_, transactions::Action::Rollback) => "transaction_rollback",
+            Route::AdminPools => "admin_pools",
+            Route::AdminReload => "admin_reload",
             Route::NotFound => "not_found",
         }
     }
 
+    /// Routes counted in the request metrics (not probes, scrapes or admin calls).
+    fn is_api(self) -> bool {
+        matches!(
+            self,
+            Route::Query | Route::Batch | Route::Begin | Route::Transaction(..)
+        )
+    }
+
     fn method(self) -> &'static str {
         match self {
-            Route::Healthz | Route::Readyz => "GET",
+            Route::Healthz | Route::Readyz | Route::Metrics | Route::AdminPools => "GET",
             Route::NotFound => "GET, POST",
             _ => "POST",
         }
@@ -330,8 +490,17 @@ async fn dispatch(
     match route {
         Route::Healthz => Ok(health::healthz()),
         Route::Readyz => Ok(health::readyz(ctx).await),
+        Route::Metrics => Ok(admin::metrics(ctx)),
+        Route::AdminPools => {
+            admin::require_admin(ctx)?;
+            Ok(admin::pools(ctx))
+        }
+        Route::AdminReload => {
+            admin::require_admin(ctx)?;
+            admin::reload(ctx).await
+        }
         Route::NotFound => Err(ApiError::NotFound),
-        _ => {
+        Route::Query | Route::Batch | Route::Begin | Route::Transaction(..) => {
             // Authenticate (and admit) before reading the body: an unauthenticated or
             // rate-limited client costs no more than its headers.
             let tenant = ctx.tenant()?;
@@ -343,17 +512,23 @@ async fn dispatch(
                 Route::Transaction(id, action) => {
                     transactions::call(ctx, &tenant, id, action, &body).await
                 }
-                Route::Healthz | Route::Readyz | Route::NotFound => Err(ApiError::NotFound),
+                _ => Err(ApiError::NotFound),
             }
         }
     }
 }
 
+/// How much of a refused (too large) body is still read and dropped, and for how long, so the
+/// client — still sending — receives the 413 instead of a connection reset. Beyond these, the
+/// connection is simply closed.
+const DRAIN_BYTES: usize = 16 * 1024 * 1024;
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
 /// Reads the request body within `max_body_bytes` (checked while reading, so an oversized
 /// body is refused without being buffered) and the body read timeout.
 async fn read_body(
     ctx: &RequestContext<'_>,
-    incoming: hyper::body::Incoming,
+    mut incoming: hyper::body::Incoming,
 ) -> Result<Bytes, ApiError> {
     let server = &ctx.generation.config.server;
     let limit = server.max_body_bytes;
@@ -362,27 +537,55 @@ async fn read_body(
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let too_large = |incoming| async move {
+        drain(incoming, declared).await;
+        Err(ApiError::PayloadTooLarge { limit })
+    };
     if declared.is_some_and(|length| length > limit as u64) {
-        return Err(ApiError::PayloadTooLarge { limit });
+        return too_large(incoming).await;
     }
-    match tokio::time::timeout(
-        server.body_read_timeout,
-        Limited::new(incoming, limit).collect(),
-    )
-    .await
-    {
+    let mut body = bytes::BytesMut::with_capacity(declared.map_or(1024, |l| l as usize));
+    let read = tokio::time::timeout(server.body_read_timeout, async {
+        while let Some(frame) = incoming.frame().await {
+            let frame = frame.map_err(|e| {
+                ApiError::BadRequest(format!("could not read the request body: {e}"))
+            })?;
+            if let Ok(data) = frame.into_data() {
+                if body.len() + data.len() > limit {
+                    return Ok(false);
+                }
+                body.extend_from_slice(&data);
+            }
+        }
+        Ok(true)
+    })
+    .await;
+    match read {
         Err(_) => Err(ApiError::BadRequest(format!(
             "the request body did not arrive within {} s",
             server.body_read_timeout.as_secs()
         ))),
-        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
-            Err(ApiError::PayloadTooLarge { limit })
-        }
-        Ok(Err(error)) => Err(ApiError::BadRequest(format!(
-            "could not read the request body: {error}"
-        ))),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(error)) => Err(error),
+        Ok(Ok(false)) => too_large(incoming).await,
+        Ok(Ok(true)) => Ok(body.freeze()),
     }
+}
+
+/// Reads and drops what is left of a refused body, within bounds (see [`DRAIN_BYTES`]).
+async fn drain(mut incoming: hyper::body::Incoming, declared: Option<u64>) {
+    if declared.is_some_and(|length| length > DRAIN_BYTES as u64) {
+        return;
+    }
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        let mut drained = 0usize;
+        while let Some(Ok(frame)) = incoming.frame().await {
+            drained += frame.data_ref().map_or(0, |d| d.len());
+            if drained > DRAIN_BYTES {
+                return;
+            }
+        }
+    })
+    .await;
 }
 
 /// Parses a JSON body into a request type; serde's message names the field and the problem.

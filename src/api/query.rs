@@ -141,6 +141,7 @@ pub async fn run_into(
         session_effect: request.analysis.session_effect,
         types: tenant.pool.types(),
     };
+    tracing::debug!(target: "sluice::sql", tenant = %tenant.config.id, sql = request.sql, "statement");
     let mut rows = conn.query(request.sql, request.params, &options).await?;
     let mut writer = ResultWriter::new(out, row_mode, types, max_bytes);
     writer.begin(&rows.statement());

@@ -68,6 +68,7 @@ impl SslMode {
 pub struct TlsConnector {
     mode: SslMode,
     config: Option<Arc<ClientConfig>>,
+    root_cert: Option<std::path::PathBuf>,
 }
 
 impl fmt::Debug for TlsConnector {
@@ -83,6 +84,7 @@ impl TlsConnector {
         TlsConnector {
             mode: SslMode::Disable,
             config: None,
+            root_cert: None,
         }
     }
 
@@ -137,11 +139,24 @@ impl TlsConnector {
         Ok(TlsConnector {
             mode,
             config: Some(Arc::new(config)),
+            root_cert: root_cert.map(Path::to_owned),
         })
     }
 
     pub fn mode(&self) -> SslMode {
         self.mode
+    }
+
+    /// The mode and the CA file: two connectors with the same description verify alike.
+    pub fn describe(&self) -> String {
+        match &self.root_cert {
+            Some(path) => format!(
+                "sslmode={} sslrootcert={}",
+                self.mode.as_str(),
+                path.display()
+            ),
+            None => format!("sslmode={}", self.mode.as_str()),
+        }
     }
 }
 

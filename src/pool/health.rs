@@ -25,6 +25,8 @@ pub(crate) struct Health {
     misconfigured: Option<String>,
     /// The server's connection limit has been read and the budget fits it.
     pub(crate) limit_checked: bool,
+    /// The limit as last read, to check a reloaded budget against.
+    server_limit: Option<ServerLimit>,
     pub(crate) ever_connected: bool,
 }
 
@@ -71,9 +73,14 @@ impl Health {
         self.limit_checked = false;
     }
 
-    pub(crate) fn record_limit_ok(&mut self) {
+    pub(crate) fn record_limit_ok(&mut self, limit: ServerLimit) {
         self.misconfigured = None;
         self.limit_checked = true;
+        self.server_limit = Some(limit);
+    }
+
+    pub(crate) fn server_limit(&self) -> Option<ServerLimit> {
+        self.server_limit
     }
 
     pub(crate) fn misconfigured(&self) -> Option<&str> {

@@ -23,6 +23,7 @@ use upstream::{PooledConn, TenantSettings, TenantStats, Upstream, UpstreamSettin
 pub use upstream::{TenantPoolStatus, UpstreamStatus};
 
 use crate::config::{Config, TenantConfig, UpstreamConfig};
+use crate::metrics::Metrics;
 use crate::pg::{ConnectConfig, PgConnection, TypeRegistry};
 
 /// Why no connection was handed out. In every case the statement did not run.
@@ -55,6 +56,7 @@ pub struct TenantPool {
     upstream: Arc<Upstream>,
     /// This tenant's index within its upstream.
     index: usize,
+    database: String,
     types: Arc<TypeRegistry>,
     queue_timeout: Duration,
     stats: Arc<TenantStats>,
@@ -63,64 +65,105 @@ pub struct TenantPool {
 impl Pools {
     /// Builds the pools for `config`; connections open lazily, on demand. Background work
     /// (connecting, closing, the reaper) runs on `tasks`.
-    pub fn new(config: &Config, tasks: &TaskTracker) -> Pools {
-        let mut per_upstream: Vec<Vec<(usize, TenantSettings)>> =
+    pub fn new(config: &Config, tasks: &TaskTracker, metrics: &Arc<Metrics>) -> Pools {
+        Pools::build(config, tasks, metrics, None).expect("a fresh build has nothing to refuse")
+    }
+
+    /// The pools for a reloaded `config`, reusing `previous`'s upstreams (and their
+    /// connections) where the upstream still points at the same server as the same user: the
+    /// tenants keep their connections and queues, budgets and limits change in place. Refuses
+    /// a budget that does not fit a server whose limit is known.
+    pub fn reconfigure(
+        &self,
+        config: &Config,
+        tasks: &TaskTracker,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Pools, String> {
+        Pools::build(config, tasks, metrics, Some(self))
+    }
+
+    fn build(
+        config: &Config,
+        tasks: &TaskTracker,
+        metrics: &Arc<Metrics>,
+        previous: Option<&Pools>,
+    ) -> Result<Pools, String> {
+        let settings: Vec<UpstreamSettings> =
+            config.upstreams.iter().map(upstream_settings).collect();
+        let reused: Vec<Option<Arc<Upstream>>> = settings
+            .iter()
+            .map(|s| {
+                previous?
+                    .upstreams
+                    .iter()
+                    .find(|u| u.name() == &*s.name && u.identity() == s.identity)
+                    .cloned()
+            })
+            .collect();
+        for (upstream, settings) in reused.iter().zip(&settings) {
+            if let Some(upstream) = upstream {
+                upstream.check_budget(settings.budget)?;
+            }
+        }
+
+        let mut members: Vec<Vec<(usize, TenantSettings)>> =
             vec![Vec::new(); config.upstreams.len()];
         for (index, tenant) in config.tenants.iter().enumerate() {
             let upstream = &config.upstreams[tenant.upstream];
-            let settings = TenantSettings {
+            let tenant_settings = TenantSettings {
                 id: tenant.id.as_str().into(),
                 pool_size: tenant.pool_size,
                 max_waiting: tenant.max_waiting,
                 connect: Arc::new(connect_config(upstream, tenant)),
             };
-            per_upstream[tenant.upstream].push((index, settings));
+            members[tenant.upstream].push((index, tenant_settings));
         }
         let mut tenants: Vec<Option<TenantPool>> = vec![None; config.tenants.len()];
-        let mut registries: Vec<(usize, String, Arc<TypeRegistry>)> = Vec::new();
         let mut upstreams = Vec::with_capacity(config.upstreams.len());
-        for (u, (upstream_config, members)) in config.upstreams.iter().zip(per_upstream).enumerate()
+        for (u, ((settings, members), reused)) in
+            settings.into_iter().zip(members).zip(reused).enumerate()
         {
-            let settings = UpstreamSettings {
-                name: upstream_config.name.as_str().into(),
-                budget: upstream_config.max_connections,
-                server_lifetime: upstream_config.server_lifetime,
-                server_idle_timeout: upstream_config.server_idle_timeout,
+            let global: Vec<usize> = members.iter().map(|(i, _)| *i).collect();
+            let tenant_settings: Vec<TenantSettings> =
+                members.into_iter().map(|(_, s)| s).collect();
+            let (upstream, local) = match reused {
+                Some(upstream) => {
+                    let local = upstream.reconfigure(&settings, tenant_settings);
+                    (upstream, local)
+                }
+                None => {
+                    let count = tenant_settings.len();
+                    (
+                        Upstream::new(settings, tenant_settings, tasks.clone(), metrics.clone()),
+                        (0..count).collect(),
+                    )
+                }
             };
-            let indexes: Vec<usize> = members.iter().map(|(i, _)| *i).collect();
-            let upstream = Upstream::new(
-                settings,
-                members.into_iter().map(|(_, s)| s).collect(),
-                tasks.clone(),
-            );
-            for (local, &global) in indexes.iter().enumerate() {
+            for (&global, &local) in global.iter().zip(&local) {
                 let tenant = &config.tenants[global];
                 let database = tenant
                     .database
                     .clone()
-                    .unwrap_or_else(|| upstream_config.database.clone());
-                // Extension and user type OIDs differ between databases, not between tenants.
-                let types = match registries
-                    .iter()
-                    .find(|(ru, rd, _)| *ru == u && *rd == database)
-                {
-                    Some((_, _, types)) => types.clone(),
-                    None => {
-                        let types = Arc::new(TypeRegistry::default());
-                        registries.push((u, database, types.clone()));
-                        types
-                    }
-                };
+                    .unwrap_or_else(|| config.upstreams[u].database.clone());
                 tenants[global] = Some(TenantPool {
                     id: tenant.id.as_str().into(),
                     upstream: upstream.clone(),
                     index: local,
-                    types,
+                    // Extension and user type OIDs differ between databases, not between tenants.
+                    types: type_registry(previous, &tenants, &upstream, &database),
+                    database,
                     queue_timeout: tenant.queue_timeout,
                     stats: upstream.stats(local),
                 });
             }
             upstreams.push(upstream);
+        }
+        if let Some(previous) = previous {
+            for old in &previous.upstreams {
+                if !upstreams.iter().any(|u| Arc::ptr_eq(u, old)) {
+                    old.retire_all();
+                }
+            }
         }
         let pools = Pools {
             upstreams,
@@ -131,7 +174,7 @@ impl Pools {
             stop_reaper: CancellationToken::new(),
         };
         pools.start_reaper(tasks);
-        pools
+        Ok(pools)
     }
 
     /// The pool of the tenant at `index` in the config's tenant list.
@@ -262,7 +305,7 @@ impl TenantPool {
     }
 
     pub fn status(&self) -> TenantPoolStatus {
-        self.upstream.status().tenants.swap_remove(self.index)
+        self.upstream.tenant_status(self.index)
     }
 }
 
@@ -296,6 +339,41 @@ impl Drop for Checkout {
             self.stats.record_hold(self.since.elapsed());
             self.upstream.checkin(conn);
         }
+    }
+}
+
+/// The type registry for `database` on `upstream`: shared with any tenant already built on
+/// the same database, or carried over from the previous generation.
+fn type_registry(
+    previous: Option<&Pools>,
+    tenants: &[Option<TenantPool>],
+    upstream: &Arc<Upstream>,
+    database: &str,
+) -> Arc<TypeRegistry> {
+    let same = |t: &TenantPool| Arc::ptr_eq(&t.upstream, upstream) && t.database == database;
+    tenants
+        .iter()
+        .flatten()
+        .chain(previous.into_iter().flat_map(|p| p.tenants.iter()))
+        .find(|t| same(t))
+        .map(|t| t.types.clone())
+        .unwrap_or_default()
+}
+
+fn upstream_settings(upstream: &UpstreamConfig) -> UpstreamSettings {
+    UpstreamSettings {
+        name: upstream.name.as_str().into(),
+        identity: format!(
+            "{}|{}|{:?}|{}|{}",
+            upstream.target,
+            upstream.user,
+            upstream.password,
+            upstream.database,
+            upstream.tls.describe()
+        ),
+        budget: upstream.max_connections,
+        server_lifetime: upstream.server_lifetime,
+        server_idle_timeout: upstream.server_idle_timeout,
     }
 }
 

@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use super::PoolError;
 use super::health::{Health, SERVER_LIMIT_SQL, ServerLimit};
+use crate::metrics::{ClosedLabels, ConnectLabels, Metrics};
 use crate::pg::{ConnectConfig, PgConnection};
 
 /// At most this many connection attempts run at once per upstream: a cold burst fills the
@@ -36,10 +37,13 @@ const RECOVERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long to wait for the server to close a session we ended.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
-/// The upstream's part of the config, fixed for its lifetime.
+/// The upstream's part of the config; a reload may change all but the name and identity.
 #[derive(Debug, Clone)]
 pub(crate) struct UpstreamSettings {
     pub name: Arc<str>,
+    /// Where and as whom the upstream is reached; a reload that changes it makes a new
+    /// upstream instead of changing this one.
+    pub identity: String,
     pub budget: usize,
     pub server_lifetime: Duration,
     pub server_idle_timeout: Duration,
@@ -55,15 +59,19 @@ pub(crate) struct TenantSettings {
 }
 
 pub(crate) struct Upstream {
-    settings: UpstreamSettings,
+    name: Arc<str>,
+    identity: String,
     // std Mutex: held for a few pointer moves at a time, never across an .await.
     state: Mutex<UpstreamState>,
     tasks: TaskTracker,
+    metrics: Arc<Metrics>,
     me: Weak<Upstream>,
 }
 
 struct UpstreamState {
     budget: usize,
+    server_lifetime: Duration,
+    server_idle_timeout: Duration,
     /// Slots held: connecting + idle + in use + closing.
     open: usize,
     connecting: usize,
@@ -83,8 +91,12 @@ struct TenantState {
     idle: VecDeque<PooledConn>,
     waiters: VecDeque<Waiter>,
     stats: Arc<TenantStats>,
-    /// Removed by a reload: no new connections; existing ones close as they come back.
+    /// Removed by a reload: its requests in flight are still served, its idle connections
+    /// close, and no new connection opens once no request waits.
     retired: bool,
+    /// Bumped when a reload changes how the tenant connects (user, database, settings):
+    /// connections of an older epoch close as they come back.
+    epoch: u64,
 }
 
 struct Waiter {
@@ -123,6 +135,7 @@ pub(crate) struct PooledConn {
     slot: Slot,
     created_at: Instant,
     idle_since: Instant,
+    epoch: u64,
 }
 
 /// One unit of an upstream's budget. Only the upstream creates one; dropping it gives it back.
@@ -147,7 +160,40 @@ enum Action {
     /// Close a connection and reuse its slot for another tenant's new connection.
     Replace { old: PooledConn, tenant: usize },
     /// Close a connection and give its slot back.
-    Close(PooledConn),
+    Close(PooledConn, CloseReason),
+}
+
+/// Why a connection was closed (the `reason` label of `sluice_connections_closed_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CloseReason {
+    IdleTimeout,
+    Lifetime,
+    /// The server closed it, or it failed.
+    Broken,
+    /// Left mid-statement or dirty and could not be cleaned in time.
+    Unrecoverable,
+    /// Over a budget a reload lowered, or over the tenant's pool size.
+    OverBudget,
+    /// Closed to make room for another tenant (the slot goes to it).
+    Rebalanced,
+    /// Its tenant or upstream was removed or reconfigured by a reload.
+    Reconfigured,
+    Shutdown,
+}
+
+impl CloseReason {
+    fn label(self) -> &'static str {
+        match self {
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::Lifetime => "lifetime",
+            CloseReason::Broken => "broken",
+            CloseReason::Unrecoverable => "unrecoverable",
+            CloseReason::OverBudget => "over_budget",
+            CloseReason::Rebalanced => "rebalanced",
+            CloseReason::Reconfigured => "reconfigured",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
 }
 
 /// Per-tenant numbers for the admin view and metrics.
@@ -169,7 +215,8 @@ pub struct UpstreamStatus {
     pub closing: usize,
     pub available: bool,
     pub last_error: Option<String>,
-    pub tenants: Vec<TenantPoolStatus>,
+    /// Each tenant's pool, by tenant id.
+    pub tenants: Vec<(String, TenantPoolStatus)>,
 }
 
 // A ticket lives for one step of a check-out, on the stack; boxing the connection would cost
@@ -185,10 +232,13 @@ impl Upstream {
         settings: UpstreamSettings,
         tenants: Vec<TenantSettings>,
         tasks: TaskTracker,
+        metrics: Arc<Metrics>,
     ) -> Arc<Upstream> {
         Arc::new_cyclic(|me| Upstream {
             state: Mutex::new(UpstreamState {
                 budget: settings.budget,
+                server_lifetime: settings.server_lifetime,
+                server_idle_timeout: settings.server_idle_timeout,
                 open: 0,
                 connecting: 0,
                 closing: 0,
@@ -197,14 +247,20 @@ impl Upstream {
                 health: Health::default(),
                 next_waiter: 0,
             }),
-            settings,
+            name: settings.name,
+            identity: settings.identity,
             tasks,
+            metrics,
             me: me.clone(),
         })
     }
 
     pub(crate) fn name(&self) -> &str {
-        &self.settings.name
+        &self.name
+    }
+
+    pub(crate) fn identity(&self) -> &str {
+        &self.identity
     }
 
     fn lock(&self) -> MutexGuard<'_, UpstreamState> {
@@ -295,7 +351,7 @@ impl Upstream {
         if alive {
             Some(conn)
         } else {
-            self.run(vec![self.close_action(conn)]);
+            self.run(vec![self.close_action(conn, CloseReason::Broken)]);
             None
         }
     }
@@ -305,7 +361,7 @@ impl Upstream {
     /// or closed.
     pub(crate) fn checkin(&self, mut conn: PooledConn) {
         if conn.pg.is_broken() {
-            self.run(vec![self.close_action(conn)]);
+            self.run(vec![self.close_action(conn, CloseReason::Broken)]);
             return;
         }
         if !conn.pg.is_clean() {
@@ -317,7 +373,7 @@ impl Upstream {
                     upstream.checkin(conn);
                 } else {
                     tracing::debug!(upstream = %upstream.name(), "closing a connection that could not be recovered");
-                    upstream.run(vec![upstream.close_action(conn)]);
+                    upstream.run(vec![upstream.close_action(conn, CloseReason::Unrecoverable)]);
                 }
             });
             return;
@@ -340,11 +396,23 @@ impl Upstream {
         fresh: bool,
     ) -> Vec<Action> {
         let tenant = conn.slot.tenant;
-        let expired = now.duration_since(conn.created_at) >= self.settings.server_lifetime;
-        let over_budget = state.open - state.closing > state.budget;
-        let over_pool = state.tenants[tenant].open > state.tenants[tenant].settings.pool_size;
-        if state.closed || state.tenants[tenant].retired || expired || over_budget || over_pool {
-            let mut actions = vec![self.close_action_locked(state, conn)];
+        let reason = if state.closed {
+            Some(CloseReason::Shutdown)
+        } else if conn.epoch != state.tenants[tenant].epoch {
+            Some(CloseReason::Reconfigured)
+        } else if now.duration_since(conn.created_at) >= state.server_lifetime {
+            Some(CloseReason::Lifetime)
+        } else if state.open - state.closing > state.budget
+            || state.tenants[tenant].open > state.tenants[tenant].settings.pool_size
+        {
+            Some(CloseReason::OverBudget)
+        } else if state.tenants[tenant].retired && state.tenants[tenant].waiters.is_empty() {
+            Some(CloseReason::Reconfigured)
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            let mut actions = vec![self.close_action_locked(state, conn, reason)];
             actions.extend(self.schedule(state, now));
             return actions;
         }
@@ -424,15 +492,28 @@ impl Upstream {
         self.run(actions);
     }
 
-    fn close_action(&self, conn: PooledConn) -> Action {
+    fn close_action(&self, conn: PooledConn, reason: CloseReason) -> Action {
         let mut state = self.lock();
-        self.close_action_locked(&mut state, conn)
+        self.close_action_locked(&mut state, conn, reason)
     }
 
-    fn close_action_locked(&self, state: &mut UpstreamState, conn: PooledConn) -> Action {
+    fn close_action_locked(
+        &self,
+        state: &mut UpstreamState,
+        conn: PooledConn,
+        reason: CloseReason,
+    ) -> Action {
         state.closing += 1;
         state.tenants[conn.slot.tenant].closing += 1;
-        Action::Close(conn)
+        Action::Close(conn, reason)
+    }
+
+    fn count_closed(&self, reason: CloseReason) {
+        let labels = ClosedLabels {
+            upstream: self.name.to_string(),
+            reason: reason.label(),
+        };
+        self.metrics.connections_closed.get_or_create(&labels).inc();
     }
 
     fn run(&self, actions: Vec<Action>) {
@@ -447,12 +528,14 @@ impl Upstream {
                 Action::Replace { old, tenant } => {
                     let PooledConn { pg, mut slot, .. } = old;
                     slot.tenant = tenant;
+                    self.count_closed(CloseReason::Rebalanced);
                     self.spawn(async move {
                         pg.terminate(CLOSE_WAIT).await;
                         upstream.connect(tenant, slot).await;
                     });
                 }
-                Action::Close(conn) => {
+                Action::Close(conn, reason) => {
+                    self.count_closed(reason);
                     self.spawn(async move {
                         let PooledConn { pg, slot, .. } = conn;
                         pg.terminate(CLOSE_WAIT).await;
@@ -496,14 +579,26 @@ impl Upstream {
             let mut state = self.lock();
             state.connecting -= 1;
             state.tenants[tenant].connecting -= 1;
+            let outcome = match &result {
+                Ok(_) => "ok",
+                Err(Failure::Connect(_)) => "error",
+                Err(Failure::Misconfigured(_)) => "misconfigured",
+            };
+            let labels = ConnectLabels {
+                upstream: self.name.to_string(),
+                outcome,
+            };
+            self.metrics.upstream_connects.get_or_create(&labels).inc();
             match result {
                 Ok(pg) => {
                     state.health.record_success();
+                    let epoch = state.tenants[tenant].epoch;
                     let conn = PooledConn {
                         pg,
                         slot,
                         created_at: now,
                         idle_since: now,
+                        epoch,
                     };
                     self.place(&mut state, conn, now, true)
                 }
@@ -544,7 +639,7 @@ impl Upstream {
         let budget = self.lock().budget;
         limit.check(self.name(), budget)?;
         let mut state = self.lock();
-        state.health.record_limit_ok();
+        state.health.record_limit_ok(limit);
         tracing::info!(
             upstream = %self.name(),
             budget,
@@ -561,32 +656,47 @@ impl Upstream {
     pub(crate) fn reap(&self, now: Instant) {
         let actions = {
             let mut state = self.lock();
+            self.reap_locked(&mut state, now)
+        };
+        self.run(actions);
+    }
+
+    fn reap_locked(&self, state: &mut UpstreamState, now: Instant) -> Vec<Action> {
+        {
             let mut doomed = Vec::new();
             let mut excess = (state.open - state.closing).saturating_sub(state.budget);
+            let (idle_timeout, lifetime) = (state.server_idle_timeout, state.server_lifetime);
             for tenant in &mut state.tenants {
-                let retired = tenant.retired;
                 let mut kept = VecDeque::with_capacity(tenant.idle.len());
                 while let Some(mut conn) = tenant.idle.pop_front() {
-                    let stale = now.duration_since(conn.idle_since)
-                        >= self.settings.server_idle_timeout
-                        || now.duration_since(conn.created_at) >= self.settings.server_lifetime;
-                    if retired || stale || excess > 0 || !conn.pg.poll_alive() {
-                        excess = excess.saturating_sub(1);
-                        doomed.push(conn);
+                    let reason = if tenant.retired || conn.epoch != tenant.epoch {
+                        Some(CloseReason::Reconfigured)
+                    } else if now.duration_since(conn.idle_since) >= idle_timeout {
+                        Some(CloseReason::IdleTimeout)
+                    } else if now.duration_since(conn.created_at) >= lifetime {
+                        Some(CloseReason::Lifetime)
+                    } else if excess > 0 {
+                        excess -= 1;
+                        Some(CloseReason::OverBudget)
+                    } else if !conn.pg.poll_alive() {
+                        Some(CloseReason::Broken)
                     } else {
-                        kept.push_back(conn);
+                        None
+                    };
+                    match reason {
+                        Some(reason) => doomed.push((conn, reason)),
+                        None => kept.push_back(conn),
                     }
                 }
                 tenant.idle = kept;
             }
             let mut actions: Vec<Action> = doomed
                 .into_iter()
-                .map(|conn| self.close_action_locked(&mut state, conn))
+                .map(|(conn, reason)| self.close_action_locked(state, conn, reason))
                 .collect();
-            actions.extend(self.schedule(&mut state, now));
+            actions.extend(self.schedule(state, now));
             actions
-        };
-        self.run(actions);
+        }
     }
 
     /// Whether the upstream is known to work, or at least not known to be down.
@@ -606,9 +716,19 @@ impl Upstream {
                 .or(state.health.last_error())
                 .map(str::to_owned),
             tenants: (0..state.tenants.len())
-                .map(|t| state.tenant_status(t, now))
+                .filter(|&t| !state.tenants[t].retired || state.tenants[t].open > 0)
+                .map(|t| {
+                    (
+                        state.tenants[t].settings.id.to_string(),
+                        state.tenant_status(t, now),
+                    )
+                })
                 .collect(),
         }
+    }
+
+    pub(crate) fn tenant_status(&self, tenant: usize) -> TenantPoolStatus {
+        self.lock().tenant_status(tenant, Instant::now())
     }
 
     pub(crate) fn has_connected(&self) -> bool {
@@ -634,11 +754,92 @@ impl Upstream {
                 }
             }
             idle.into_iter()
-                .map(|conn| self.close_action_locked(&mut state, conn))
+                .map(|conn| self.close_action_locked(&mut state, conn, CloseReason::Shutdown))
                 .collect()
         };
         self.run(actions);
     }
+
+    /// Applies a reload: a new budget and timeouts, and the tenants now on this upstream —
+    /// kept (by id, settings updated), added, or retired (gone from the config). Returns each
+    /// given tenant's index. Connections are not dropped: a lowered budget closes idle ones
+    /// and returned ones until under it, a retired tenant's requests in flight are still
+    /// served, a tenant whose connection settings changed gets new connections as its old ones
+    /// come back. The budget never goes above the old or the new value during the change.
+    pub(crate) fn reconfigure(
+        &self,
+        settings: &UpstreamSettings,
+        tenants: Vec<TenantSettings>,
+    ) -> Vec<usize> {
+        let now = Instant::now();
+        let (indexes, actions) = {
+            let mut state = self.lock();
+            state.budget = settings.budget;
+            state.server_lifetime = settings.server_lifetime;
+            state.server_idle_timeout = settings.server_idle_timeout;
+            let kept: Vec<Arc<str>> = tenants.iter().map(|t| t.id.clone()).collect();
+            let mut indexes = Vec::with_capacity(tenants.len());
+            for tenant in tenants {
+                match state
+                    .tenants
+                    .iter()
+                    .position(|t| t.settings.id == tenant.id)
+                {
+                    Some(index) => {
+                        let existing = &mut state.tenants[index];
+                        if !same_connection(&existing.settings.connect, &tenant.connect) {
+                            existing.epoch += 1;
+                        }
+                        existing.settings = tenant;
+                        existing.retired = false;
+                        indexes.push(index);
+                    }
+                    None => {
+                        state.tenants.push(TenantState::new(tenant));
+                        indexes.push(state.tenants.len() - 1);
+                    }
+                }
+            }
+            for tenant in &mut state.tenants {
+                if !kept.contains(&tenant.settings.id) {
+                    tenant.retired = true;
+                }
+            }
+            (indexes, self.reap_locked(&mut state, now))
+        };
+        self.run(actions);
+        indexes
+    }
+
+    /// Retires every tenant: the upstream left the config (or changed where it points).
+    pub(crate) fn retire_all(&self) {
+        let actions = {
+            let mut state = self.lock();
+            state.tenants.iter_mut().for_each(|t| t.retired = true);
+            self.reap_locked(&mut state, Instant::now())
+        };
+        self.run(actions);
+    }
+
+    /// Whether a budget fits the server, as far as the gateway knows its limit.
+    pub(crate) fn check_budget(&self, budget: usize) -> Result<(), String> {
+        match self.lock().health.server_limit() {
+            Some(limit) => limit.check(&self.name, budget),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Whether two tenant connection settings reach the same sessions (the statement cache size
+/// does not matter).
+fn same_connection(a: &ConnectConfig, b: &ConnectConfig) -> bool {
+    a.target == b.target
+        && a.user == b.user
+        && a.password == b.password
+        && a.database == b.database
+        && a.tls.describe() == b.tls.describe()
+        && a.settings == b.settings
+        && a.statement_timeout_ms == b.statement_timeout_ms
 }
 
 enum Failure {
@@ -657,6 +858,7 @@ impl TenantState {
             waiters: VecDeque::new(),
             stats: Arc::new(TenantStats::default()),
             retired: false,
+            epoch: 0,
         }
     }
 
@@ -665,8 +867,9 @@ impl TenantState {
         self.waiters.len().saturating_sub(self.connecting)
     }
 
+    /// (A retired tenant still grows for requests that were already waiting.)
     fn can_grow(&self) -> bool {
-        !self.retired && self.open < self.settings.pool_size && self.unmet_demand() > 0
+        self.open < self.settings.pool_size && self.unmet_demand() > 0
     }
 }
 

@@ -99,6 +99,8 @@ pub fn key(name: &str) -> (String, String) {
 pub struct Gateway {
     pub addr: std::net::SocketAddr,
     pub client: Client,
+    /// Sends a reload request, as SIGHUP does (for gateways started from a file).
+    pub reload: Option<tokio::sync::mpsc::Sender<()>>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), sluice::server::RunError>>>,
 }
@@ -111,15 +113,38 @@ impl Gateway {
     /// Starts a gateway; `Err` if `run` returns an error within a few seconds (config refused).
     pub async fn try_start(toml: &str) -> Result<Gateway, String> {
         let config = Config::from_toml(toml, Path::new(".")).map_err(|e| e.to_string())?;
+        Gateway::launch(config, sluice::server::RunOptions::default()).await
+    }
+
+    /// A gateway whose config is the file at `path`: it reloads it on request.
+    pub async fn start_file(path: &Path) -> Gateway {
+        let config = Config::from_file(path).expect("valid config");
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let options = sluice::server::RunOptions {
+            reload: Some(rx),
+            config_path: Some(path.to_owned()),
+        };
+        let mut gateway = Gateway::launch(config, options)
+            .await
+            .expect("gateway starts");
+        gateway.reload = Some(tx);
+        gateway
+    }
+
+    async fn launch(
+        config: Config,
+        options: sluice::server::RunOptions,
+    ) -> Result<Gateway, String> {
         let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = tcp.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let mut task = tokio::spawn(sluice::server::run(
+        let mut task = tokio::spawn(sluice::server::run_with(
             vec![Listener {
                 tcp,
                 kind: ListenerKind::Http,
             }],
             config,
+            options,
             async move {
                 let _ = stopped.await;
             },
@@ -146,6 +171,7 @@ impl Gateway {
         Ok(Gateway {
             addr,
             client,
+            reload: None,
             stop: Some(stop),
             task: Some(task),
         })

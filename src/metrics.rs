@@ -1,0 +1,310 @@
+//! The gateway's Prometheus metrics. Counters and histograms move where things happen (a
+//! request answered, a connection opened or closed); gauges of pool state are read from the
+//! pools when `/metrics` is scraped, so they can never drift from the truth. Label values are
+//! bounded: tenant and upstream ids come from the config, routes and outcomes from fixed lists.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::pool::Pools;
+use crate::transactions::Transactions;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub tenant: String,
+    pub route: &'static str,
+    /// `ok` or an API error kind.
+    pub outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub tenant: String,
+    pub route: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabel {
+    pub tenant: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabel {
+    pub upstream: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub upstream: String,
+    pub tenant: String,
+    /// `idle`, `in_use` or `connecting`.
+    pub state: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectLabels {
+    pub upstream: String,
+    /// `ok`, `error` or `misconfigured`.
+    pub outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClosedLabels {
+    pub upstream: String,
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabel {
+    /// `http1` or `h2`.
+    pub protocol: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    version: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Family<RouteLabels, Histogram>,
+    pub queue_wait: Family<TenantLabel, Histogram>,
+    queue_waiting: Family<TenantLabel, Gauge>,
+    pool_connections: Family<PoolLabels, Gauge>,
+    upstream_budget: Family<UpstreamLabel, Gauge>,
+    upstream_connections: Family<UpstreamLabel, Gauge>,
+    pub upstream_connects: Family<ConnectLabels, Counter>,
+    pub connections_closed: Family<ClosedLabels, Counter>,
+    transactions_open: Family<TenantLabel, Gauge>,
+    pub transactions_expired: Family<TenantLabel, Counter>,
+    pub rate_limited: Family<TenantLabel, Counter>,
+    pub auth_failures: Counter,
+    pub http_connections: Family<ProtocolLabel, Gauge>,
+    /// Per tenant and outcome, for the admin view (not exported: `requests` has the detail).
+    outcomes: Family<OutcomeLabels, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    tenant: String,
+    outcome: &'static str,
+}
+
+/// Every outcome a request can have: `ok` and API.md's error kinds.
+pub const OUTCOMES: [&str; 18] = [
+    "ok",
+    "bad_request",
+    "database",
+    "unauthorized",
+    "forbidden",
+    "not_found",
+    "method_not_allowed",
+    "transaction_not_found",
+    "transaction_busy",
+    "payload_too_large",
+    "response_too_large",
+    "rate_limited",
+    "pool_timeout",
+    "queue_full",
+    "too_many_transactions",
+    "upstream_unavailable",
+    "connection_lost",
+    "internal",
+];
+
+/// Latency buckets from 0.5 ms to about 33 s.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 17))
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("sluice");
+        let metrics = Metrics {
+            requests: Family::default(),
+            request_duration: Family::new_with_constructor(latency_histogram),
+            queue_wait: Family::new_with_constructor(latency_histogram),
+            queue_waiting: Family::default(),
+            pool_connections: Family::default(),
+            upstream_budget: Family::default(),
+            upstream_connections: Family::default(),
+            upstream_connects: Family::default(),
+            connections_closed: Family::default(),
+            transactions_open: Family::default(),
+            transactions_expired: Family::default(),
+            rate_limited: Family::default(),
+            auth_failures: Counter::default(),
+            http_connections: Family::default(),
+            outcomes: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "requests",
+            "Requests answered, by tenant, route and outcome (ok or the error kind)",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from request to response, by tenant and route",
+            metrics.request_duration.clone(),
+        );
+        registry.register(
+            "queue_wait_seconds",
+            "Time requests waited for a connection, by tenant",
+            metrics.queue_wait.clone(),
+        );
+        registry.register(
+            "queue_waiting",
+            "Requests waiting for a connection now, by tenant",
+            metrics.queue_waiting.clone(),
+        );
+        registry.register(
+            "pool_connections",
+            "Connections by upstream, tenant and state (idle, in_use, connecting)",
+            metrics.pool_connections.clone(),
+        );
+        registry.register(
+            "upstream_budget",
+            "The most connections the gateway holds to the upstream",
+            metrics.upstream_budget.clone(),
+        );
+        registry.register(
+            "upstream_connections",
+            "Connections held to the upstream now, counting those opening and closing",
+            metrics.upstream_connections.clone(),
+        );
+        registry.register(
+            "upstream_connect",
+            "Connection attempts, by upstream and outcome",
+            metrics.upstream_connects.clone(),
+        );
+        registry.register(
+            "connections_closed",
+            "Connections closed, by upstream and reason",
+            metrics.connections_closed.clone(),
+        );
+        registry.register(
+            "transactions_open",
+            "Interactive transactions open now, by tenant",
+            metrics.transactions_open.clone(),
+        );
+        registry.register(
+            "transactions_expired",
+            "Interactive transactions rolled back by their idle or lifetime timeout",
+            metrics.transactions_expired.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Requests refused by the tenant's rate limit",
+            metrics.rate_limited.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Requests with a missing or unknown API key",
+            metrics.auth_failures.clone(),
+        );
+        registry.register(
+            "http_connections",
+            "Client connections open now, by protocol",
+            metrics.http_connections.clone(),
+        );
+        let build_info: Family<VersionLabel, Gauge> = Family::default();
+        build_info
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register("build_info", "The gateway's version", build_info);
+        Arc::new(Metrics {
+            registry,
+            ..metrics
+        })
+    }
+
+    /// The metrics in Prometheus text format, with pool and transaction gauges read now.
+    pub fn render(&self, pools: &Pools, transactions: &Transactions) -> String {
+        self.queue_waiting.clear();
+        self.pool_connections.clear();
+        self.upstream_budget.clear();
+        self.upstream_connections.clear();
+        self.transactions_open.clear();
+        for (upstream, status) in pools.upstream_status() {
+            let label = UpstreamLabel {
+                upstream: upstream.clone(),
+            };
+            self.upstream_budget
+                .get_or_create(&label)
+                .set(status.budget as i64);
+            self.upstream_connections
+                .get_or_create(&label)
+                .set(status.open as i64);
+            for (tenant, pool) in &status.tenants {
+                let pool_gauge = |state| PoolLabels {
+                    upstream: upstream.clone(),
+                    tenant: tenant.clone(),
+                    state,
+                };
+                self.pool_connections
+                    .get_or_create(&pool_gauge("idle"))
+                    .set(pool.idle as i64);
+                self.pool_connections
+                    .get_or_create(&pool_gauge("in_use"))
+                    .set(pool.in_use as i64);
+                self.pool_connections
+                    .get_or_create(&pool_gauge("connecting"))
+                    .set(pool.connecting as i64);
+                let tenant_label = TenantLabel {
+                    tenant: tenant.clone(),
+                };
+                self.queue_waiting
+                    .get_or_create(&tenant_label)
+                    .set(pool.waiting as i64);
+                self.transactions_open
+                    .get_or_create(&tenant_label)
+                    .set(transactions.open_for(tenant) as i64);
+            }
+        }
+        let mut out = String::with_capacity(16 * 1024);
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Counts a request answered.
+    pub fn request(&self, tenant: &str, route: &'static str, outcome: &'static str, seconds: f64) {
+        let tenant = tenant.to_owned();
+        self.requests
+            .get_or_create(&RequestLabels {
+                tenant: tenant.clone(),
+                route,
+                outcome,
+            })
+            .inc();
+        self.outcomes
+            .get_or_create(&OutcomeLabels {
+                tenant: tenant.clone(),
+                outcome,
+            })
+            .inc();
+        self.request_duration
+            .get_or_create(&RouteLabels { tenant, route })
+            .observe(seconds);
+    }
+
+    /// Requests answered for a tenant with this outcome so far (for the admin view).
+    pub fn requests_with(&self, tenant: &str, outcome: &'static str) -> u64 {
+        self.outcomes
+            .get_or_create(&OutcomeLabels {
+                tenant: tenant.to_owned(),
+                outcome,
+            })
+            .get()
+    }
+}
