@@ -13,7 +13,11 @@ use tokio::sync::mpsc;
 
 pub enum Body {
     Full(Option<Bytes>),
-    Stream(mpsc::Receiver<Bytes>),
+    /// A first chunk ready now, the rest as the sender produces it.
+    Stream {
+        head: Option<Bytes>,
+        rest: mpsc::Receiver<Bytes>,
+    },
 }
 
 impl Body {
@@ -49,9 +53,12 @@ impl http_body::Body for Body {
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         match self.get_mut() {
             Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Body::Stream(rx) => rx
-                .poll_recv(cx)
-                .map(|chunk| chunk.map(|b| Ok(Frame::data(b)))),
+            Body::Stream { head, rest } => match head.take() {
+                Some(head) => Poll::Ready(Some(Ok(Frame::data(head)))),
+                None => rest
+                    .poll_recv(cx)
+                    .map(|chunk| chunk.map(|b| Ok(Frame::data(b)))),
+            },
         }
     }
 
@@ -63,7 +70,7 @@ impl http_body::Body for Body {
         match self {
             Body::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             Body::Full(None) => SizeHint::with_exact(0),
-            Body::Stream(_) => SizeHint::default(),
+            Body::Stream { .. } => SizeHint::default(),
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod error;
 mod health;
 pub mod query;
 pub mod results;
+mod stream;
 mod transactions;
 
 use std::net::IpAddr;
@@ -207,6 +208,11 @@ impl App {
         self.generation.store(Arc::new(generation));
         tracing::info!(config = %path.display(), "config reloaded");
         Ok(report)
+    }
+
+    /// Runs background work of a request that outlives its handler (a streaming response).
+    pub(crate) fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(task);
     }
 
     /// From now on `/readyz` answers 503, so load balancers stop sending.

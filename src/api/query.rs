@@ -96,6 +96,19 @@ pub async fn handle(
 ) -> Result<http::Response<Body>, ApiError> {
     let request: QueryRequest = super::parse_json(body)?;
     let prepared = request.check(tenant)?;
+    if super::stream::wants_ndjson(ctx.headers) {
+        let waited = Instant::now();
+        let conn = tenant.pool.checkout().await?;
+        ctx.log.queue_wait = Some(waited.elapsed());
+        return super::stream::respond(
+            ctx,
+            tenant,
+            &request,
+            &prepared,
+            super::stream::Holder::Pool(Box::new(conn)),
+        )
+        .await;
+    }
     let waited = Instant::now();
     let mut conn = tenant.pool.checkout().await?;
     ctx.log.queue_wait = Some(waited.elapsed());

@@ -90,6 +90,10 @@ pub async fn call(
             }
             let transaction = transactions.get(id, tenant)?;
             let mut call = transactions.call(&transaction)?;
+            if super::stream::wants_ndjson(ctx.headers) {
+                let holder = super::stream::Holder::Transaction(call);
+                return super::stream::respond(ctx, tenant, &request, &prepared, holder).await;
+            }
             let executed = Instant::now();
             let mut out = Vec::with_capacity(256);
             out.push(b'{');

@@ -1407,6 +1407,16 @@ impl Rows<'_> {
         self.statement.clone()
     }
 
+    /// Whether the next message has already arrived: when it has not, a streaming encoder
+    /// should send what it has before waiting for Postgres.
+    pub fn next_is_buffered(&self) -> bool {
+        let buf = &self.conn.read_buf;
+        buf.len() >= 5 && {
+            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+            buf.len() > len
+        }
+    }
+
     /// The next row, or `None` with the command tag available from [`Rows::finish`].
     pub async fn next(&mut self) -> Result<Option<DataRowBody>, QueryError> {
         self.step().await.map(|step| match step {

@@ -1,0 +1,190 @@
+//! NDJSON streaming of large results (`Accept: application/x-ndjson` on `/v1/query` and
+//! `/v1/transactions/{id}/query`), without `max_response_bytes`: a first line
+//! `{"fields":[…]}`, one line per row, and a last line `{"command":…,"rowCount":…}` — or
+//! `{"error":{…}}` when the statement fails part way (the status is 200 by then, so clients must
+//! read the last line).
+//!
+//! A task owns the connection and reads rows as Postgres sends them into a small bounded
+//! channel that feeds the response body: a client that reads slowly makes the task wait, the
+//! task stops reading from Postgres, and the statement pauses — memory stays flat whatever the
+//! result size. A client that goes away drops the channel; the task stops, and dropping the
+//! connection mid-statement cancels it (see `PgConnection::recover`).
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot};
+
+use super::body::Body;
+use super::error::ApiError;
+use super::query::{PreparedRequest, QueryRequest};
+use super::{RequestContext, Tenant};
+use crate::pg::encode::write_json_string;
+use crate::pg::{PgConnection, QueryOptions, RowEncoder, RowMode, SessionEffect, ValueFormat};
+use crate::pool::{Checkout, TenantPool};
+use crate::transactions::TransactionCall;
+
+/// Rows are sent in chunks of about this size, or sooner when Postgres pauses.
+const CHUNK_BYTES: usize = 32 * 1024;
+/// Chunks in flight between the database task and the client.
+const CHANNEL_CHUNKS: usize = 4;
+
+/// Whether the client asked for a stream.
+pub fn wants_ndjson(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().starts_with("application/x-ndjson"))
+        })
+}
+
+/// Where the streaming task's connection comes from: the pool, or an open transaction.
+pub enum Holder {
+    Pool(Box<Checkout>),
+    Transaction(TransactionCall),
+}
+
+impl Holder {
+    fn conn(&mut self) -> &mut PgConnection {
+        match self {
+            Holder::Pool(checkout) => checkout,
+            Holder::Transaction(call) => call.conn(),
+        }
+    }
+}
+
+/// A checked request, owned so the task can outlive the request body.
+struct OwnedRequest {
+    sql: String,
+    params: Vec<Box<RawValue>>,
+    statement_timeout_ms: u64,
+    session_effect: SessionEffect,
+    row_mode: RowMode,
+    types: ValueFormat,
+}
+
+/// Starts the statement on `holder` and answers with its stream — or, if it fails before its
+/// first row, with an ordinary error response.
+pub async fn respond(
+    ctx: &RequestContext<'_>,
+    tenant: &Tenant,
+    request: &QueryRequest<'_>,
+    prepared: &PreparedRequest<'_>,
+    holder: Holder,
+) -> Result<Response<Body>, ApiError> {
+    let owned = OwnedRequest {
+        sql: prepared.sql.to_owned(),
+        params: prepared.params.iter().map(|p| (*p).to_owned()).collect(),
+        statement_timeout_ms: prepared.statement_timeout_ms,
+        session_effect: prepared.analysis.session_effect,
+        row_mode: request.row_mode,
+        types: request.types,
+    };
+    let (head_tx, head_rx) = oneshot::channel();
+    let (body_tx, body_rx) = mpsc::channel(CHANNEL_CHUNKS);
+    ctx.app
+        .spawn(stream(holder, tenant.pool.clone(), owned, head_tx, body_tx));
+    let head = head_rx.await.map_err(|_| ApiError::Internal {
+        reason: "the stream ended before its first line".into(),
+    })??;
+    let mut response = Response::new(Body::Stream {
+        head: Some(head),
+        rest: body_rx,
+    });
+    *response.status_mut() = StatusCode::OK;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    // Reverse proxies (nginx) would otherwise buffer the stream.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+async fn stream(
+    mut holder: Holder,
+    pool: TenantPool,
+    request: OwnedRequest,
+    head: oneshot::Sender<Result<Bytes, ApiError>>,
+    body: mpsc::Sender<Bytes>,
+) {
+    let params: Vec<&RawValue> = request.params.iter().map(|p| &**p).collect();
+    let options = QueryOptions {
+        statement_timeout_ms: request.statement_timeout_ms,
+        session_effect: request.session_effect,
+        types: pool.types(),
+    };
+    let mut rows = match holder.conn().query(&request.sql, &params, &options).await {
+        Ok(rows) => rows,
+        Err(error) => {
+            let _ = head.send(Err(error.into()));
+            return;
+        }
+    };
+    let statement = rows.statement();
+    let mut line = b"{\"fields\":".to_vec();
+    RowEncoder::write_fields(&statement.fields, &mut line);
+    line.extend_from_slice(b"}\n");
+    if head.send(Ok(line.into())).is_err() {
+        // The client left before the first line: dropping `rows` and the connection cancels.
+        return;
+    }
+    let mut encoder = RowEncoder::new(request.row_mode, request.types);
+    let mut chunk = Vec::with_capacity(CHUNK_BYTES + 4096);
+    let result = loop {
+        match rows.next().await {
+            Ok(Some(row)) => {
+                if let Err(error) = encoder.write_row(&mut chunk, &statement.fields, &row) {
+                    break Err(ApiError::ConnectionLost {
+                        reason: format!("malformed row from the server: {error}"),
+                    });
+                }
+                chunk.push(b'\n');
+                if (chunk.len() >= CHUNK_BYTES || !rows.next_is_buffered())
+                    && !send(&body, &mut chunk).await
+                {
+                    return;
+                }
+            }
+            Ok(None) => break rows.finish().await.map_err(ApiError::from),
+            Err(error) => break Err(error.into()),
+        }
+    };
+    match result {
+        Ok(tag) => {
+            chunk.extend_from_slice(b"{\"command\":");
+            write_json_string(&mut chunk, tag.command.as_bytes());
+            chunk.extend_from_slice(b",\"rowCount\":");
+            match tag.row_count {
+                Some(n) => chunk.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
+                None => chunk.extend_from_slice(b"null"),
+            }
+            chunk.extend_from_slice(b"}\n");
+        }
+        Err(error) => {
+            serde_json::to_writer(&mut chunk, &error.to_json()).expect("JSON to a Vec");
+            chunk.push(b'\n');
+        }
+    }
+    send(&body, &mut chunk).await;
+}
+
+/// Sends the chunk (waiting while the client is slow); false when the client is gone.
+async fn send(body: &mpsc::Sender<Bytes>, chunk: &mut Vec<u8>) -> bool {
+    if chunk.is_empty() {
+        return true;
+    }
+    let bytes = Bytes::from(std::mem::replace(
+        chunk,
+        Vec::with_capacity(CHUNK_BYTES + 4096),
+    ));
+    body.send(bytes).await.is_ok()
+}
