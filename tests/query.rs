@@ -516,6 +516,10 @@ async fn routes_methods_and_request_ids() {
         .await;
     assert_eq!(mine.headers["x-request-id"], "req-123");
     let generated = c.query(&key, "select 1", json!([])).await;
+    assert_eq!(
+        generated.headers["keep-alive"], "timeout=10",
+        "clients learn the idle timeout"
+    );
     assert_eq!(generated.headers["x-request-id"].len(), 32);
     gateway.stop().await;
 }

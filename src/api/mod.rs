@@ -349,6 +349,20 @@ pub async fn handle(
     response
         .headers_mut()
         .insert("x-request-id", request_id.clone());
+    if parts.version == http::Version::HTTP_11 {
+        // The gateway closes connections idle longer than the header read timeout; saying so
+        // lets clients (undici, Node's fetch) retire them first instead of sending a request
+        // into a connection that is closing.
+        let idle = generation
+            .config
+            .server
+            .header_read_timeout
+            .as_secs()
+            .max(1);
+        if let Ok(value) = HeaderValue::from_str(&format!("timeout={idle}")) {
+            response.headers_mut().insert("keep-alive", value);
+        }
+    }
     let log = &ctx.log;
     let elapsed = started.elapsed();
     let tenant = log.tenant.as_deref().unwrap_or("-");
