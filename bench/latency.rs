@@ -1,5 +1,8 @@
-//! Single-client latency of `select 1`: through the gateway (HTTP/1.1 keep-alive, warm pool)
-//! next to a direct tokio-postgres query (prepared, same machine), sequential requests.
+//! Single-client latency, sequential requests:
+//! - `select 1` through the gateway (HTTP/1.1 keep-alive, warm pool) next to a direct
+//!   tokio-postgres query (prepared, same machine);
+//! - three inserts as an interactive transaction (begin, 3 queries, commit: five HTTP round
+//!   trips) next to the same work as one `/v1/batch`.
 //!
 //! `cargo bench --bench latency` (optionally `-- 20000` for the number of requests). Starts its
 //! own throwaway Postgres and an in-process gateway on separate threads.
@@ -68,6 +71,37 @@ fn main() {
         })
         .await;
 
+        let post = |path: String, body: serde_json::Value| {
+            let request = http::Request::post(format!("http://{addr}{path}"))
+                .header("authorization", format!("Bearer {key}"))
+                .body(Full::new(Bytes::from(body.to_string())))
+                .unwrap();
+            let http = http.clone();
+            async move {
+                let response = http.request(request).await.unwrap();
+                assert!(response.status().is_success(), "{}", response.status());
+                let body = response.into_body().collect().await.unwrap().to_bytes();
+                serde_json::from_slice::<serde_json::Value>(&body).unwrap()
+            }
+        };
+        post("/v1/query".into(), serde_json::json!({"sql": "create table if not exists bench_t (a int, b text)"})).await;
+        let insert = "insert into bench_t values ($1, $2)";
+        let transactions = requests / 10;
+        let interactive = measure(transactions, || async {
+            let begun = post("/v1/transactions".into(), serde_json::json!({})).await;
+            let id = begun["id"].as_str().unwrap().to_owned();
+            for i in 0..3 {
+                post(format!("/v1/transactions/{id}/query"), serde_json::json!({"sql": insert, "params": [i, "x"]})).await;
+            }
+            post(format!("/v1/transactions/{id}/commit"), serde_json::json!({})).await;
+        })
+        .await;
+        let batch = measure(transactions, || async {
+            let statements: Vec<_> = (0..3).map(|i| serde_json::json!({"sql": insert, "params": [i, "x"]})).collect();
+            post("/v1/batch".into(), serde_json::json!({ "statements": statements })).await;
+        })
+        .await;
+
         let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
             .await
             .unwrap();
@@ -98,6 +132,10 @@ fn main() {
             micros(gateway.0) - micros(direct.0),
             micros(gateway.0) / micros(direct.0)
         );
+        println!("three inserts in a transaction, {transactions} sequential transactions");
+        println!("  interactive (begin, 3 x query, commit) {:>9.1} µs {:>9.1} µs", micros(interactive.0), micros(interactive.1));
+        println!("  one /v1/batch                          {:>9.1} µs {:>9.1} µs", micros(batch.0), micros(batch.1));
+        println!("  interactive / batch at the median: {:.2}x", micros(interactive.0) / micros(batch.0));
     });
     drop(postgres);
 }
