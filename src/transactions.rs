@@ -59,7 +59,9 @@ pub struct OpenTransaction {
     /// Set when the watcher decides to roll the transaction back.
     expiring: AtomicBool,
     ended: CancellationToken,
-    _slot: OwnedSemaphorePermit,
+    /// The tenant's transaction slot, given back the moment the transaction ends (not when the
+    /// last reference to it goes, which may be a watcher task that has yet to run).
+    slot: Mutex<Option<OwnedSemaphorePermit>>,
 }
 
 /// The connection of a transaction, held for one call. If the call is dropped halfway (the
@@ -136,7 +138,7 @@ impl Transactions {
             last_active: Mutex::new(now),
             expiring: AtomicBool::new(false),
             ended: CancellationToken::new(),
-            _slot: slot,
+            slot: Mutex::new(Some(slot)),
         });
         self.open
             .lock()
@@ -267,6 +269,11 @@ impl Transactions {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&transaction.id);
         transaction.ended.cancel();
+        transaction
+            .slot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if expired {
             let mut remembered = self.expired.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
