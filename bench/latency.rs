@@ -31,8 +31,10 @@ fn main() {
     let config = sluice::config::Config::from_toml(&toml, std::path::Path::new(".")).unwrap();
 
     // The gateway gets its own runtime (two worker threads), as in production.
+    // GATEWAY_THREADS: the gateway runtime's worker threads (default 2, one per core here).
+    let threads = std::env::var("GATEWAY_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(2);
     let gateway_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(threads)
         .enable_all()
         .build()
         .unwrap();
@@ -84,21 +86,50 @@ fn main() {
                 serde_json::from_slice::<serde_json::Value>(&body).unwrap()
             }
         };
-        post("/v1/query".into(), serde_json::json!({"sql": "create table if not exists bench_t (a int, b text)"})).await;
+        post(
+            "/v1/query".into(),
+            serde_json::json!({"sql": "create table if not exists bench_t (a int, b text)"}),
+        )
+        .await;
         let insert = "insert into bench_t values ($1, $2)";
         let transactions = requests / 10;
         let interactive = measure(transactions, || async {
             let begun = post("/v1/transactions".into(), serde_json::json!({})).await;
             let id = begun["id"].as_str().unwrap().to_owned();
             for i in 0..3 {
-                post(format!("/v1/transactions/{id}/query"), serde_json::json!({"sql": insert, "params": [i, "x"]})).await;
+                post(
+                    format!("/v1/transactions/{id}/query"),
+                    serde_json::json!({"sql": insert, "params": [i, "x"]}),
+                )
+                .await;
             }
-            post(format!("/v1/transactions/{id}/commit"), serde_json::json!({})).await;
+            post(
+                format!("/v1/transactions/{id}/commit"),
+                serde_json::json!({}),
+            )
+            .await;
         })
         .await;
         let batch = measure(transactions, || async {
-            let statements: Vec<_> = (0..3).map(|i| serde_json::json!({"sql": insert, "params": [i, "x"]})).collect();
-            post("/v1/batch".into(), serde_json::json!({ "statements": statements })).await;
+            let statements: Vec<_> = (0..3)
+                .map(|i| serde_json::json!({"sql": insert, "params": [i, "x"]}))
+                .collect();
+            post(
+                "/v1/batch".into(),
+                serde_json::json!({ "statements": statements }),
+            )
+            .await;
+        })
+        .await;
+
+        // The HTTP hop alone: the same client and server, no database.
+        let health = measure(requests, || {
+            let request = http::Request::get(format!("http://{addr}/healthz")).body(Full::new(Bytes::new())).unwrap();
+            let http = http.clone();
+            async move {
+                let response = http.request(request).await.unwrap();
+                response.into_body().collect().await.unwrap();
+            }
         })
         .await;
 
@@ -132,10 +163,22 @@ fn main() {
             micros(gateway.0) - micros(direct.0),
             micros(gateway.0) / micros(direct.0)
         );
+        println!("  HTTP hop alone (/healthz) {:>9.1} µs {:>9.1} µs", micros(health.0), micros(health.1));
         println!("three inserts in a transaction, {transactions} sequential transactions");
-        println!("  interactive (begin, 3 x query, commit) {:>9.1} µs {:>9.1} µs", micros(interactive.0), micros(interactive.1));
-        println!("  one /v1/batch                          {:>9.1} µs {:>9.1} µs", micros(batch.0), micros(batch.1));
-        println!("  interactive / batch at the median: {:.2}x", micros(interactive.0) / micros(batch.0));
+        println!(
+            "  interactive (begin, 3 x query, commit) {:>9.1} µs {:>9.1} µs",
+            micros(interactive.0),
+            micros(interactive.1)
+        );
+        println!(
+            "  one /v1/batch                          {:>9.1} µs {:>9.1} µs",
+            micros(batch.0),
+            micros(batch.1)
+        );
+        println!(
+            "  interactive / batch at the median: {:.2}x",
+            micros(interactive.0) / micros(batch.0)
+        );
     });
     drop(postgres);
 }
