@@ -32,7 +32,10 @@ fn main() {
 
     // The gateway gets its own runtime (two worker threads), as in production.
     // GATEWAY_THREADS: the gateway runtime's worker threads (default 2, one per core here).
-    let threads = std::env::var("GATEWAY_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(2);
+    let threads = std::env::var("GATEWAY_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(2);
     let gateway_runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .enable_all()
@@ -124,7 +127,9 @@ fn main() {
 
         // The HTTP hop alone: the same client and server, no database.
         let health = measure(requests, || {
-            let request = http::Request::get(format!("http://{addr}/healthz")).body(Full::new(Bytes::new())).unwrap();
+            let request = http::Request::get(format!("http://{addr}/healthz"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
             let http = http.clone();
             async move {
                 let response = http.request(request).await.unwrap();
@@ -163,7 +168,11 @@ fn main() {
             micros(gateway.0) - micros(direct.0),
             micros(gateway.0) / micros(direct.0)
         );
-        println!("  HTTP hop alone (/healthz) {:>9.1} µs {:>9.1} µs", micros(health.0), micros(health.1));
+        println!(
+            "  HTTP hop alone (/healthz) {:>9.1} µs {:>9.1} µs",
+            micros(health.0),
+            micros(health.1)
+        );
         println!("three inserts in a transaction, {transactions} sequential transactions");
         println!(
             "  interactive (begin, 3 x query, commit) {:>9.1} µs {:>9.1} µs",
