@@ -6,7 +6,8 @@
 //!
 //! # Layout: the path of one request
 //!
-//! 1. [`server`] accepts the connection (TCP, TLS) and hands each HTTP request to [`api`].
+//! 1. [`server`] accepts the connection (TCP, TLS; HTTP/1.1 or HTTP/2) and hands each HTTP
+//!    request to [`api`]; an idle HTTP/1.1 keep-alive connection is parked down to its socket.
 //! 2. [`api`] routes it, reads and bounds the body, and authenticates the key with [`auth`]
 //!    (key → tenant); rate limits are checked before anything else is spent.
 //! 3. [`pool`] checks a connection out of the tenant's pool: an idle one, a new one under the

@@ -306,6 +306,18 @@ impl RequestContext<'_> {
     }
 }
 
+/// A request body as the server hands it over: hyper's, or hyper's wrapped by the connection
+/// (which watches for its end).
+pub trait RequestBody:
+    http_body::Body<Data = Bytes, Error: std::fmt::Display> + Send + Unpin + 'static
+{
+}
+
+impl<B> RequestBody for B where
+    B: http_body::Body<Data = Bytes, Error: std::fmt::Display> + Send + Unpin + 'static
+{
+}
+
 /// Which routes a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Surface {
@@ -316,9 +328,9 @@ pub enum Surface {
 }
 
 /// Handles one HTTP request. Never fails: every error becomes an API.md error response.
-pub async fn handle(
+pub async fn handle<B: RequestBody>(
     app: Arc<App>,
-    request: Request<hyper::body::Incoming>,
+    request: Request<B>,
     peer: IpAddr,
     surface: Surface,
 ) -> Response<Body> {
@@ -489,11 +501,11 @@ impl<'p> Route<'p> {
     }
 }
 
-async fn dispatch(
+async fn dispatch<B: RequestBody>(
     ctx: &mut RequestContext<'_>,
     route: Route<'_>,
     method: &Method,
-    incoming: hyper::body::Incoming,
+    incoming: B,
 ) -> Result<Response<Body>, ApiError> {
     if route == Route::NotFound {
         return Err(ApiError::NotFound);
@@ -546,9 +558,9 @@ const DRAIN_TIME: Duration = Duration::from_secs(5);
 
 /// Reads the request body within `max_body_bytes` (checked while reading, so an oversized
 /// body is refused without being buffered) and the body read timeout.
-async fn read_body(
+async fn read_body<B: RequestBody>(
     ctx: &RequestContext<'_>,
-    mut incoming: hyper::body::Incoming,
+    mut incoming: B,
 ) -> Result<Bytes, ApiError> {
     let server = &ctx.generation.config.server;
     let limit = server.max_body_bytes;
@@ -592,7 +604,7 @@ async fn read_body(
 }
 
 /// Reads and drops what is left of a refused body, within bounds (see [`DRAIN_BYTES`]).
-async fn drain(mut incoming: hyper::body::Incoming, declared: Option<u64>) {
+async fn drain<B: RequestBody>(mut incoming: B, declared: Option<u64>) {
     if declared.is_some_and(|length| length > DRAIN_BYTES as u64) {
         return;
     }

@@ -5,25 +5,22 @@
 //! and open transactions get until `shutdown_timeout_ms` to finish, then connections are closed
 //! gracefully, the pools are closed and every background task is awaited.
 
-use std::convert::Infallible;
+mod connection;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api::{self, App, Generation, Reloader, Surface};
+use crate::api::{App, Generation, Reloader, Surface};
 use crate::config::{Config, ServerTls};
-use crate::metrics::{Metrics, ProtocolLabel};
+use crate::metrics::Metrics;
 use crate::tls::{ReloadableCert, TlsAcceptor};
 use crate::transactions::Transactions;
 
@@ -73,9 +70,7 @@ impl ListenerKind {
 /// own), and `tls.listen` for HTTPS beside plain HTTP.
 pub async fn bind(config: &Config) -> Result<Vec<Listener>, RunError> {
     let bind = |addr: SocketAddr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|e| RunError::Config(format!("cannot listen on {addr}: {e}")))
+        listen(addr).map_err(|e| RunError::Config(format!("cannot listen on {addr}: {e}")))
     };
     let mut listeners = Vec::new();
     match &config.server.tls {
@@ -110,6 +105,22 @@ pub async fn bind(config: &Config) -> Result<Vec<Listener>, RunError> {
         });
     }
     Ok(listeners)
+}
+
+/// How many connections may wait to be accepted. The kernel caps it at `net.core.somaxconn`
+/// (4096 on current kernels); the common default of 128 makes a burst of cold clients meet
+/// dropped SYNs and a one-second retransmit.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// The TLS acceptor for `[server] tls`: the certificate is loaded (and checked) now.
@@ -172,7 +183,7 @@ pub async fn run_with(
         reloader,
     );
 
-    let builder = Arc::new(http_builder(header_read_timeout));
+    let protocols = Arc::new(connection::Protocols::new(header_read_timeout));
     // Connections are tracked apart from background work so shutdown can wait for them first.
     let connections = TaskTracker::new();
     let stop_accepting = CancellationToken::new();
@@ -186,15 +197,18 @@ pub async fn run_with(
             ListenerKind::Metrics => Surface::Metrics,
             ListenerKind::Http | ListenerKind::Https(_) => Surface::Api { with_metrics },
         };
-        let serving = Serving {
+        let serving = connection::Serving {
             app: app.clone(),
-            builder: builder.clone(),
+            protocols: protocols.clone(),
             surface,
-            header_read_timeout,
             close: close_connections.clone(),
-            connections: connections.clone(),
         };
-        tasks.spawn(accept_loop(listener, serving, stop_accepting.clone()));
+        tasks.spawn(accept_loop(
+            listener,
+            serving,
+            connections.clone(),
+            stop_accepting.clone(),
+        ));
     }
     if let Some(mut reload) = options.reload {
         let (stop, app) = (stop_accepting.clone(), app.clone());
@@ -250,35 +264,12 @@ pub async fn run_with(
     Ok(())
 }
 
-fn http_builder(header_read_timeout: Duration) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
-        .keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10));
-    builder
-}
-
-/// What every accepted connection needs.
-#[derive(Clone)]
-struct Serving {
-    app: Arc<App>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    surface: Surface,
-    header_read_timeout: Duration,
-    /// Cancelled at shutdown: connections finish their current request and close.
-    close: CancellationToken,
+async fn accept_loop(
+    listener: Listener,
+    serving: connection::Serving,
     connections: TaskTracker,
-}
-
-async fn accept_loop(listener: Listener, serving: Serving, stop: CancellationToken) {
+    stop: CancellationToken,
+) {
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
@@ -294,27 +285,20 @@ async fn accept_loop(listener: Listener, serving: Serving, stop: CancellationTok
             }
         };
         let _ = stream.set_nodelay(true);
+        let serving = serving.clone();
         match &listener.kind {
             ListenerKind::Http | ListenerKind::Metrics => {
-                let serving = serving.clone();
-                serving.connections.clone().spawn(async move {
-                    if let Some(protocol) =
-                        sniff_protocol(&stream, serving.header_read_timeout).await
-                    {
-                        serve_connection(stream, peer, protocol, serving).await;
-                    }
-                });
+                connections.spawn(connection::serve_plain(stream, peer, serving));
             }
             ListenerKind::Https(acceptor) => {
                 // The handshake runs in the connection's own task: a slow client never holds
                 // up the accept loop.
-                let (acceptor, serving) = (acceptor.clone(), serving.clone());
-                serving.connections.clone().spawn(async move {
+                let acceptor = acceptor.clone();
+                connections.spawn(async move {
                     match acceptor.accept(stream).await {
                         Ok(tls) => {
                             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                            serve_connection(tls, peer, if h2 { "h2" } else { "http1" }, serving)
-                                .await;
+                            connection::serve_tls(tls, h2, peer, serving).await;
                         }
                         Err(error) => tracing::debug!(%peer, %error, "TLS connection refused"),
                     }
@@ -322,59 +306,4 @@ async fn accept_loop(listener: Listener, serving: Serving, stop: CancellationTok
             }
         }
     }
-}
-
-/// Plain HTTP/2 starts with its preface ("PRI * HTTP/2.0"); anything else is HTTP/1. Waits
-/// for the first bytes no longer than a client may take to send its headers.
-async fn sniff_protocol(stream: &tokio::net::TcpStream, timeout: Duration) -> Option<&'static str> {
-    let mut first = [0u8; 3];
-    match tokio::time::timeout(timeout, stream.peek(&mut first)).await {
-        Ok(Ok(n)) if n > 0 => Some(if &first[..n] == b"PRI" { "h2" } else { "http1" }),
-        _ => None,
-    }
-}
-
-async fn serve_connection<I>(io: I, peer: SocketAddr, protocol: &'static str, serving: Serving)
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let gauge = serving
-        .app
-        .metrics
-        .http_connections
-        .get_or_create_owned(&ProtocolLabel { protocol });
-    gauge.inc();
-    let _open = scopeguard(move || {
-        gauge.dec();
-    });
-    let (app, surface) = (serving.app.clone(), serving.surface);
-    let service = service_fn(move |request| {
-        let app = app.clone();
-        async move { Ok::<_, Infallible>(api::handle(app, request, peer.ip(), surface).await) }
-    });
-    let connection = serving.builder.serve_connection(TokioIo::new(io), service);
-    let mut connection = std::pin::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        _ = serving.close.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
-    if let Err(error) = result {
-        tracing::debug!(%peer, %error, "connection ended with an error");
-    }
-}
-
-/// Runs `f` when dropped (a connection's gauge goes down however the connection ends).
-fn scopeguard(f: impl FnOnce()) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
-            }
-        }
-    }
-    Guard(Some(f))
 }

@@ -1,0 +1,485 @@
+//! One client connection: HTTP/1.1 (parked while idle) or HTTP/2.
+//!
+//! hyper gives every HTTP/1 connection an 8 KiB read buffer and an 8 KiB header buffer and
+//! keeps both for the connection's life. A fleet of serverless functions holds thousands of
+//! keep-alive connections that are idle nearly all the time, so a plain HTTP/1.1 connection
+//! is *parked* between requests: once its last response is flushed and its request body read
+//! to the end, the hyper connection is taken apart ([`http1::Connection::into_parts`]) and
+//! only the socket waits for the next request; a fresh hyper connection (buffers allocated
+//! again, a malloc each) serves it. Parked, a connection costs its socket and a small task —
+//! about 2.5 KiB instead of 22 KiB.
+//!
+//! Whether hyper is between requests is judged from outside, by [`Activity`]: every request
+//! counts until its response body is dropped (hyper drops it once the last byte is encoded)
+//! and, if it has a body, until that body's end is seen; then a flush of the socket proves the
+//! response left hyper's buffers. A connection whose request body was dropped unread is not
+//! parked until its next request (hyper is still draining the body), and bytes hyper had read
+//! but not yet parsed (a pipelined request) are handed to the next hyper connection first.
+//!
+//! TLS connections are not parked: the TLS session's state lives in the stream. HTTP/2
+//! connections multiplex, and are served by hyper's HTTP/2 connection as they are.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, App, Surface};
+use crate::metrics::ProtocolLabel;
+
+/// The hyper settings every connection is served with.
+pub(super) struct Protocols {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+    /// How long a connection may sit idle between requests (and take to send its headers).
+    idle_timeout: Duration,
+}
+
+impl Protocols {
+    pub(super) fn new(header_read_timeout: Duration) -> Protocols {
+        let mut http1 = http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_read_timeout)
+            .keep_alive(true);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(256)
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10));
+        Protocols {
+            http1,
+            http2,
+            idle_timeout: header_read_timeout,
+        }
+    }
+}
+
+/// What a connection needs from the gateway.
+#[derive(Clone)]
+pub(super) struct Serving {
+    pub app: Arc<App>,
+    pub protocols: Arc<Protocols>,
+    pub surface: Surface,
+    /// Cancelled at shutdown: connections finish their current request and close.
+    pub close: CancellationToken,
+}
+
+/// Serves a plain TCP connection: HTTP/2 with prior knowledge if it opens with the HTTP/2
+/// preface, HTTP/1.1 (parked while idle) otherwise.
+pub(super) async fn serve_plain(stream: TcpStream, peer: SocketAddr, serving: Serving) {
+    let Some(h2) = opens_with_h2_preface(&stream, serving.protocols.idle_timeout).await else {
+        return;
+    };
+    let _open = ConnectionGauge::open(&serving.app, if h2 { "h2" } else { "http1" });
+    if h2 {
+        // Boxed: HTTP/2's state is large, and every plain connection's task would otherwise
+        // be sized for it.
+        Box::pin(serve_h2(stream, peer, &serving)).await;
+    } else {
+        serve_http1_parking(stream, peer, &serving).await;
+    }
+}
+
+/// Serves a connection whose TLS handshake is done; ALPN chose the protocol.
+pub(super) async fn serve_tls<I>(io: I, h2: bool, peer: SocketAddr, serving: Serving)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let _open = ConnectionGauge::open(&serving.app, if h2 { "h2" } else { "http1" });
+    if h2 {
+        serve_h2(io, peer, &serving).await;
+        return;
+    }
+    let service = service(&serving, peer, None);
+    let connection = serving
+        .protocols
+        .http1
+        .serve_connection(TokioIo::new(io), service);
+    let mut connection = std::pin::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = serving.close.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%peer, %error, "connection ended with an error");
+    }
+}
+
+/// Plain HTTP/2 starts with its preface ("PRI * HTTP/2.0"); anything else is HTTP/1. Waits
+/// for the first bytes no longer than a client may take to send its headers; `None` when
+/// none came (or the client left).
+async fn opens_with_h2_preface(stream: &TcpStream, timeout: Duration) -> Option<bool> {
+    let mut first = [0u8; 3];
+    match tokio::time::timeout(timeout, stream.peek(&mut first)).await {
+        Ok(Ok(n)) if n > 0 => Some(&first[..n] == b"PRI"),
+        _ => None,
+    }
+}
+
+async fn serve_h2<I>(io: I, peer: SocketAddr, serving: &Serving)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service(serving, peer, None);
+    let connection = serving
+        .protocols
+        .http2
+        .serve_connection(TokioIo::new(io), service);
+    let mut connection = std::pin::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = serving.close.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%peer, %error, "connection ended with an error");
+    }
+}
+
+/// Serves HTTP/1.1 on a plain socket, parking it whenever it is idle (see the module doc).
+async fn serve_http1_parking(mut stream: TcpStream, peer: SocketAddr, serving: &Serving) {
+    let activity = Arc::new(Activity::default());
+    // Bytes hyper read but had not parsed when the connection was parked.
+    let mut unparsed = Bytes::new();
+    // The first request's bytes are known to be there (the preface check saw them).
+    let mut wait_for_bytes = false;
+    loop {
+        if wait_for_bytes {
+            // Peeking waits for real bytes: a stale readiness would build a hyper
+            // connection that then sits idle with its buffers.
+            let mut first = [0u8; 1];
+            tokio::select! {
+                peeked = tokio::time::timeout(serving.protocols.idle_timeout, stream.peek(&mut first)) => {
+                    if !matches!(peeked, Ok(Ok(n)) if n > 0) {
+                        return; // idle too long, closed by the client, or failed
+                    }
+                }
+                _ = serving.close.cancelled() => return,
+            }
+        }
+        activity.new_connection();
+        let io = Watched {
+            stream,
+            unparsed,
+            activity: activity.clone(),
+        };
+        let service = service(serving, peer, Some(&activity));
+        // Boxed, so a parked connection's task does not keep room for hyper's state.
+        let mut connection = Box::new(
+            serving
+                .protocols
+                .http1
+                .serve_connection(TokioIo::new(io), service),
+        );
+        let served = std::future::poll_fn(|cx| match Pin::new(&mut *connection).poll(cx) {
+            Poll::Ready(result) => Poll::Ready(Some(result)),
+            Poll::Pending if activity.idle() => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        });
+        let served = tokio::select! {
+            served = served => served,
+            _ = serving.close.cancelled() => {
+                Pin::new(&mut *connection).graceful_shutdown();
+                Some((&mut *connection).await)
+            }
+        };
+        match served {
+            Some(Ok(())) => return,
+            Some(Err(error)) => {
+                tracing::debug!(%peer, %error, "connection ended with an error");
+                return;
+            }
+            None => {
+                let parts = (*connection).into_parts();
+                let io = parts.io.into_inner();
+                stream = io.stream;
+                unparsed = join(parts.read_buf, io.unparsed);
+                // Unparsed bytes are a request begun: serve it now, without waiting.
+                wait_for_bytes = unparsed.is_empty();
+            }
+        }
+    }
+}
+
+/// The bytes read but not yet parsed, in a buffer of their own: hyper's read buffer (8 KiB,
+/// even when empty) must not outlive the hyper connection.
+fn join(first: Bytes, second: Bytes) -> Bytes {
+    let mut joined = BytesMut::with_capacity(first.len() + second.len());
+    joined.extend_from_slice(&first);
+    joined.extend_from_slice(&second);
+    joined.freeze()
+}
+
+/// The service hyper calls for each request; with `activity`, each request is counted until
+/// its request body has ended and its response body has been dropped.
+fn service(
+    serving: &Serving,
+    peer: SocketAddr,
+    activity: Option<&Arc<Activity>>,
+) -> impl hyper::service::Service<
+    hyper::Request<Incoming>,
+    Response = hyper::Response<ResponseBody>,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Send
++ 'static {
+    let (app, surface, activity) = (serving.app.clone(), serving.surface, activity.cloned());
+    service_fn(move |request: hyper::Request<Incoming>| {
+        let app = app.clone();
+        // Counted now, as hyper hands the request over, not when the future first runs.
+        let watch = activity.as_ref().map(|activity| activity.request_started());
+        let request = request.map(|body| WatchedRequestBody::new(body, watch.clone()));
+        async move {
+            let response = api::handle(app, request, peer.ip(), surface).await;
+            Ok::<_, Infallible>(response.map(|body| ResponseBody {
+                inner: body,
+                _done: watch.map(ResponseDone),
+            }))
+        }
+    })
+}
+
+/// Whether hyper is between requests, as seen from the service and the socket.
+#[derive(Default)]
+struct Activity {
+    /// Requests whose request body has not ended plus responses not yet dropped.
+    busy: AtomicUsize,
+    /// Where the connection is between requests: [`SERVING`], [`RESPONDED`], [`FLUSHED`].
+    phase: AtomicU8,
+    /// A request body was dropped before its end: hyper still owns the rest of it.
+    abandoned_body: AtomicBool,
+}
+
+/// A request is being served, or none has been since this hyper connection started.
+const SERVING: u8 = 0;
+/// The last response was dropped by hyper; its bytes may still sit in hyper's buffer.
+const RESPONDED: u8 = 1;
+/// A socket flush came after the last response: hyper only flushes the socket once its own
+/// buffer is written, so the response is out. (hyper also flushes when it has written
+/// nothing, which is why a flush counts only after a response.)
+const FLUSHED: u8 = 2;
+
+impl Activity {
+    /// A fresh hyper connection serves nothing yet; it may be parked only after a response.
+    fn new_connection(&self) {
+        self.phase.store(SERVING, Ordering::Relaxed);
+    }
+
+    fn request_started(self: &Arc<Self>) -> Arc<Activity> {
+        self.busy.fetch_add(1, Ordering::Relaxed);
+        self.phase.store(SERVING, Ordering::Relaxed);
+        // hyper parses a request only once the one before it was read to its end.
+        self.abandoned_body.store(false, Ordering::Relaxed);
+        self.clone()
+    }
+
+    fn done(&self) {
+        if self.busy.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.phase.store(RESPONDED, Ordering::Relaxed);
+        }
+    }
+
+    fn flushed(&self) {
+        let _ =
+            self.phase
+                .compare_exchange(RESPONDED, FLUSHED, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    fn idle(&self) -> bool {
+        self.busy.load(Ordering::Relaxed) == 0
+            && self.phase.load(Ordering::Relaxed) == FLUSHED
+            && !self.abandoned_body.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a request's response until hyper drops it.
+struct ResponseDone(Arc<Activity>);
+
+impl Drop for ResponseDone {
+    fn drop(&mut self) {
+        self.0.done();
+    }
+}
+
+/// The response body, with the drop that marks its request done.
+pub(super) struct ResponseBody {
+    inner: api::body::Body,
+    _done: Option<ResponseDone>,
+}
+
+impl HttpBody for ResponseBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// hyper's request body, watched for its end.
+struct WatchedRequestBody {
+    inner: Incoming,
+    /// Until the end is seen.
+    watch: Option<Arc<Activity>>,
+}
+
+impl WatchedRequestBody {
+    fn new(inner: Incoming, watch: Option<Arc<Activity>>) -> WatchedRequestBody {
+        let mut body = WatchedRequestBody { inner, watch: None };
+        if let Some(activity) = watch
+            && !body.inner.is_end_stream()
+        {
+            activity.busy.fetch_add(1, Ordering::Relaxed);
+            body.watch = Some(activity);
+        }
+        body
+    }
+
+    fn ended(&mut self) {
+        if let Some(activity) = self.watch.take() {
+            activity.done();
+        }
+    }
+}
+
+impl HttpBody for WatchedRequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if frame.is_none() || self.inner.is_end_stream() {
+            self.ended();
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for WatchedRequestBody {
+    fn drop(&mut self) {
+        if let Some(activity) = self.watch.take() {
+            activity.abandoned_body.store(true, Ordering::Relaxed);
+            activity.done();
+        }
+    }
+}
+
+/// The socket as hyper sees it: bytes left unparsed by the previous hyper connection come
+/// first, and a completed flush is reported to [`Activity`].
+struct Watched {
+    stream: TcpStream,
+    unparsed: Bytes,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.unparsed.is_empty() {
+            let n = self.unparsed.len().min(buf.remaining());
+            buf.put_slice(&self.unparsed[..n]);
+            self.unparsed.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let flushed = ready!(Pin::new(&mut self.stream).poll_flush(cx));
+        if flushed.is_ok() {
+            self.activity.flushed();
+        }
+        Poll::Ready(flushed)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// The open-connections gauge, by protocol, for as long as a connection is served.
+struct ConnectionGauge(prometheus_client::metrics::gauge::Gauge);
+
+impl ConnectionGauge {
+    fn open(app: &App, protocol: &'static str) -> ConnectionGauge {
+        let gauge = app
+            .metrics
+            .http_connections
+            .get_or_create_owned(&ProtocolLabel { protocol });
+        gauge.inc();
+        ConnectionGauge(gauge)
+    }
+}
+
+impl Drop for ConnectionGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

@@ -1,0 +1,257 @@
+//! HTTP/1.1 connection handling on the raw socket: keep-alive connections parked between
+//! requests come back for the next one, pipelined and split requests, bodies refused or left
+//! unread, and the idle and header timeouts.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A gateway whose idle/header timeout is `timeout_ms` and body limit 1 KiB.
+async fn gateway(timeout_ms: u64) -> (Gateway, String) {
+    let db = database("").await;
+    let (key, hash) = key("acme");
+    let toml = config(&db, &hash, "", "").replace(
+        "shutdown_timeout_ms = 10000",
+        &format!(
+            "shutdown_timeout_ms = 10000\nheader_read_timeout_ms = {timeout_ms}\nmax_body_bytes = 1024"
+        ),
+    );
+    (Gateway::start(&toml).await, key)
+}
+
+fn query_request(key: &str, n: i64) -> Vec<u8> {
+    let body = format!(r#"{{"sql": "select $1::int8 * 2 as doubled", "params": [{n}]}}"#);
+    format!(
+        "POST /v1/query HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// One response off a connection: status and body. `pending` keeps bytes read past it (the
+/// next pipelined response).
+async fn read_response(stream: &mut TcpStream, pending: &mut Vec<u8>) -> (u16, String) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&pending[..end]).to_string();
+            let status: u16 = head[9..12].parse().expect("a status code");
+            let length: usize = head
+                .lines()
+                .find_map(|line| {
+                    let (name, value) = line.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().ok())?
+                })
+                .expect("responses carry a content-length");
+            let total = end + 4 + length;
+            if pending.len() >= total {
+                let body = String::from_utf8_lossy(&pending[end + 4..total]).to_string();
+                pending.drain(..total);
+                return (status, body);
+            }
+        }
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline.into(), stream.read(&mut buf))
+            .await
+            .expect("a response within 10 s")
+            .expect("the connection stays readable");
+        assert!(
+            n > 0,
+            "connection closed before a whole response: {:?}",
+            String::from_utf8_lossy(pending)
+        );
+        pending.extend_from_slice(&buf[..n]);
+    }
+}
+
+fn doubled(body: &str) -> i64 {
+    let value: serde_json::Value = serde_json::from_str(body).expect("JSON");
+    value["rows"][0]["doubled"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .or_else(|| value["rows"][0]["doubled"].as_i64())
+        .unwrap_or_else(|| panic!("no result in {body}"))
+}
+
+/// Reads until the gateway closes the connection; how long that took.
+async fn closed_within(stream: &mut TcpStream, limit: Duration) -> Duration {
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(limit, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return started.elapsed(),
+            Ok(Ok(_)) => continue,
+            Err(_) => panic!("the connection was still open after {limit:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_connection_serves_requests_after_idle_pauses() {
+    let (gateway, key) = gateway(5_000).await;
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let mut pending = Vec::new();
+    for n in 1..=5 {
+        stream.write_all(&query_request(&key, n)).await.unwrap();
+        let (status, body) = read_response(&mut stream, &mut pending).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(doubled(&body), n * 2);
+        // Idle between requests: the connection is parked, then served again.
+        tokio::time::sleep(Duration::from_millis(50 * n as u64)).await;
+    }
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order() {
+    let (gateway, key) = gateway(5_000).await;
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let mut pending = Vec::new();
+    for round in 0..3 {
+        let batch: Vec<u8> = (1..=4)
+            .flat_map(|n| query_request(&key, round * 10 + n))
+            .collect();
+        stream.write_all(&batch).await.unwrap();
+        for n in 1..=4 {
+            let (status, body) = read_response(&mut stream, &mut pending).await;
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(doubled(&body), (round * 10 + n) * 2);
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_split_across_writes_are_reassembled() {
+    let (gateway, key) = gateway(5_000).await;
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let mut pending = Vec::new();
+    stream.write_all(&query_request(&key, 1)).await.unwrap();
+    assert_eq!(read_response(&mut stream, &mut pending).await.0, 200);
+    // After an idle pause, a request arrives in pieces: mid-head, then mid-body.
+    let request = query_request(&key, 21);
+    let head_end = request.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    for piece in [
+        &request[..10],
+        &request[10..head_end],
+        &request[head_end..head_end + 10],
+        &request[head_end + 10..],
+    ] {
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        stream.write_all(piece).await.unwrap();
+    }
+    let (status, body) = read_response(&mut stream, &mut pending).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(doubled(&body), 42);
+    // A complete request followed by the start of the next in one write.
+    let (first, second) = (query_request(&key, 3), query_request(&key, 4));
+    let mut joined = first.clone();
+    joined.extend_from_slice(&second[..15]);
+    stream.write_all(&joined).await.unwrap();
+    let (status, body) = read_response(&mut stream, &mut pending).await;
+    assert_eq!((status, doubled(&body)), (200, 6));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stream.write_all(&second[15..]).await.unwrap();
+    let (status, body) = read_response(&mut stream, &mut pending).await;
+    assert_eq!((status, doubled(&body)), (200, 8));
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_and_unread_bodies_leave_the_connection_usable() {
+    let (gateway, key) = gateway(5_000).await;
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let mut pending = Vec::new();
+    // Over the 1 KiB limit: refused, the body drained.
+    let big = format!(
+        r#"{{"sql": "select 1", "params": ["{}"]}}"#,
+        "x".repeat(2000)
+    );
+    let request = format!(
+        "POST /v1/query HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\ncontent-length: {}\r\n\r\n{big}",
+        big.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let (status, body) = read_response(&mut stream, &mut pending).await;
+    assert_eq!(status, 413, "{body}");
+    stream.write_all(&query_request(&key, 5)).await.unwrap();
+    let (status, body) = read_response(&mut stream, &mut pending).await;
+    assert_eq!((status, doubled(&body)), (200, 10));
+    // A wrong key: refused before the body is read, so the body is left to hyper.
+    let body = r#"{"sql": "select 1"}"#;
+    let request = format!(
+        "POST /v1/query HTTP/1.1\r\nhost: x\r\nauthorization: Bearer wrong\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let (status, _) = read_response(&mut stream, &mut pending).await;
+    assert_eq!(status, 401);
+    for n in 6..=8 {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        stream.write_all(&query_request(&key, n)).await.unwrap();
+        let (status, body) = read_response(&mut stream, &mut pending).await;
+        assert_eq!((status, doubled(&body)), (200, n * 2));
+    }
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_close_after_the_idle_timeout() {
+    let (gateway, key) = gateway(400).await;
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let mut pending = Vec::new();
+    stream.write_all(&query_request(&key, 1)).await.unwrap();
+    assert_eq!(read_response(&mut stream, &mut pending).await.0, 200);
+    let waited = closed_within(&mut stream, Duration::from_secs(5)).await;
+    assert!(
+        waited >= Duration::from_millis(300),
+        "closed after {waited:?}"
+    );
+
+    // A client that starts a request and stalls is closed at the header timeout, however
+    // the head's bytes are spread out.
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    stream.write_all(&query_request(&key, 2)).await.unwrap();
+    assert_eq!(read_response(&mut stream, &mut pending).await.0, 200);
+    let started = Instant::now();
+    for piece in [
+        &b"POST /v1/query HTTP/1.1\r\n"[..],
+        b"host: x\r\n",
+        b"x-a: 1\r\n",
+    ] {
+        if stream.write_all(piece).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    closed_within(&mut stream, Duration::from_secs(5)).await;
+    let lived = started.elapsed();
+    assert!(
+        lived < Duration::from_millis(2_000),
+        "a stalled head kept the connection for {lived:?}"
+    );
+
+    // Connections that never sent anything close at the timeout too.
+    let mut silent = TcpStream::connect(gateway.addr).await.unwrap();
+    closed_within(&mut silent, Duration::from_secs(5)).await;
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_close_at_shutdown() {
+    let (gateway, key) = gateway(30_000).await;
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let mut pending = Vec::new();
+    stream.write_all(&query_request(&key, 1)).await.unwrap();
+    assert_eq!(read_response(&mut stream, &mut pending).await.0, 200);
+    let stopping = tokio::spawn(gateway.stop());
+    let waited = closed_within(&mut stream, Duration::from_secs(5)).await;
+    assert!(waited < Duration::from_secs(3), "closed after {waited:?}");
+    stopping.await.unwrap();
+}
