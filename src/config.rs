@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -17,7 +18,8 @@ use crate::pg::{SslMode, Target, TlsConnector};
 pub struct Config {
     pub server: ServerConfig,
     pub upstreams: Vec<UpstreamConfig>,
-    pub tenants: Vec<TenantConfig>,
+    /// Shared so that a request holds its tenant's settings without copying them.
+    pub tenants: Vec<Arc<TenantConfig>>,
 }
 
 #[derive(Debug, Clone)]
@@ -356,7 +358,7 @@ impl RawConfig {
                     ));
                 }
             }
-            validated.push(tenant);
+            validated.push(Arc::new(tenant));
         }
         Ok(Config {
             server,

@@ -43,6 +43,9 @@ pub struct App {
     reloader: Reloader,
     draining: AtomicBool,
     in_flight: AtomicUsize,
+    /// The `Keep-Alive: timeout=N` hint of HTTP/1.1 responses. The idle timeout it states
+    /// changes only with a restart, so it is built once.
+    keep_alive: HeaderValue,
 }
 
 /// What a reload reads again.
@@ -143,7 +146,7 @@ impl Generation {
 #[derive(Clone)]
 pub struct Tenant {
     pub index: usize,
-    pub config: TenantConfig,
+    pub config: Arc<TenantConfig>,
     pub pool: TenantPool,
 }
 
@@ -155,8 +158,17 @@ impl App {
         tasks: TaskTracker,
         reloader: Reloader,
     ) -> Arc<App> {
+        let idle_seconds = generation
+            .config
+            .server
+            .header_read_timeout
+            .as_secs()
+            .max(1);
+        let keep_alive = HeaderValue::from_str(&format!("timeout={idle_seconds}"))
+            .expect("a number is a valid header value");
         Arc::new(App {
             generation: ArcSwap::from_pointee(generation),
+            keep_alive,
             transactions,
             metrics,
             tasks,
@@ -365,15 +377,9 @@ pub async fn handle<B: RequestBody>(
         // The gateway closes connections idle longer than the header read timeout; saying so
         // lets clients (undici, Node's fetch) retire them first instead of sending a request
         // into a connection that is closing.
-        let idle = generation
-            .config
-            .server
-            .header_read_timeout
-            .as_secs()
-            .max(1);
-        if let Ok(value) = HeaderValue::from_str(&format!("timeout={idle}")) {
-            response.headers_mut().insert("keep-alive", value);
-        }
+        response
+            .headers_mut()
+            .insert("keep-alive", app.keep_alive.clone());
     }
     let log = &ctx.log;
     let elapsed = started.elapsed();
@@ -640,6 +646,12 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
     {
         return value.clone();
     }
-    let id: u128 = rand::random();
-    HeaderValue::from_str(&format!("{id:032x}")).expect("hex is a valid header value")
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let random: [u8; 16] = rand::random();
+    let mut hex = [0u8; 32];
+    for (pair, byte) in hex.chunks_exact_mut(2).zip(random) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0xf)];
+    }
+    HeaderValue::from_bytes(&hex).expect("hex is a valid header value")
 }
