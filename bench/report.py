@@ -251,7 +251,7 @@ def ratio(a, b):
 
 
 scenarios = {}
-for scen in ("warm", "cold_plain", "cold_tls", "burst", "single"):
+for scen in ("warm", "warm_tls", "cold_plain", "cold_tls", "burst", "single"):
     names = ("sluice", "pgbouncer", "direct") + (("pgbouncer_tp", "direct_tp") if scen.startswith("cold") else ())
     targets = {t: aggregate(rounds_of(scen, t)) for t in names}
     s = targets["sluice"]
@@ -476,6 +476,10 @@ load_table("warm", f"1. Warm — persistent connections",
            f"{P.get('warm_clients')} clients on keep-alive HTTP (sluice) and `pgbench -S`-style `-c {P.get('warm_clients')}` "
            f"(PgBouncer, `-M {P.get('bouncer_mode')}`); direct Postgres with {P.get('warm_direct_clients')} clients (`-M {P.get('direct_mode')}`). "
            f"{P.get('warm_s')} s measured after {P.get('warm_up_s')} s of warm-up.")
+load_table("warm_tls", "1b. Warm over TLS — persistent connections, TLS on each",
+           f"As 1 with TLS on every client connection (one full handshake each, then keep-alive): HTTPS to sluice "
+           f"(HTTP/1.1), `PGSSLMODE=require` to PgBouncer and Postgres. Next to 1 and 2b it shows what TLS costs "
+           "when connections are reused and when they are not.")
 load_table("cold_plain", "2a. Cold — a new connection per request, plain",
            f"{P.get('cold_clients')} concurrent clients, each request on a new connection: a new TCP connection per HTTP request "
            "(sluice), `pgbench -C` (PgBouncer, direct: TCP + SCRAM-SHA-256 every time; `-j` = clients so that libpq's "
