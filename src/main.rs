@@ -10,11 +10,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use sluice::config::{Config, LogFormat};
 
-// The gateway allocates and frees small buffers on every request from two worker threads;
-// mimalloc's thread-local free lists make that cheaper than glibc malloc (see bench/README.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "sluice",
