@@ -110,17 +110,10 @@ where
         .protocols
         .http1
         .serve_connection(TokioIo::new(io), service);
-    let mut connection = std::pin::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        _ = serving.close.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
-    if let Err(error) = result {
-        tracing::debug!(%peer, %error, "connection ended with an error");
-    }
+    serve_until_closed(std::pin::pin!(connection), peer, &serving.close, |c| {
+        c.graceful_shutdown()
+    })
+    .await;
 }
 
 /// Plain HTTP/2 starts with its preface ("PRI * HTTP/2.0"); anything else is HTTP/1. Waits
@@ -143,11 +136,26 @@ where
         .protocols
         .http2
         .serve_connection(TokioIo::new(io), service);
-    let mut connection = std::pin::pin!(connection);
+    serve_until_closed(std::pin::pin!(connection), peer, &serving.close, |c| {
+        c.graceful_shutdown()
+    })
+    .await;
+}
+
+/// Drives a hyper connection to its end. Once the gateway closes connections (shutdown), the
+/// connection is asked to finish gracefully — the request in flight completes — and awaited.
+async fn serve_until_closed<C>(
+    mut connection: Pin<&mut C>,
+    peer: SocketAddr,
+    close: &CancellationToken,
+    graceful_shutdown: fn(Pin<&mut C>),
+) where
+    C: Future<Output = Result<(), hyper::Error>>,
+{
     let result = tokio::select! {
         result = connection.as_mut() => result,
-        _ = serving.close.cancelled() => {
-            connection.as_mut().graceful_shutdown();
+        _ = close.cancelled() => {
+            graceful_shutdown(connection.as_mut());
             connection.await
         }
     };
