@@ -469,7 +469,7 @@ pub async fn run(
     );
     let config =
         crate::config::Config::from_toml(&toml, Path::new(".")).map_err(|e| e.to_string())?;
-    let listeners = crate::server::bind(&config).await.map_err(|e| {
+    let listeners = crate::server::bind(&config).map_err(|e| {
         format!("{e}\n(pick another address with `sluice dev --listen 127.0.0.1:PORT`)")
     })?;
     let address = listeners[0].local_addr().map_err(|e| e.to_string())?;

@@ -87,7 +87,7 @@ fn main() -> ExitCode {
             };
             init_logging(config.server.log_format, &config.server.log_level);
             runtime().block_on(async move {
-                let listeners = match sluice::server::bind(&config).await {
+                let listeners = match sluice::server::bind(&config) {
                     Ok(listeners) => listeners,
                     Err(error) => return fail(&error.to_string()),
                 };

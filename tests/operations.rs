@@ -585,7 +585,7 @@ async fn a_metrics_listener_serves_metrics_apart_from_the_api() {
         &format!("[server]\nmetrics_listen = \"127.0.0.1:{port}\""),
     );
     let config = sluice::config::Config::from_toml(&toml, Path::new(".")).unwrap();
-    let listeners = sluice::server::bind(&config).await.unwrap();
+    let listeners = sluice::server::bind(&config).unwrap();
     let api = listeners[0].local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(sluice::server::run(listeners, config, async move {

@@ -68,14 +68,14 @@ impl ListenerKind {
 
 /// Binds the listeners a config asks for: `listen` (HTTPS when `tls` has no address of its
 /// own), and `tls.listen` for HTTPS beside plain HTTP.
-pub async fn bind(config: &Config) -> Result<Vec<Listener>, RunError> {
-    let bind = |addr: SocketAddr| async move {
+pub fn bind(config: &Config) -> Result<Vec<Listener>, RunError> {
+    let bind = |addr: SocketAddr| {
         listen(addr).map_err(|e| RunError::Config(format!("cannot listen on {addr}: {e}")))
     };
     let mut listeners = Vec::new();
     match &config.server.tls {
         None => listeners.push(Listener {
-            tcp: bind(config.server.listen).await?,
+            tcp: bind(config.server.listen)?,
             kind: ListenerKind::Http,
         }),
         Some(tls) => {
@@ -83,16 +83,16 @@ pub async fn bind(config: &Config) -> Result<Vec<Listener>, RunError> {
             match tls.listen {
                 Some(https) => {
                     listeners.push(Listener {
-                        tcp: bind(config.server.listen).await?,
+                        tcp: bind(config.server.listen)?,
                         kind: ListenerKind::Http,
                     });
                     listeners.push(Listener {
-                        tcp: bind(https).await?,
+                        tcp: bind(https)?,
                         kind: ListenerKind::Https(acceptor),
                     });
                 }
                 None => listeners.push(Listener {
-                    tcp: bind(config.server.listen).await?,
+                    tcp: bind(config.server.listen)?,
                     kind: ListenerKind::Https(acceptor),
                 }),
             }
@@ -100,7 +100,7 @@ pub async fn bind(config: &Config) -> Result<Vec<Listener>, RunError> {
     }
     if let Some(metrics) = config.server.metrics_listen {
         listeners.push(Listener {
-            tcp: bind(metrics).await?,
+            tcp: bind(metrics)?,
             kind: ListenerKind::Metrics,
         });
     }
@@ -108,8 +108,8 @@ pub async fn bind(config: &Config) -> Result<Vec<Listener>, RunError> {
 }
 
 /// How many connections may wait to be accepted. The kernel caps it at `net.core.somaxconn`
-/// (4096 on current kernels); the common default of 128 makes a burst of cold clients meet
-/// dropped SYNs and a one-second retransmit.
+/// (4096 on current kernels); the usual defaults (std's 128, tokio's 1024) make a burst of cold
+/// clients meet dropped SYNs and a one-second retransmit.
 const LISTEN_BACKLOG: u32 = 4096;
 
 fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
