@@ -419,8 +419,8 @@ lines += [
     f"Machine: {m['nproc']} × {m['cpu_model']}, {int(m['memory_kb'] or 0) // 1048576} GiB, {m['os']}, kernel {m['kernel']}. "
     f"{v['sluice']} ({v['sluice_commit']}), {v['postgres']}, {v['pgbouncer']}, {v['rustc']}.",
     "",
-    f"Each scenario ran its targets alternately (sluice, PgBouncer, direct), {P.get('rounds')} round(s); the numbers are the "
-    f"mean of the rounds. Pool/budget {POOL} for sluice and PgBouncer (transaction mode); Postgres max_connections="
+    f"Each scenario ran its targets alternately (sluice, PgBouncer, direct), {P.get('rounds')} round(s) (warm over TLS: 1); the "
+    f"numbers are the mean of the rounds. Pool/budget {POOL} for sluice and PgBouncer (transaction mode); Postgres max_connections="
     f"{P.get('pg_max_connections')}. Measuring took {MACHINE.get('measure_s')} s (builds {MACHINE.get('build_s')} s).",
     "",
     "**CPU split.** All three programs — load generator, gateway, Postgres — share the machine's "
