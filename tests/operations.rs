@@ -442,44 +442,16 @@ async fn an_invalid_config_is_refused_whole_and_the_old_one_keeps_serving() {
         "{}",
         refused.text
     );
-    assert_eq!(
-        gateway
-            .client
-            .query(&key, "select 1", json!([]))
-            .await
-            .status,
-        200
-    );
-    assert_eq!(
-        gateway
-            .client
-            .query(&new_key, "select 1", json!([]))
-            .await
-            .status,
-        401
-    );
+    assert_eq!(gateway.client.select_one_status(&key).await, 200);
+    assert_eq!(gateway.client.select_one_status(&new_key).await, 401);
     // Fixed: the key rotates.
     file.write(&base.replace(
         &format!("api_keys = [\"{hash}\"]"),
         &format!("api_keys = [\"{new_hash}\"]"),
     ));
     assert_eq!(admin_reload(&gateway, &admin).await.status, 200);
-    assert_eq!(
-        gateway
-            .client
-            .query(&new_key, "select 1", json!([]))
-            .await
-            .status,
-        200
-    );
-    assert_eq!(
-        gateway
-            .client
-            .query(&key, "select 1", json!([]))
-            .await
-            .status,
-        401
-    );
+    assert_eq!(gateway.client.select_one_status(&new_key).await, 200);
+    assert_eq!(gateway.client.select_one_status(&key).await, 401);
     // A budget the server cannot hold (60 - 3 reserved) is refused too.
     file.write(
         &base

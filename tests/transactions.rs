@@ -541,14 +541,7 @@ async fn max_transactions_is_enforced_with_retry_after() {
     );
     assert!(third.retry_after().is_some());
     // One-shot queries still run.
-    assert_eq!(
-        gateway
-            .client
-            .query(&key, "select 1", json!([]))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(gateway.client.select_one_status(&key).await, 200);
     tx(&gateway, &key, &first, "rollback", json!({})).await;
     let _third = begin(&gateway, &key, json!({})).await;
     gateway.stop().await;

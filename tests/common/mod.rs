@@ -368,6 +368,11 @@ impl Client {
         self.post("/v1/query", key, &json!({ "sql": sql, "params": params }))
             .await
     }
+
+    /// The status of `select 1` with `key`: whether the key is accepted and a query runs.
+    pub async fn select_one_status(&self, key: &str) -> u16 {
+        self.query(key, "select 1", json!([])).await.status
+    }
 }
 
 pub fn assert_status(reply: &Reply, status: StatusCode, kind: &str) {
