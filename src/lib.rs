@@ -28,7 +28,10 @@ pub mod auth;
 pub mod check;
 pub mod config;
 pub mod dev;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod metrics;
+pub mod panic;
 pub mod pg;
 pub mod pool;
 pub mod server;

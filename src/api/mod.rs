@@ -13,6 +13,7 @@ mod stream;
 mod transactions;
 
 use std::net::IpAddr;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::{HeaderValue, Method, Request, Response};
 use http_body_util::BodyExt;
 use tokio_util::task::TaskTracker;
@@ -361,7 +363,17 @@ pub async fn handle<B: RequestBody>(
         max_response_bytes: generation.config.server.max_response_bytes,
         log: RequestLog::default(),
     };
-    let result = dispatch(&mut ctx, route, &parts.method, incoming).await;
+    // A panic is a bug, but it must cost one request, not the connection or the process: the
+    // client gets `internal`, and the hook (crate::panic) logs where it happened without the
+    // request's data.
+    let result = AssertUnwindSafe(dispatch(&mut ctx, route, &parts.method, incoming))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::Internal {
+                reason: "the request handler panicked (see the sluice::panic log line)".into(),
+            })
+        });
     let (mut response, outcome, detail) = match result {
         Ok(response) => (response, "ok", None),
         Err(error) => {
@@ -543,6 +555,11 @@ async fn dispatch<B: RequestBody>(
             // rate-limited client costs no more than its headers.
             let tenant = ctx.tenant()?;
             let body = read_body(ctx, incoming).await?;
+            #[cfg(feature = "fault-injection")]
+            if crate::fault::requested(ctx.headers, "panic") {
+                // Quotes the body, as a real slicing bug would: the hook must not log it.
+                panic!("injected panic on {}", String::from_utf8_lossy(&body));
+            }
             match route {
                 Route::Query => query::handle(ctx, &tenant, &body).await,
                 Route::Batch => batch::handle(ctx, &tenant, &body).await,
