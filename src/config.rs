@@ -59,6 +59,20 @@ pub struct ServerTls {
     pub max_handshakes: usize,
 }
 
+/// When a tenant's connection gets the session reset before it serves another request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionReset {
+    /// After statements the SQL lexer cannot prove harmless (`SET`, unknown functions, …).
+    /// Effects no lexer can see — a trigger, a view, a column default calling `set_config` —
+    /// can survive into the tenant's next request.
+    #[default]
+    Auto,
+    /// After every one-shot statement (pipelined behind it), batch, script and transaction:
+    /// nothing one request did to the session can survive, whatever ran.
+    Always,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -105,6 +119,7 @@ pub struct TenantConfig {
     pub transaction_max: Duration,
     /// Session settings sent at connection start (DateStyle, TimeZone, … overrides).
     pub settings: BTreeMap<String, String>,
+    pub session_reset: SessionReset,
 }
 
 /// A configuration that cannot be used, with the key and the problem.
@@ -191,6 +206,8 @@ struct RawTenant {
     transaction_max_ms: Option<u64>,
     #[serde(default)]
     settings: BTreeMap<String, String>,
+    #[serde(default)]
+    session_reset: SessionReset,
 }
 
 /// The defaults of API.md's configuration section.
@@ -292,6 +309,7 @@ impl Config {
                 transaction_idle_timeout_ms: None,
                 transaction_max_ms: None,
                 settings: BTreeMap::new(),
+                session_reset: SessionReset::default(),
             }],
         };
         raw.validate(Path::new("."))
@@ -550,6 +568,7 @@ impl RawTenant {
             transaction_idle_timeout_ms,
             transaction_max_ms,
             settings,
+            session_reset,
         } = self;
         check_identifier(&format!("{key}.id"), &id)?;
         let upstream = match upstream {
@@ -689,6 +708,7 @@ impl RawTenant {
             transaction_idle_timeout,
             transaction_max,
             settings,
+            session_reset,
         })
     }
 }

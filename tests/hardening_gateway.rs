@@ -42,3 +42,87 @@ async fn a_panic_in_a_handler_is_answered_internal_and_the_gateway_keeps_serving
         assert_eq!(ok.rows(), vec![json!({"n": 1})]);
     }
 }
+
+/// A trigger that changes the session (settings, a session advisory lock, the random seed):
+/// no lexer can see it in `insert into t values (1)`.
+const SESSION_CHANGING_TRIGGER: &str = "
+    create table t (n int);
+    create function meddle() returns trigger language plpgsql as $$
+    begin
+        perform set_config('search_path', 'meddled', false);
+        perform set_config('default_transaction_read_only', 'on', false);
+        perform set_config('my.var', 'leaked', false);
+        perform pg_advisory_lock(42);
+        perform setseed(0.5);
+        return new;
+    end $$;
+    create trigger meddle before insert on t for each row execute function meddle();";
+
+/// What the session looks like to the next request on the same connection.
+const SESSION_PROBE: &str = "select current_setting('search_path') as search_path, \
+    current_setting('default_transaction_read_only') as read_only, \
+    coalesce(current_setting('my.var', true), '') as my_var, \
+    (select count(*)::int from pg_locks where locktype = 'advisory' and pid = pg_backend_pid()) as locks, \
+    random() as r";
+
+/// The first `random()` after `setseed(0.5)`: what a seed that survived would make the next
+/// request see.
+async fn random_after_seed(db: &str) -> f64 {
+    let client = direct(db).await;
+    client.execute("select setseed(0.5)", &[]).await.unwrap();
+    client
+        .query_one("select random()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_reset_always_undoes_what_a_trigger_did_to_the_session() {
+    let (gateway, key, db) = gateway_for(
+        SESSION_CHANGING_TRIGGER,
+        "pool_size = 1\nsession_reset = \"always\"",
+    )
+    .await;
+    let c = &gateway.client;
+    let seeded = random_after_seed(&db).await;
+    for _ in 0..3 {
+        let insert = c.query(&key, "insert into t values (1)", json!([])).await;
+        assert_eq!(insert.status, 200, "{}", insert.text);
+        let probe = c.query(&key, SESSION_PROBE, json!([])).await.rows();
+        let row = &probe[0];
+        assert_eq!(row["search_path"], json!("\"$user\", public"), "{row}");
+        assert_eq!(row["read_only"], json!("off"), "{row}");
+        assert_eq!(row["my_var"], json!(""), "{row}");
+        assert_eq!(row["locks"], json!(0), "{row}");
+        assert_ne!(row["r"].as_f64(), Some(seeded), "the seed survived: {row}");
+    }
+    // The same through a batch: the reset follows the batch's transaction.
+    let batch = c
+        .post(
+            "/v1/batch",
+            &key,
+            &json!({"statements": [{"sql": "insert into t values (2)"}]}),
+        )
+        .await;
+    assert_eq!(batch.status, 200, "{}", batch.text);
+    let row = &c.query(&key, SESSION_PROBE, json!([])).await.rows()[0];
+    assert_eq!(row["search_path"], json!("\"$user\", public"), "{row}");
+    assert_eq!(row["locks"], json!(0), "{row}");
+}
+
+/// The trade-off `session_reset = "auto"` makes, pinned so the documentation stays true: an
+/// effect hidden in a trigger is invisible to the lexer and survives into the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_reset_auto_cannot_see_a_trigger() {
+    let (gateway, key, _db) = gateway_for(
+        SESSION_CHANGING_TRIGGER,
+        "pool_size = 1\nsession_reset = \"auto\"",
+    )
+    .await;
+    let c = &gateway.client;
+    let insert = c.query(&key, "insert into t values (1)", json!([])).await;
+    assert_eq!(insert.status, 200, "{}", insert.text);
+    let row = &c.query(&key, SESSION_PROBE, json!([])).await.rows()[0];
+    assert_eq!(row["search_path"], json!("meddled"), "{row}");
+}

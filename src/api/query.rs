@@ -11,7 +11,10 @@ use super::body::Body;
 use super::error::ApiError;
 use super::results::ResultWriter;
 use super::{RequestContext, Tenant};
-use crate::pg::{CommandTag, PgConnection, QueryOptions, RowMode, SqlAnalysis, ValueFormat};
+use crate::config::SessionReset;
+use crate::pg::{
+    CommandTag, PgConnection, QueryOptions, RowMode, SessionEffect, SqlAnalysis, ValueFormat,
+};
 
 /// The body of `/v1/query` (and of `/v1/transactions/{id}/query`).
 #[derive(Debug, Deserialize)]
@@ -50,7 +53,15 @@ pub fn check_statement<'a>(
     timeout_ms: Option<u64>,
     tenant: &Tenant,
 ) -> Result<PreparedRequest<'a>, ApiError> {
-    let analysis = SqlAnalysis::of(sql);
+    let mut analysis = SqlAnalysis::of(sql);
+    // `session_reset = "always"`: whatever the lexer concluded, a trigger, view or default
+    // may have changed the session, so every statement is followed by the reset (pipelined
+    // behind a one-shot statement; at the end of a batch or transaction otherwise).
+    if tenant.config.session_reset == SessionReset::Always
+        && analysis.session_effect == SessionEffect::None
+    {
+        analysis.session_effect = SessionEffect::MayChangeSession;
+    }
     match analysis.statements {
         0 => return Err(ApiError::BadRequest("`sql` is empty".into())),
         1 => {}

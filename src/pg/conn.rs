@@ -175,9 +175,16 @@ pub struct CancelToken {
 
 /// Sent after a statement that may have changed the session: back to the start-up state,
 /// keeping only the gateway's own prepared statements (`DEALLOCATE ALL` would drop those too).
-/// The equivalent of `DISCARD ALL` minus `DEALLOCATE ALL` and `DISCARD PLANS`.
+/// The equivalent of `DISCARD ALL` minus `DEALLOCATE ALL` and `DISCARD PLANS`, plus a fresh
+/// random seed: `DISCARD ALL` leaves a `setseed()` in place, which would make the next
+/// tenant's `random()` predictable. The seed comes from `gen_random_uuid()` (the strong
+/// random source, which `setseed` does not touch). Every name and operator is
+/// schema-qualified: a role's own `search_path` (restored by `RESET ALL`) must not be able to
+/// put a tenant's function or operator into the gateway's reset.
 const SESSION_RESET_SQL: &str = "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; \
     UNLISTEN *; SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES; \
+    SELECT pg_catalog.setseed(pg_catalog.hashtext(pg_catalog.gen_random_uuid()::pg_catalog.text)\
+    ::pg_catalog.float8 OPERATOR(pg_catalog./) 2147483648); \
     DO $sluice$DECLARE s record; BEGIN FOR s IN SELECT name FROM pg_catalog.pg_prepared_statements \
     WHERE from_sql LOOP EXECUTE pg_catalog.format('DEALLOCATE %I', s.name); END LOOP; END$sluice$";
 
