@@ -21,7 +21,8 @@ TARGET_NAMES = {"sluice": "sluice", "pgbouncer": "PgBouncer", "direct": "direct 
                 "sluice_json": "sluice (whole JSON)", "pgbouncer_tp": "PgBouncer (tokio-postgres)",
                 "direct_tp": "direct Postgres (tokio-postgres)",
                 "sluice_norequest": "sluice, connected but no request yet (for comparison)",
-                "sluice_healthz": "sluice GET /healthz (HTTP only, no Postgres)"}
+                "sluice_healthz": "sluice GET /healthz (HTTP only, no Postgres)",
+                "sluice_always": "sluice, session_reset = \"always\""}
 
 
 def kv_file(path):
@@ -264,6 +265,12 @@ for scen in ("warm", "warm_tls", "cold_plain", "cold_tls", "burst", "single"):
         ratios["sluice/" + other_name] = r
     scenarios[scen] = {"targets": targets, "ratios": ratios}
 
+reset = {t: aggregate(rounds_of("reset", t)) for t in ("sluice", "sluice_always")}
+scenarios["reset"] = {"targets": reset, "ratios": {"sluice/sluice_always": {
+    "throughput": ratio(reset["sluice"].get("throughput_rps"), reset["sluice_always"].get("throughput_rps")),
+    **{q: ratio((reset["sluice"].get("latency_us") or {}).get(q), (reset["sluice_always"].get("latency_us") or {}).get(q))
+       for q in ("p50", "p99", "p999")}}}}
+
 floor = aggregate(rounds_of("single_http", "sluice"))
 if "latency_us" in floor:
     scenarios["single"]["targets"]["sluice_healthz"] = floor
@@ -476,6 +483,12 @@ load_table("warm", f"1. Warm — persistent connections",
            f"{P.get('warm_clients')} clients on keep-alive HTTP (sluice) and `pgbench -S`-style `-c {P.get('warm_clients')}` "
            f"(PgBouncer, `-M {P.get('bouncer_mode')}`); direct Postgres with {P.get('warm_direct_clients')} clients (`-M {P.get('direct_mode')}`). "
            f"{P.get('warm_s')} s measured after {P.get('warm_up_s')} s of warm-up.")
+if any("skipped" not in a and "error" not in a for a in reset.values()):
+    load_table("reset", "1c. Session reset — what `session_reset = \"always\"` costs",
+               "The warm load (1) through two tenants of one gateway: `auto` (the default; this select needs no "
+               "reset) and `always` (the session reset pipelined behind every statement: one more simple-protocol "
+               "round of work for Postgres per request, no extra round trip). The CPU column's Postgres share is "
+               "the cost that matters.")
 load_table("warm_tls", "1b. Warm over TLS — persistent connections, TLS on each",
            f"As 1 with TLS on every client connection (one full handshake each, then keep-alive): HTTPS to sluice "
            f"(HTTP/1.1), `PGSSLMODE=require` to PgBouncer and Postgres. Next to 1 and 2b it shows what TLS costs "
