@@ -31,6 +31,9 @@ pub struct ServerConfig {
     pub metrics_listen: Option<SocketAddr>,
     pub max_body_bytes: usize,
     pub max_response_bytes: usize,
+    /// Gateway-wide bound on bytes held for request bodies and buffered responses not yet
+    /// sent; past it, requests wait for memory (then get 503 `overloaded`).
+    pub max_buffered_bytes: usize,
     pub admin_keys: Vec<KeyHash>,
     /// Longest wait for a client's request headers.
     pub header_read_timeout: Duration,
@@ -152,6 +155,7 @@ struct RawServer {
     metrics_listen: Option<String>,
     max_body_bytes: Option<usize>,
     max_response_bytes: Option<usize>,
+    max_buffered_bytes: Option<usize>,
     #[serde(default)]
     admin_keys: Vec<String>,
     header_read_timeout_ms: Option<u64>,
@@ -215,6 +219,8 @@ pub mod defaults {
     pub const LISTEN: &str = "0.0.0.0:8080";
     pub const MAX_BODY_BYTES: usize = 1024 * 1024;
     pub const MAX_RESPONSE_BYTES: usize = 10 * 1024 * 1024;
+    /// Or four times the larger of the two limits above, if that is more.
+    pub const MAX_BUFFERED_BYTES: usize = 256 * 1024 * 1024;
     pub const MAX_CONNECTIONS: usize = 80;
     pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
     pub const SERVER_LIFETIME_MS: u64 = 3_600_000;
@@ -394,6 +400,7 @@ impl RawServer {
             metrics_listen,
             max_body_bytes,
             max_response_bytes,
+            max_buffered_bytes,
             admin_keys,
             header_read_timeout_ms,
             body_read_timeout_ms,
@@ -440,20 +447,32 @@ impl RawServer {
             .enumerate()
             .map(|(i, k)| KeyHash::parse(k).map_err(|e| err(format!("server.admin_keys[{i}]"), e)))
             .collect::<Result<_, _>>()?;
+        let max_body_bytes = at_least(
+            "server.max_body_bytes",
+            max_body_bytes.unwrap_or(defaults::MAX_BODY_BYTES),
+            64,
+        )?;
+        let max_response_bytes = at_least(
+            "server.max_response_bytes",
+            max_response_bytes.unwrap_or(defaults::MAX_RESPONSE_BYTES),
+            1024,
+        )?;
+        // One request's body must always fit (a response is charged once it exists, whatever
+        // its size: see api::memory).
+        let max_buffered_bytes = at_least(
+            "server.max_buffered_bytes",
+            max_buffered_bytes.unwrap_or(
+                defaults::MAX_BUFFERED_BYTES.max(4 * max_body_bytes.max(max_response_bytes)),
+            ),
+            max_body_bytes,
+        )?;
         Ok(ServerConfig {
             listen,
             tls,
             metrics_listen,
-            max_body_bytes: at_least(
-                "server.max_body_bytes",
-                max_body_bytes.unwrap_or(defaults::MAX_BODY_BYTES),
-                64,
-            )?,
-            max_response_bytes: at_least(
-                "server.max_response_bytes",
-                max_response_bytes.unwrap_or(defaults::MAX_RESPONSE_BYTES),
-                1024,
-            )?,
+            max_body_bytes,
+            max_response_bytes,
+            max_buffered_bytes,
             admin_keys,
             header_read_timeout: millis(
                 "server.header_read_timeout_ms",

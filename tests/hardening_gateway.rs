@@ -126,3 +126,80 @@ async fn session_reset_auto_cannot_see_a_trigger() {
     let row = &c.query(&key, SESSION_PROBE, json!([])).await.rows()[0];
     assert_eq!(row["search_path"], json!("meddled"), "{row}");
 }
+
+/// Bodies are held against the gateway-wide `max_buffered_bytes`: while three 1 MiB bodies
+/// are held by running statements, a fourth waits for memory and, when none is released in
+/// time, gets 503 `overloaded` with Retry-After — nothing ran. A small request still fits.
+/// (Before, every body was buffered whatever the total: 2,000 1 MiB bodies took 2 GB.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_over_the_gateway_memory_bound_wait_then_get_overloaded() {
+    let db = database("create table t (n int);").await;
+    let (key, hash) = key("acme");
+    let mib = 1024 * 1024;
+    let toml = config(&db, &hash, "pool_size = 6", "").replace(
+        "shutdown_timeout_ms = 10000",
+        &format!(
+            "shutdown_timeout_ms = 10000\nmax_body_bytes = {}\nmax_buffered_bytes = {}",
+            mib + 1024,
+            3 * mib + 3 * 1024 + 64 * 1024
+        ),
+    );
+    let gateway = Gateway::start(&toml).await;
+    let big = "x".repeat(mib - 100);
+    let holders: Vec<_> = (0..3)
+        .map(|_| {
+            let c = gateway.client.clone();
+            let (key, big) = (key.clone(), big.clone());
+            tokio::spawn(async move {
+                c.query(&key, "select pg_sleep(7), length($1) as n", json!([big]))
+                    .await
+            })
+        })
+        .collect();
+    // Wait until the three hold their connections (and so their bodies).
+    let direct = direct(&db).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let sleeping: i64 = direct
+            .query_one(
+                "select count(*) from pg_stat_activity where query like 'select pg_sleep(7)%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if sleeping == 3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "holders did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let c = &gateway.client;
+    let small = c.query(&key, "select 1 as n", json!([])).await;
+    assert_eq!(small.rows(), vec![json!({"n": 1})]);
+    let started = std::time::Instant::now();
+    let refused = c
+        .query(&key, "insert into t select length($1)", json!([big]))
+        .await;
+    assert_status(&refused, StatusCode::SERVICE_UNAVAILABLE, "overloaded");
+    assert!(refused.retry_after().is_some());
+    assert!(started.elapsed() >= std::time::Duration::from_secs(4));
+    let inserted: i64 = direct
+        .query_one("select count(*) from t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(inserted, 0, "an overloaded request must not run");
+    for holder in holders {
+        let reply = holder.await.unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.text);
+    }
+    // Released: the same request now goes through.
+    let reply = c
+        .query(&key, "insert into t select length($1)", json!([big]))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+}

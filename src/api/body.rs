@@ -11,6 +11,8 @@ use http::{HeaderValue, Response, StatusCode};
 use http_body::{Frame, SizeHint};
 use tokio::sync::mpsc;
 
+use super::memory::MemoryLease;
+
 pub enum Body {
     Full(Option<Bytes>),
     /// A first chunk ready now, the rest as the sender produces it.
@@ -18,11 +20,35 @@ pub enum Body {
         head: Option<Bytes>,
         rest: mpsc::Receiver<Bytes>,
     },
+    /// A body whose bytes are held against the gateway's memory budget until hyper drops it
+    /// (after sending it, or when the client went away).
+    Leased {
+        inner: Box<Body>,
+        _lease: MemoryLease,
+    },
 }
 
 impl Body {
     pub fn empty() -> Body {
         Body::Full(None)
+    }
+
+    /// Bytes buffered in this body, not yet sent (0 for a stream: its channel bounds it).
+    pub fn buffered_len(&self) -> usize {
+        match self {
+            Body::Full(bytes) => bytes.as_ref().map_or(0, Bytes::len),
+            Body::Stream { .. } => 0,
+            Body::Leased { inner, .. } => inner.buffered_len(),
+        }
+    }
+
+    /// This body, holding `lease` (resized to the bytes it buffers) until it is dropped.
+    pub fn leased(self, mut lease: MemoryLease) -> Body {
+        lease.charge_exactly(self.buffered_len());
+        Body::Leased {
+            inner: Box::new(self),
+            _lease: lease,
+        }
     }
 
     /// A response with a JSON body.
@@ -59,11 +85,15 @@ impl http_body::Body for Body {
                     .poll_recv(cx)
                     .map(|chunk| chunk.map(|b| Ok(Frame::data(b)))),
             },
+            Body::Leased { inner, .. } => Pin::new(inner.as_mut()).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self, Body::Full(None))
+        match self {
+            Body::Leased { inner, .. } => inner.is_end_stream(),
+            body => matches!(body, Body::Full(None)),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -71,6 +101,7 @@ impl http_body::Body for Body {
             Body::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             Body::Full(None) => SizeHint::with_exact(0),
             Body::Stream { .. } => SizeHint::default(),
+            Body::Leased { inner, .. } => inner.size_hint(),
         }
     }
 }

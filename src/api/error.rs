@@ -49,6 +49,11 @@ pub enum ApiError {
     TooManyTransactions {
         retry_after: Duration,
     },
+    /// The gateway's memory bound for bodies and responses (`max_buffered_bytes`) stayed in
+    /// use while the request waited; nothing ran.
+    Overloaded {
+        retry_after: Duration,
+    },
     /// Postgres unreachable or refusing; `reason` is for the log.
     UpstreamUnavailable {
         retry_after: Duration,
@@ -82,6 +87,7 @@ impl ApiError {
             ApiError::PoolTimeout { .. } => "pool_timeout",
             ApiError::QueueFull { .. } => "queue_full",
             ApiError::TooManyTransactions { .. } => "too_many_transactions",
+            ApiError::Overloaded { .. } => "overloaded",
             ApiError::UpstreamUnavailable { .. } => "upstream_unavailable",
             ApiError::ConnectionLost { .. } => "connection_lost",
             ApiError::Internal { .. } => "internal",
@@ -103,6 +109,7 @@ impl ApiError {
             ApiError::PoolTimeout { .. }
             | ApiError::QueueFull { .. }
             | ApiError::TooManyTransactions { .. }
+            | ApiError::Overloaded { .. }
             | ApiError::UpstreamUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::ConnectionLost { .. } => StatusCode::BAD_GATEWAY,
             ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -116,6 +123,7 @@ impl ApiError {
             | ApiError::PoolTimeout { retry_after }
             | ApiError::QueueFull { retry_after }
             | ApiError::TooManyTransactions { retry_after }
+            | ApiError::Overloaded { retry_after }
             | ApiError::UpstreamUnavailable { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
@@ -143,6 +151,9 @@ impl ApiError {
             ApiError::PoolTimeout { .. } => "no database connection became free in time; retry after Retry-After".into(),
             ApiError::QueueFull { .. } => "too many requests are waiting for a database connection; retry after Retry-After".into(),
             ApiError::TooManyTransactions { .. } => "the tenant has its maximum of open transactions".into(),
+            ApiError::Overloaded { .. } => {
+                "the gateway's memory for request bodies and responses is in use; nothing ran, retry after Retry-After".into()
+            }
             ApiError::UpstreamUnavailable { .. } => "the database is unavailable; retry after Retry-After".into(),
             ApiError::ConnectionLost { .. } => {
                 "the database connection was lost while the statement ran; it may or may not have taken effect".into()

@@ -7,6 +7,7 @@ pub mod batch;
 pub mod body;
 pub mod error;
 mod health;
+pub mod memory;
 pub mod query;
 pub mod results;
 mod stream;
@@ -28,6 +29,7 @@ use tokio_util::task::TaskTracker;
 
 use self::body::Body;
 use self::error::ApiError;
+use self::memory::{MEMORY_WAIT, MemoryBudget, MemoryLease};
 use crate::admission::{AuthFailures, TenantRate};
 use crate::auth::{KeyStore, Principal};
 use crate::config::{Config, TenantConfig};
@@ -45,6 +47,9 @@ pub struct App {
     reloader: Reloader,
     draining: AtomicBool,
     in_flight: AtomicUsize,
+    /// Bytes held for request bodies and unsent responses, gateway-wide (`max_buffered_bytes`,
+    /// fixed until a restart).
+    pub memory: Arc<MemoryBudget>,
     /// The `Keep-Alive: timeout=N` hint of HTTP/1.1 responses. The idle timeout it states
     /// changes only with a restart, so it is built once.
     keep_alive: HeaderValue,
@@ -168,7 +173,9 @@ impl App {
             .max(1);
         let keep_alive = HeaderValue::from_str(&format!("timeout={idle_seconds}"))
             .expect("a number is a valid header value");
+        let memory = MemoryBudget::new(generation.config.server.max_buffered_bytes);
         Arc::new(App {
+            memory,
             generation: ArcSwap::from_pointee(generation),
             keep_alive,
             transactions,
@@ -206,9 +213,11 @@ impl App {
             || old.tls.as_ref().map(|t| (&t.cert, &t.key, t.listen))
                 != new.tls.as_ref().map(|t| (&t.cert, &t.key, t.listen))
             || old.header_read_timeout != new.header_read_timeout
+            || old.max_buffered_bytes != new.max_buffered_bytes
         {
             warnings.push(
-                "listen addresses, TLS files and header_read_timeout_ms change only with a restart"
+                "listen addresses, TLS files, header_read_timeout_ms and max_buffered_bytes change \
+                 only with a restart"
                     .to_owned(),
             );
         }
@@ -263,6 +272,8 @@ pub struct RequestContext<'r> {
     pub peer: IpAddr,
     pub max_response_bytes: usize,
     pub log: RequestLog,
+    /// What this request holds of the gateway's memory budget: its body, then its response.
+    pub memory: Option<MemoryLease>,
 }
 
 impl RequestContext<'_> {
@@ -362,6 +373,7 @@ pub async fn handle<B: RequestBody>(
         peer,
         max_response_bytes: generation.config.server.max_response_bytes,
         log: RequestLog::default(),
+        memory: Some(app.memory.lease()),
     };
     // A panic is a bug, but it must cost one request, not the connection or the process: the
     // client gets `internal`, and the hook (crate::panic) logs where it happened without the
@@ -382,6 +394,11 @@ pub async fn handle<B: RequestBody>(
             (error.into_response(), kind, detail)
         }
     };
+    // The body was dropped with the handler; the lease now covers the response until it is
+    // sent.
+    if let Some(lease) = ctx.memory.take() {
+        response = response.map(|body| body.leased(lease));
+    }
     response
         .headers_mut()
         .insert("x-request-id", request_id.clone());
@@ -580,9 +597,11 @@ const DRAIN_BYTES: usize = 16 * 1024 * 1024;
 const DRAIN_TIME: Duration = Duration::from_secs(5);
 
 /// Reads the request body within `max_body_bytes` (checked while reading, so an oversized
-/// body is refused without being buffered) and the body read timeout.
+/// body is refused without being buffered), the body read timeout and the gateway's memory
+/// budget: the declared length is reserved before reading (a chunked body's bytes as they
+/// come), waiting up to [`MEMORY_WAIT`] for others to release.
 async fn read_body<B: RequestBody>(
-    ctx: &RequestContext<'_>,
+    ctx: &mut RequestContext<'_>,
     mut incoming: B,
 ) -> Result<Bytes, ApiError> {
     let server = &ctx.generation.config.server;
@@ -599,6 +618,19 @@ async fn read_body<B: RequestBody>(
     if declared.is_some_and(|length| length > limit as u64) {
         return too_large(incoming).await;
     }
+    let overloaded = |_| ApiError::Overloaded {
+        retry_after: Duration::from_secs(1),
+    };
+    let memory_deadline = tokio::time::Instant::now() + MEMORY_WAIT;
+    let lease = ctx
+        .memory
+        .as_mut()
+        .expect("the lease lives until the response");
+    let reserved = declared.unwrap_or(0) as usize;
+    lease
+        .grow(reserved, memory_deadline)
+        .await
+        .map_err(overloaded)?;
     let mut body = bytes::BytesMut::with_capacity(declared.map_or(1024, |l| l as usize));
     let read = tokio::time::timeout(server.body_read_timeout, async {
         while let Some(frame) = incoming.frame().await {
@@ -608,6 +640,13 @@ async fn read_body<B: RequestBody>(
             if let Ok(data) = frame.into_data() {
                 if body.len() + data.len() > limit {
                     return Ok(false);
+                }
+                let beyond = (body.len() + data.len()).saturating_sub(reserved.max(body.len()));
+                if beyond > 0 {
+                    lease
+                        .grow(beyond, memory_deadline)
+                        .await
+                        .map_err(overloaded)?;
                 }
                 body.extend_from_slice(&data);
             }

@@ -53,6 +53,13 @@ impl<'o> ResultWriter<'o> {
         let Some(statement) = &self.statement else {
             return Ok(());
         };
+        // Encoded JSON is never shorter than the row's raw values, so a row whose raw bytes
+        // alone pass the limit is refused before a byte of it is encoded: one 300 MB value
+        // must not first become 300 MB of JSON.
+        if self.out.len() + row.buffer().len() > self.max_bytes {
+            self.too_large = true;
+            return Ok(());
+        }
         if self.rows_in_statement > 0 {
             self.out.push(b',');
         }

@@ -188,6 +188,11 @@ const SESSION_RESET_SQL: &str = "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; R
     DO $sluice$DECLARE s record; BEGIN FOR s IN SELECT name FROM pg_catalog.pg_prepared_statements \
     WHERE from_sql LOOP EXECUTE pg_catalog.format('DEALLOCATE %I', s.name); END LOOP; END$sluice$";
 
+/// A connection's read buffer to start with.
+const READ_BUF_CAPACITY: usize = 16 * 1024;
+/// Buffers grown past this by one large message are replaced once the exchange is over.
+const SHRINK_ABOVE: usize = 1024 * 1024;
+
 /// Server-reported settings that the gateway fixes at start-up; a change to one of them after
 /// start-up (a function calling `set_config`) marks the session dirty.
 const WATCHED_SETTINGS: &[&str] = &[
@@ -241,7 +246,7 @@ impl PgConnection {
         let stream = open_stream(&config.target, &config.tls).await?;
         let mut conn = PgConnection {
             stream,
-            read_buf: BytesMut::with_capacity(16 * 1024),
+            read_buf: BytesMut::with_capacity(READ_BUF_CAPACITY),
             write_buf: BytesMut::with_capacity(4 * 1024),
             pending_syncs: 1,
             write_interrupted: false,
@@ -1281,6 +1286,14 @@ impl PgConnection {
                         };
                         if self.tx_status == TxStatus::Idle {
                             self.local_timeout_ms = None;
+                        }
+                        // One huge row (a 300 MB value) grew the buffer to its size; a
+                        // pooled connection must not keep that for the rest of its life.
+                        if self.read_buf.is_empty() && self.read_buf.capacity() > SHRINK_ABOVE {
+                            self.read_buf = BytesMut::with_capacity(READ_BUF_CAPACITY);
+                        }
+                        if self.write_buf.is_empty() && self.write_buf.capacity() > SHRINK_ABOVE {
+                            self.write_buf = BytesMut::new();
                         }
                         return Ok(Message::ReadyForQuery(body));
                     }

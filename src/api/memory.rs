@@ -1,0 +1,163 @@
+//! The gateway-wide bound on memory held for requests (`max_buffered_bytes`): request bodies
+//! while they are read and handled, and complete responses until hyper has sent them.
+//!
+//! Per-request limits (`max_body_bytes`, `max_response_bytes`) bound one request; without a
+//! bound on their sum, 2,000 clients each sending a 1 MiB body made the process hold 2 GB.
+//! Here a request reserves its body's bytes before reading it, waiting while others hold the
+//! budget (up to [`MEMORY_WAIT`], then `overloaded`); its lease then follows it: resized to
+//! the response once the handler is done and released when the response body is dropped.
+//!
+//! A response already encoded is charged even past the bound (it exists; refusing to count it
+//! would only hide it): the next bodies wait until it is sent. Rows being encoded are bounded
+//! separately — by the connections that produce them, each result by `max_response_bytes`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// The longest a request waits for memory before it is answered `overloaded`.
+pub const MEMORY_WAIT: Duration = Duration::from_secs(5);
+
+/// The bound, and what is held against it.
+pub struct MemoryBudget {
+    limit: usize,
+    held: AtomicUsize,
+    /// Woken when bytes are released.
+    released: Notify,
+}
+
+/// No memory within [`MEMORY_WAIT`].
+#[derive(Debug)]
+pub struct Overloaded;
+
+impl MemoryBudget {
+    pub fn new(limit: usize) -> Arc<MemoryBudget> {
+        Arc::new(MemoryBudget {
+            limit,
+            held: AtomicUsize::new(0),
+            released: Notify::new(),
+        })
+    }
+
+    /// Bytes held right now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// A lease of nothing yet.
+    pub fn lease(self: &Arc<Self>) -> MemoryLease {
+        MemoryLease {
+            budget: self.clone(),
+            bytes: 0,
+        }
+    }
+
+    fn try_charge(&self, bytes: usize) -> bool {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                (held + bytes <= self.limit).then_some(held + bytes)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, bytes: usize) {
+        if bytes > 0 {
+            self.held.fetch_sub(bytes, Ordering::AcqRel);
+            self.released.notify_waiters();
+        }
+    }
+}
+
+/// Bytes one request holds against the budget; given back when dropped.
+pub struct MemoryLease {
+    budget: Arc<MemoryBudget>,
+    bytes: usize,
+}
+
+impl MemoryLease {
+    /// Grows the lease by `more` bytes, waiting until `deadline` for others to release.
+    pub async fn grow(&mut self, more: usize, deadline: Instant) -> Result<(), Overloaded> {
+        loop {
+            // Registered before the check, so a release between the check and the wait is
+            // not missed.
+            let released = self.budget.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if self.budget.try_charge(more) {
+                self.bytes += more;
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, released).await.is_err() {
+                return Err(Overloaded);
+            }
+        }
+    }
+
+    /// Makes the lease exactly `bytes`: what is already allocated is charged even past the
+    /// bound (see the module docs); anything beyond is given back.
+    pub fn charge_exactly(&mut self, bytes: usize) {
+        if bytes > self.bytes {
+            self.budget
+                .held
+                .fetch_add(bytes - self.bytes, Ordering::AcqRel);
+        } else {
+            self.budget.release(self.bytes - bytes);
+        }
+        self.bytes = bytes;
+    }
+}
+
+impl Drop for MemoryLease {
+    fn drop(&mut self) {
+        self.budget.release(self.bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn leases_wait_for_released_bytes_and_give_up_at_the_deadline() {
+        let budget = MemoryBudget::new(100);
+        let mut first = budget.lease();
+        first.grow(80, Instant::now()).await.unwrap();
+        let mut second = budget.lease();
+        let soon = Instant::now() + Duration::from_millis(20);
+        assert!(second.grow(30, soon).await.is_err());
+        assert_eq!(budget.held(), 80);
+        let waiting = tokio::spawn(async move {
+            second
+                .grow(30, Instant::now() + Duration::from_secs(5))
+                .await
+                .map(|()| second)
+        });
+        tokio::task::yield_now().await;
+        drop(first);
+        let second = waiting.await.unwrap().unwrap();
+        assert_eq!(budget.held(), 30);
+        drop(second);
+        assert_eq!(budget.held(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_built_response_is_charged_past_the_bound_and_blocks_new_bodies() {
+        let budget = MemoryBudget::new(100);
+        let mut lease = budget.lease();
+        lease.grow(10, Instant::now()).await.unwrap();
+        lease.charge_exactly(150);
+        assert_eq!(budget.held(), 150);
+        assert!(budget.lease().grow(1, Instant::now()).await.is_err());
+        lease.charge_exactly(5);
+        assert_eq!(budget.held(), 5);
+        drop(lease);
+        assert_eq!(budget.held(), 0);
+    }
+}
