@@ -39,6 +39,9 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     /// Longest wait for a client's request body, once the headers are in.
     pub body_read_timeout: Duration,
+    /// Longest a streaming (NDJSON) response waits for the client to take its next chunk
+    /// before the statement is cancelled and the connection freed.
+    pub stream_stall_timeout: Duration,
     /// How long a drain (SIGTERM) lets in-flight requests and transactions finish.
     pub shutdown_timeout: Duration,
     /// Failed authentications allowed per client address per minute before it gets 429s.
@@ -160,6 +163,7 @@ struct RawServer {
     admin_keys: Vec<String>,
     header_read_timeout_ms: Option<u64>,
     body_read_timeout_ms: Option<u64>,
+    stream_stall_timeout_ms: Option<u64>,
     shutdown_timeout_ms: Option<u64>,
     auth_failures_per_minute: Option<u32>,
     log_format: Option<LogFormat>,
@@ -221,6 +225,7 @@ pub mod defaults {
     pub const MAX_RESPONSE_BYTES: usize = 10 * 1024 * 1024;
     /// Or four times the larger of the two limits above, if that is more.
     pub const MAX_BUFFERED_BYTES: usize = 256 * 1024 * 1024;
+    pub const STREAM_STALL_TIMEOUT_MS: u64 = 30_000;
     pub const MAX_CONNECTIONS: usize = 80;
     pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
     pub const SERVER_LIFETIME_MS: u64 = 3_600_000;
@@ -404,6 +409,7 @@ impl RawServer {
             admin_keys,
             header_read_timeout_ms,
             body_read_timeout_ms,
+            stream_stall_timeout_ms,
             shutdown_timeout_ms,
             auth_failures_per_minute,
             log_format,
@@ -483,6 +489,11 @@ impl RawServer {
                 "server.body_read_timeout_ms",
                 body_read_timeout_ms,
                 defaults::BODY_READ_TIMEOUT_MS,
+            )?,
+            stream_stall_timeout: millis(
+                "server.stream_stall_timeout_ms",
+                stream_stall_timeout_ms,
+                defaults::STREAM_STALL_TIMEOUT_MS,
             )?,
             shutdown_timeout: millis(
                 "server.shutdown_timeout_ms",

@@ -271,3 +271,45 @@ async fn errors_before_the_first_row_keep_their_status_and_transactions_stream_t
     assert_eq!(rollback.json()["command"], "ROLLBACK");
     gateway.stop().await;
 }
+
+/// A reader that stays connected but stops reading for good: once it has not taken a chunk
+/// for `stream_stall_timeout_ms`, the statement is cancelled and the connection goes back to
+/// the pool. (Before, the streaming task waited on the reader forever, holding the connection,
+/// and a drain waited on it past `shutdown_timeout_ms`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_stalls_past_the_stall_timeout_frees_the_connection() {
+    let db = database("").await;
+    let (key, hash) = key("acme");
+    let toml = config(
+        &db,
+        &hash,
+        "pool_size = 1\nstatement_timeout_ms = 120000",
+        "",
+    )
+    .replace(
+        "shutdown_timeout_ms = 10000",
+        "shutdown_timeout_ms = 10000\nstream_stall_timeout_ms = 300",
+    );
+    let gateway = Gateway::start(&toml).await;
+    let sql = "select i, repeat('y', 200) as pad from generate_series(1, 2000000) i /* stalled */";
+    let (status, mut stream) =
+        Stream::open(&gateway, &key, "/v1/query", json!({ "sql": sql })).await;
+    assert_eq!(status, 200);
+    assert!(stream.line().await.unwrap().get("fields").is_some());
+    // Not reading any more, but still connected.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !active(&db, "/* stalled */").await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the statement of a stalled stream kept running"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let reply = gateway
+        .client
+        .query(&key, "select 'after' as a", json!([]))
+        .await;
+    assert_eq!(reply.rows(), vec![json!({"a": "after"})]);
+    drop(stream);
+    gateway.stop().await;
+}

@@ -25,6 +25,7 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use http::{HeaderValue, Method, Request, Response};
 use http_body_util::BodyExt;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use self::body::Body;
@@ -50,6 +51,9 @@ pub struct App {
     /// Bytes held for request bodies and unsent responses, gateway-wide (`max_buffered_bytes`,
     /// fixed until a restart).
     pub memory: Arc<MemoryBudget>,
+    /// Cancelled when a drain reaches its deadline: work that outlives its handler (streaming
+    /// responses) stops then instead of holding the exit up.
+    deadline_passed: CancellationToken,
     /// The `Keep-Alive: timeout=N` hint of HTTP/1.1 responses. The idle timeout it states
     /// changes only with a restart, so it is built once.
     keep_alive: HeaderValue,
@@ -176,6 +180,7 @@ impl App {
         let memory = MemoryBudget::new(generation.config.server.max_buffered_bytes);
         Arc::new(App {
             memory,
+            deadline_passed: CancellationToken::new(),
             generation: ArcSwap::from_pointee(generation),
             keep_alive,
             transactions,
@@ -241,6 +246,16 @@ impl App {
     /// From now on `/readyz` answers 503, so load balancers stop sending.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// The drain's deadline has passed: streams still running stop now.
+    pub fn stop_background_work(&self) {
+        self.deadline_passed.cancel();
+    }
+
+    /// Cancelled once the drain's deadline has passed.
+    pub(crate) fn deadline_passed(&self) -> &CancellationToken {
+        &self.deadline_passed
     }
 
     pub fn is_draining(&self) -> bool {

@@ -8,12 +8,17 @@
 //! channel that feeds the response body: a client that reads slowly makes the task wait, the
 //! task stops reading from Postgres, and the statement pauses — memory stays flat whatever the
 //! result size. A client that goes away drops the channel; the task stops, and dropping the
-//! connection mid-statement cancels it (see `PgConnection::recover`).
+//! connection mid-statement cancels it (see `PgConnection::recover`). A client that stays but
+//! stops reading is treated the same once it has not taken a chunk for
+//! `stream_stall_timeout_ms`, and so is every stream still running at a drain's deadline.
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 use serde_json::value::RawValue;
+use std::time::Duration;
+
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use super::body::Body;
 use super::error::ApiError;
@@ -66,6 +71,14 @@ struct OwnedRequest {
     types: ValueFormat,
 }
 
+/// When the task gives up on its client.
+struct Give {
+    /// Longest wait for the client to take a chunk.
+    stall: Duration,
+    /// The drain's deadline passed.
+    stop: CancellationToken,
+}
+
 /// Starts the statement on `holder` and answers with its stream — or, if it fails before its
 /// first row, with an ordinary error response.
 pub async fn respond(
@@ -85,8 +98,18 @@ pub async fn respond(
     };
     let (head_tx, head_rx) = oneshot::channel();
     let (body_tx, body_rx) = mpsc::channel(CHANNEL_CHUNKS);
-    ctx.app
-        .spawn(stream(holder, tenant.pool.clone(), owned, head_tx, body_tx));
+    let give = Give {
+        stall: ctx.generation.config.server.stream_stall_timeout,
+        stop: ctx.app.deadline_passed().clone(),
+    };
+    ctx.app.spawn(stream(
+        holder,
+        tenant.pool.clone(),
+        owned,
+        head_tx,
+        body_tx,
+        give,
+    ));
     let head = head_rx.await.map_err(|_| ApiError::Internal {
         reason: "the stream ended before its first line".into(),
     })??;
@@ -115,6 +138,7 @@ async fn stream(
     request: OwnedRequest,
     head: oneshot::Sender<Result<Bytes, ApiError>>,
     body: mpsc::Sender<Bytes>,
+    give: Give,
 ) {
     let params: Vec<&RawValue> = request.params.iter().map(|p| &**p).collect();
     let options = QueryOptions {
@@ -149,7 +173,7 @@ async fn stream(
                 }
                 chunk.push(b'\n');
                 if (chunk.len() >= CHUNK_BYTES || !rows.next_is_buffered())
-                    && !send(&body, &mut chunk).await
+                    && !send(&body, &mut chunk, &give).await
                 {
                     return;
                 }
@@ -174,11 +198,12 @@ async fn stream(
             chunk.push(b'\n');
         }
     }
-    send(&body, &mut chunk).await;
+    send(&body, &mut chunk, &give).await;
 }
 
-/// Sends the chunk (waiting while the client is slow); false when the client is gone.
-async fn send(body: &mpsc::Sender<Bytes>, chunk: &mut Vec<u8>) -> bool {
+/// Sends the chunk (waiting while the client is slow); false when the client is gone, has
+/// not taken a chunk within the stall timeout, or the drain's deadline passed.
+async fn send(body: &mpsc::Sender<Bytes>, chunk: &mut Vec<u8>, give: &Give) -> bool {
     if chunk.is_empty() {
         return true;
     }
@@ -186,5 +211,8 @@ async fn send(body: &mpsc::Sender<Bytes>, chunk: &mut Vec<u8>) -> bool {
         chunk,
         Vec::with_capacity(CHUNK_BYTES + 4096),
     ));
-    body.send(bytes).await.is_ok()
+    tokio::select! {
+        sent = tokio::time::timeout(give.stall, body.send(bytes)) => matches!(sent, Ok(Ok(()))),
+        () = give.stop.cancelled() => false,
+    }
 }

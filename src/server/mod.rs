@@ -253,6 +253,9 @@ pub async fn run_with(
     {
         tracing::warn!("connections still open at the shutdown deadline; closing them");
     }
+    // Streams whose clients stopped reading would otherwise hold the exit up past the
+    // deadline.
+    app.stop_background_work();
     app.generation().pools.close();
     tasks.close();
     if tokio::time::timeout(Duration::from_secs(5), tasks.wait())
