@@ -203,3 +203,76 @@ async fn bodies_over_the_gateway_memory_bound_wait_then_get_overloaded() {
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
 }
+
+/// Statements prepared on the one pooled connection, as Postgres sees them.
+async fn prepared_on_the_connection(c: &Client, key: &str) -> i64 {
+    let reply = c
+        .query(
+            key,
+            "select count(*)::int as n from pg_prepared_statements",
+            json!([]),
+        )
+        .await;
+    reply.rows()[0]["n"].as_i64().unwrap()
+}
+
+/// A batch protects its statements from eviction while it runs; a batch whose client vanished
+/// mid-way left that protection on, and the connection's statement cache never evicted again
+/// (it grew without bound). Now every operation lifts a leftover protection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_batch_does_not_leave_the_statement_cache_protected() {
+    use tokio::io::AsyncWriteExt;
+    let db = database("").await;
+    let (key, hash) = key("acme");
+    let toml = config(&db, &hash, "pool_size = 1", "statement_cache_size = 4");
+    let gateway = Gateway::start(&toml).await;
+    let c = &gateway.client;
+    let body = json!({"statements": [
+        {"sql": "select 1 as warm"},
+        {"sql": "select pg_sleep(30) /* vanished batch */"}
+    ]})
+    .to_string();
+    let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    let request = format!(
+        "POST /v1/batch HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let admin = direct(&db).await;
+    let running = "select count(*) from pg_stat_activity where query like '%/* vanished batch */%' \
+                   and state = 'active' and pid <> pg_backend_pid()";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while admin
+        .query_one(running, &[])
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(std::time::Instant::now() < deadline, "the batch never ran");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    drop(stream);
+    while admin
+        .query_one(running, &[])
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        != 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the batch was not cancelled"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for i in 0..12 {
+        let reply = c.query(&key, &format!("select {i} as n"), json!([])).await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+    }
+    let prepared = prepared_on_the_connection(c, &key).await;
+    assert!(
+        prepared <= 5,
+        "the cache of 4 holds {prepared} statements: eviction stopped"
+    );
+}

@@ -1161,7 +1161,11 @@ impl PgConnection {
         let _ = self.stream.shutdown().await;
     }
 
-    fn ensure_in_sync(&self) -> Result<(), QueryError> {
+    /// Every operation starts here. It also lifts a statement-cache protection left behind by
+    /// a pipeline whose future was dropped mid-way (its client vanished): protection never
+    /// outlives the operation that set it, whatever way that operation ended.
+    fn ensure_in_sync(&mut self) -> Result<(), QueryError> {
+        self.statements.unprotect();
         if self.is_in_sync() {
             Ok(())
         } else {
