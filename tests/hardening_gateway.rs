@@ -276,3 +276,55 @@ async fn a_vanished_batch_does_not_leave_the_statement_cache_protected() {
         "the cache of 4 holds {prepared} statements: eviction stopped"
     );
 }
+
+/// A script can switch its own statement timeout off (`set statement_timeout = 0`) and then run
+/// for as long as it likes; Postgres would never end it. The gateway stops waiting for the
+/// server shortly past the tenant's statement timeout, answers `connection_lost`, cancels the
+/// statement, and the pool serves on. (Before, the request hung for as long as the statement
+/// ran.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_that_outlives_every_timeout_is_answered_at_the_gateway_deadline() {
+    let (gateway, key, db) = gateway_for("", "pool_size = 2\nstatement_timeout_ms = 1000").await;
+    let c = &gateway.client;
+    let started = std::time::Instant::now();
+    let reply = c
+        .post(
+            "/v1/batch",
+            &key,
+            &json!({
+                "script": "set statement_timeout = 0; select pg_sleep(60) /* endless */",
+                "transaction": false
+            }),
+        )
+        .await;
+    let waited = started.elapsed();
+    assert_status(&reply, StatusCode::BAD_GATEWAY, "connection_lost");
+    assert!(
+        waited < std::time::Duration::from_secs(5),
+        "answered after {waited:?}"
+    );
+    // The statement does not run on behind the gateway's back for long.
+    let admin = direct(&db).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let running: i64 = admin
+            .query_one(
+                "select count(*) from pg_stat_activity where query like '%/* endless */%' \
+                 and state = 'active' and pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if running == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the endless statement kept running"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let ok = c.query(&key, "select 1 as n", json!([])).await;
+    assert_eq!(ok.rows(), vec![json!({"n": 1})]);
+}

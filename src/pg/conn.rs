@@ -188,6 +188,10 @@ const SESSION_RESET_SQL: &str = "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; R
     DO $sluice$DECLARE s record; BEGIN FOR s IN SELECT name FROM pg_catalog.pg_prepared_statements \
     WHERE from_sql LOOP EXECUTE pg_catalog.format('DEALLOCATE %I', s.name); END LOOP; END$sluice$";
 
+/// How far past the statement timeout the gateway still waits for the server (see
+/// `PgConnection::read_deadline`): the timeout again, within these bounds.
+const READ_DEADLINE_MARGIN_MIN: Duration = Duration::from_secs(1);
+const READ_DEADLINE_MARGIN_MAX: Duration = Duration::from_secs(10);
 /// A connection's read buffer to start with.
 const READ_BUF_CAPACITY: usize = 16 * 1024;
 /// Buffers grown past this by one large message are replaced once the exchange is over.
@@ -1319,7 +1323,22 @@ impl PgConnection {
             if self.read_buf.capacity() - self.read_buf.len() < 4096 {
                 self.read_buf.reserve(16 * 1024);
             }
-            match self.stream.read_buf(&mut self.read_buf).await {
+            let read = match self.read_deadline() {
+                Some(wait) => tokio::time::timeout(wait, self.stream.read_buf(&mut self.read_buf))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!(
+                                "the server sent nothing for {} s, past the statement timeout: \
+                                 the connection is given up",
+                                wait.as_secs()
+                            ),
+                        ))
+                    }),
+                None => self.stream.read_buf(&mut self.read_buf).await,
+            };
+            match read {
                 Ok(0) => {
                     self.broken = true;
                     return Err(io::Error::new(
@@ -1334,6 +1353,21 @@ impl PgConnection {
                 }
             }
         }
+    }
+
+    /// The longest the gateway waits for the server's next message: Postgres itself ends any
+    /// statement at its `statement_timeout`, so silence well past it means a statement that
+    /// cannot be cancelled (a pathological parse), a session whose timeout was switched off
+    /// from inside (a script's `SET statement_timeout = 0`), or a server that hangs. Either
+    /// way the request is answered instead of waiting forever. `None` when no timeout is set.
+    fn read_deadline(&self) -> Option<Duration> {
+        let timeout_ms = self
+            .statement_timeout_ms
+            .max(self.local_timeout_ms.unwrap_or(0));
+        (timeout_ms > 0).then(|| {
+            let timeout = Duration::from_millis(timeout_ms);
+            timeout + timeout.clamp(READ_DEADLINE_MARGIN_MIN, READ_DEADLINE_MARGIN_MAX)
+        })
     }
 
     fn note_parameter(&mut self, body: &postgres_protocol::message::backend::ParameterStatusBody) {
