@@ -28,6 +28,7 @@ export type ErrorKind =
   | 'queue_full'
   | 'too_many_transactions'
   | 'upstream_unavailable'
+  | 'overloaded'
   | 'connection_lost'
   | 'internal'
   | 'network'
