@@ -23,6 +23,7 @@
 //! `sluice check`.
 
 pub mod admission;
+pub mod allocator;
 pub mod api;
 pub mod auth;
 pub mod check;

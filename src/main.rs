@@ -59,7 +59,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tune_allocator();
+    sluice::allocator::tune();
     let cli = Cli::parse();
     match cli.command {
         Command::Key => {
@@ -113,19 +113,6 @@ fn main() -> ExitCode {
                 Err(error) => fail(&error),
             }
         }
-    }
-}
-
-/// glibc's malloc raises its mmap threshold (up to 32 MiB) each time a large mmapped block is
-/// freed, so after the first large bodies and responses, buffers of a few MiB come from the
-/// heap arenas instead — and freed arena memory is rarely returned: a burst of 2,000 1 MiB
-/// bodies left 1.7–2.5 GB resident. A fixed threshold keeps every buffer of 256 KiB or more
-/// in its own mapping, returned to the system the moment it is freed.
-fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes malloc's tuning; called before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
     }
 }
 

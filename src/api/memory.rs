@@ -25,6 +25,8 @@ pub const MEMORY_WAIT: Duration = Duration::from_secs(5);
 pub struct MemoryBudget {
     limit: usize,
     held: AtomicUsize,
+    /// The most held since [`MemoryBudget::take_peak`] last asked.
+    peak: AtomicUsize,
     /// Woken when bytes are released.
     released: Notify,
 }
@@ -38,6 +40,7 @@ impl MemoryBudget {
         Arc::new(MemoryBudget {
             limit,
             held: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
             released: Notify::new(),
         })
     }
@@ -49,6 +52,16 @@ impl MemoryBudget {
 
     pub fn limit(&self) -> usize {
         self.limit
+    }
+
+    /// The most bytes held since the last call, and whether they are all released now.
+    pub fn take_peak(&self) -> (usize, bool) {
+        let peak = self.peak.swap(self.held(), Ordering::Relaxed);
+        (peak, self.held() == 0)
+    }
+
+    fn note_peak(&self, held: usize) {
+        self.peak.fetch_max(held, Ordering::Relaxed);
     }
 
     /// A lease of nothing yet.
@@ -64,6 +77,7 @@ impl MemoryBudget {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
                 (held + bytes <= self.limit).then_some(held + bytes)
             })
+            .map(|held| self.note_peak(held + bytes))
             .is_ok()
     }
 
@@ -104,9 +118,9 @@ impl MemoryLease {
     /// bound (see the module docs); anything beyond is given back.
     pub fn charge_exactly(&mut self, bytes: usize) {
         if bytes > self.bytes {
-            self.budget
-                .held
-                .fetch_add(bytes - self.bytes, Ordering::AcqRel);
+            let more = bytes - self.bytes;
+            let held = self.budget.held.fetch_add(more, Ordering::AcqRel);
+            self.budget.note_peak(held + more);
         } else {
             self.budget.release(self.bytes - bytes);
         }

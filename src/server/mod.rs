@@ -230,6 +230,8 @@ pub async fn run_with(
         });
     }
 
+    tasks.spawn(trim_after_bursts(app.clone(), stop_accepting.clone()));
+
     shutdown.await;
     let deadline = Instant::now() + shutdown_timeout;
     tracing::info!(timeout_ms = shutdown_timeout.as_millis() as u64, "draining");
@@ -266,6 +268,27 @@ pub async fn run_with(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// After a burst that held much memory for bodies and responses has passed, hands the
+/// allocator's free pages back to the system (see `crate::allocator`): otherwise the burst's
+/// high-water mark stays resident.
+async fn trim_after_bursts(app: Arc<App>, stop: CancellationToken) {
+    const EVERY: Duration = Duration::from_secs(2);
+    const WORTH_IT: usize = 16 * 1024 * 1024;
+    let mut pending = false;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(EVERY) => {}
+        }
+        let (peak, quiet) = app.memory.take_peak();
+        pending |= peak >= WORTH_IT;
+        if pending && quiet {
+            pending = false;
+            tokio::task::spawn_blocking(crate::allocator::trim);
+        }
+    }
 }
 
 async fn accept_loop(
