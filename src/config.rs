@@ -31,6 +31,8 @@ pub struct ServerConfig {
     pub metrics_listen: Option<SocketAddr>,
     pub max_body_bytes: usize,
     pub max_response_bytes: usize,
+    /// The longest SQL text (a statement or a script) sent to Postgres.
+    pub max_sql_bytes: usize,
     pub admin_keys: Vec<KeyHash>,
     /// Longest wait for a client's request headers.
     pub header_read_timeout: Duration,
@@ -137,6 +139,7 @@ struct RawServer {
     metrics_listen: Option<String>,
     max_body_bytes: Option<usize>,
     max_response_bytes: Option<usize>,
+    max_sql_bytes: Option<usize>,
     #[serde(default)]
     admin_keys: Vec<String>,
     header_read_timeout_ms: Option<u64>,
@@ -198,6 +201,10 @@ pub mod defaults {
     pub const LISTEN: &str = "0.0.0.0:8080";
     pub const MAX_BODY_BYTES: usize = 1024 * 1024;
     pub const MAX_RESPONSE_BYTES: usize = 10 * 1024 * 1024;
+    /// As large as the default body: the limit matters when `max_body_bytes` is raised for
+    /// large parameters, which should not let SQL text (parsed by Postgres before any
+    /// statement timeout can act) grow with it.
+    pub const MAX_SQL_BYTES: usize = 1024 * 1024;
     pub const MAX_CONNECTIONS: usize = 80;
     pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
     pub const SERVER_LIFETIME_MS: u64 = 3_600_000;
@@ -376,6 +383,7 @@ impl RawServer {
             metrics_listen,
             max_body_bytes,
             max_response_bytes,
+            max_sql_bytes,
             admin_keys,
             header_read_timeout_ms,
             body_read_timeout_ms,
@@ -435,6 +443,11 @@ impl RawServer {
                 "server.max_response_bytes",
                 max_response_bytes.unwrap_or(defaults::MAX_RESPONSE_BYTES),
                 1024,
+            )?,
+            max_sql_bytes: at_least(
+                "server.max_sql_bytes",
+                max_sql_bytes.unwrap_or(defaults::MAX_SQL_BYTES),
+                64,
             )?,
             admin_keys,
             header_read_timeout: millis(

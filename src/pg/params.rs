@@ -256,7 +256,10 @@ mod tests {
         // Issue 11: 20,000 levels overflowed the stack and aborted the process.
         assert!(refused(&nested(20_000), Some(1007)).contains("at most 6 dimensions"));
         // For a json or untyped placeholder the array is JSON text, sent as it is.
-        assert_eq!(encoded(&nested(20_000), Some(3802)).unwrap(), nested(20_000));
+        assert_eq!(
+            encoded(&nested(20_000), Some(3802)).unwrap(),
+            nested(20_000)
+        );
         // Brackets inside strings and objects are not dimensions.
         assert_eq!(array_depth(r#"[["[[[[[[[", {"a": [[[[[[[1]]]]]]]}]]"#), 2);
     }
