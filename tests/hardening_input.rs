@@ -536,7 +536,7 @@ async fn generated_requests_never_panic_or_answer_500() {
         } else {
             mutate(&mut rng, seed)
         };
-        let _ = sluice::api::decode_request(&path, &body);
+        let _ = sluice::api::decode_request(path, &body);
         let _ = sluice::pg::SqlAnalysis::of(&String::from_utf8_lossy(&body));
     }
 
