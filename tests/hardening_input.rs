@@ -95,6 +95,28 @@ async fn deeply_nested_array_parameter_is_bad_request() {
         let reply = post_raw(&gateway, &key, "/v1/batch", batch).await;
         assert_status(&reply, StatusCode::BAD_REQUEST, "bad_request");
     }
+    // Deep nesting anywhere else in a body is refused by the decoder, without recursing.
+    let deep = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
+    let deep_object = format!("{}1{}", "{\"a\":".repeat(100_000), "}".repeat(100_000));
+    for body in [
+        format!(r#"{{"sql":"select 1","rowMode":{deep}}}"#),
+        format!(r#"{{"sql":{deep}}}"#),
+        format!(r#"{{"sql":"select 1","other":{deep}}}"#),
+        format!(r#"{{"sql":"select $1::int","params":[{deep_object}]}}"#),
+        format!(r#"{{"statements":{deep}}}"#),
+        format!(r#"{{"statements":[{deep}]}}"#),
+        format!(r#"{{"script":"select 1","timeoutMs":{deep_object}}}"#),
+    ] {
+        for path in ["/v1/query", "/v1/batch"] {
+            let reply = post_raw(&gateway, &key, path, body.clone()).await;
+            assert!(
+                reply.status == 400,
+                "{path} {}: {}",
+                &body[..40],
+                reply.text
+            );
+        }
+    }
     // As JSON (a jsonb placeholder) the same array is just text.
     let body = format!(
         r#"{{"sql":"select jsonb_typeof($1::jsonb) as t","params":[{}1{}]}}"#,
