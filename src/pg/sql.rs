@@ -69,7 +69,8 @@ pub enum SessionEffect {
     MayChangeSession,
     /// An effect no reset can undo: `LOAD` (a library stays loaded in the backend),
     /// `setseed()` (the random sequence stays predictable), `dblink_connect()` (the remote
-    /// connection stays open). The connection is closed after the request instead of reused.
+    /// connection stays open), and a call through a `U&"…"` name (which could spell any of
+    /// them). The connection is closed after the request instead of reused.
     Unresettable,
 }
 
@@ -997,7 +998,8 @@ fn function_call(previous: &[Option<Token<'_>>; 4], statement_keyword: bool) -> 
     let (name, quoted) = match &previous[3] {
         Some(Token::Word(word)) => (*word, false),
         Some(Token::QuotedIdent(ident)) => (*ident, true),
-        Some(Token::UnicodeIdent) => return SessionEffect::MayChangeSession,
+        // Its escapes could spell any name, `setseed` included.
+        Some(Token::UnicodeIdent) => return SessionEffect::Unresettable,
         _ => return SessionEffect::None,
     };
     if statement_keyword && !quoted {
@@ -1017,6 +1019,18 @@ fn function_call(previous: &[Option<Token<'_>>; 4], statement_keyword: bool) -> 
     {
         return SessionEffect::None;
     }
+    if !qualified && !quoted && is_syntax_before_paren(name, &previous[2]) {
+        return SessionEffect::None;
+    }
+    let lower = if quoted {
+        name.to_owned()
+    } else {
+        name.to_ascii_lowercase()
+    };
+    // Whatever the schema (`public.dblink_connect`, `U&"pg_catalog".setseed`).
+    if UNRESETTABLE_FUNCTIONS.contains(&lower.as_str()) {
+        return SessionEffect::Unresettable;
+    }
     if qualified {
         let in_pg_catalog = match &previous[1] {
             Some(Token::Word(schema)) => schema.eq_ignore_ascii_case("pg_catalog"),
@@ -1025,22 +1039,12 @@ fn function_call(previous: &[Option<Token<'_>>; 4], statement_keyword: bool) -> 
             // `(expr).f(…)`, a U&"…" schema, …: not provably the catalog.
             _ => false,
         };
-        // A function of the catalog may still be on the lists below; any other schema's is
-        // the tenant's code.
+        // Another schema's function is the tenant's code.
         if !in_pg_catalog {
             return SessionEffect::MayChangeSession;
         }
-    } else if !quoted && is_syntax_before_paren(name, &previous[2]) {
-        return SessionEffect::None;
     }
-    let lower = if quoted {
-        name.to_owned()
-    } else {
-        name.to_ascii_lowercase()
-    };
-    if UNRESETTABLE_FUNCTIONS.contains(&lower.as_str()) {
-        SessionEffect::Unresettable
-    } else if SESSION_SAFE_FUNCTIONS
+    if SESSION_SAFE_FUNCTIONS
         .binary_search(&lower.as_str())
         .is_ok()
     {
@@ -1272,10 +1276,15 @@ mod tests {
                 "explain analyze select * from set_config('a', 'b', false)",
                 MayChangeSession,
             ),
-            ("select U&\"set_config\"('a', 'b', false)", MayChangeSession),
+            ("select U&\"set_config\"('a', 'b', false)", Unresettable),
+            ("select U&\"pg_catalog\".setseed(0.5)", Unresettable),
+            (
+                "select public.dblink_connect('c', 'dbname=x')",
+                Unresettable,
+            ),
             (
                 "select U&\"\\0073et_config\"('a', 'b', false)",
-                MayChangeSession,
+                Unresettable,
             ),
             ("select \"PG_CATALOG\".now()", MayChangeSession),
             ("select (t).f(1) from t", MayChangeSession),
