@@ -168,15 +168,6 @@ fn init_logging(format: LogFormat, level: &str) {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
     }
-    // A panic's message can quote the data it choked on (a slice of a client's SQL, with its
-    // literals): log where it happened, never what it says.
-    std::panic::set_hook(Box::new(|info| {
-        let location = info.location().map(ToString::to_string);
-        tracing::error!(
-            location = location.as_deref(),
-            "panic (message withheld: it may quote client data)"
-        );
-    }));
 }
 
 /// SIGHUP asks the gateway to reload (its TLS certificate and its config).

@@ -12,13 +12,10 @@ pub mod results;
 mod stream;
 mod transactions;
 
-use std::future::Future;
 use std::net::IpAddr;
-use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -364,21 +361,7 @@ pub async fn handle<B: RequestBody>(
         max_response_bytes: generation.config.server.max_response_bytes,
         log: RequestLog::default(),
     };
-    let result = {
-        // A bug in one request's handling (a panic) answers that request `internal`; the
-        // HTTP connection, the other requests and the process carry on. What the handler held
-        // is dropped as usual: a checked-out connection goes back through recovery.
-        let mut handling = std::pin::pin!(dispatch(&mut ctx, route, &parts.method, incoming));
-        std::future::poll_fn(|cx| {
-            match std::panic::catch_unwind(AssertUnwindSafe(|| handling.as_mut().poll(cx))) {
-                Ok(poll) => poll,
-                Err(_) => Poll::Ready(Err(ApiError::Internal {
-                    reason: "the request's handler panicked".into(),
-                })),
-            }
-        })
-        .await
-    };
+    let result = dispatch(&mut ctx, route, &parts.method, incoming).await;
     let (mut response, outcome, detail) = match result {
         Ok(response) => (response, "ok", None),
         Err(error) => {
