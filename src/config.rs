@@ -34,6 +34,8 @@ pub struct ServerConfig {
     /// Gateway-wide bound on bytes held for request bodies and buffered responses not yet
     /// sent; past it, requests wait for memory (then get 503 `overloaded`).
     pub max_buffered_bytes: usize,
+    /// The longest SQL text (a statement or a script) sent to Postgres.
+    pub max_sql_bytes: usize,
     pub admin_keys: Vec<KeyHash>,
     /// Longest wait for a client's request headers.
     pub header_read_timeout: Duration,
@@ -159,6 +161,7 @@ struct RawServer {
     max_body_bytes: Option<usize>,
     max_response_bytes: Option<usize>,
     max_buffered_bytes: Option<usize>,
+    max_sql_bytes: Option<usize>,
     #[serde(default)]
     admin_keys: Vec<String>,
     header_read_timeout_ms: Option<u64>,
@@ -226,6 +229,10 @@ pub mod defaults {
     /// Or four times the larger of the two limits above, if that is more.
     pub const MAX_BUFFERED_BYTES: usize = 256 * 1024 * 1024;
     pub const STREAM_STALL_TIMEOUT_MS: u64 = 30_000;
+    /// As large as the default body: the limit matters when `max_body_bytes` is raised for
+    /// large parameters, which should not let SQL text (parsed by Postgres before any
+    /// statement timeout can act) grow with it.
+    pub const MAX_SQL_BYTES: usize = 1024 * 1024;
     pub const MAX_CONNECTIONS: usize = 80;
     pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
     pub const SERVER_LIFETIME_MS: u64 = 3_600_000;
@@ -406,6 +413,7 @@ impl RawServer {
             max_body_bytes,
             max_response_bytes,
             max_buffered_bytes,
+            max_sql_bytes,
             admin_keys,
             header_read_timeout_ms,
             body_read_timeout_ms,
@@ -479,6 +487,11 @@ impl RawServer {
             max_body_bytes,
             max_response_bytes,
             max_buffered_bytes,
+            max_sql_bytes: at_least(
+                "server.max_sql_bytes",
+                max_sql_bytes.unwrap_or(defaults::MAX_SQL_BYTES),
+                64,
+            )?,
             admin_keys,
             header_read_timeout: millis(
                 "server.header_read_timeout_ms",

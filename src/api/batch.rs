@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 
 use super::body::Body;
 use super::error::ApiError;
-use super::query::check_statement;
+use super::query::{Limits, check_sql, check_statement};
 use super::results::ResultWriter;
 use super::{RequestContext, Tenant};
 use crate::pg::encode::write_json_string;
@@ -97,15 +97,15 @@ pub fn begin_sql(
 pub fn check_statements<'a>(
     statements: &'a [StatementRequest<'a>],
     timeout_ms: Option<u64>,
-    tenant: &Tenant,
+    limits: Limits,
 ) -> Result<(Vec<PipelineStatement<'a>>, u64), ApiError> {
     if statements.is_empty() {
         return Err(ApiError::BadRequest("`statements` is empty".into()));
     }
     let mut checked = Vec::with_capacity(statements.len());
-    let mut timeout = tenant.config.statement_timeout_ms;
+    let mut timeout = limits.statement_timeout_ms;
     for (i, statement) in statements.iter().enumerate() {
-        let prepared = check_statement(&statement.sql, &statement.params, timeout_ms, tenant)
+        let prepared = check_statement(&statement.sql, &statement.params, timeout_ms, limits)
             .map_err(|e| prefix(e, &format!("statements[{i}]: ")))?;
         if prepared.analysis.transaction_control {
             return Err(ApiError::BadRequest(format!(
@@ -121,6 +121,35 @@ pub fn check_statements<'a>(
         });
     }
     Ok((checked, timeout))
+}
+
+/// A script checked on the gateway: see [`check_sql`], then no parameters, no COPY through
+/// the client, and no transaction control when the gateway wraps it in a transaction.
+pub fn check_script(
+    script: &str,
+    transaction: bool,
+    max_sql_bytes: usize,
+) -> Result<SqlAnalysis, ApiError> {
+    let analysis = check_sql(script, "`script`", max_sql_bytes)?;
+    if analysis.statements == 0 {
+        return Err(ApiError::BadRequest("`script` is empty".into()));
+    }
+    if analysis.copies_via_client {
+        return Err(ApiError::BadRequest(
+            "COPY FROM STDIN / TO STDOUT is not supported over HTTP".into(),
+        ));
+    }
+    if analysis.placeholders > 0 {
+        return Err(ApiError::BadRequest(
+            "a script takes no parameters ($n); use `statements` for parameters".into(),
+        ));
+    }
+    if transaction && analysis.transaction_control {
+        return Err(ApiError::BadRequest(
+            "the script controls transactions itself: send it with \"transaction\": false".into(),
+        ));
+    }
+    Ok(analysis)
 }
 
 fn prefix(error: ApiError, prefix: &str) -> ApiError {
@@ -143,7 +172,8 @@ pub async fn handle(
             if request.transaction.is_some() {
                 return Err(ApiError::BadRequest("`transaction` applies to `script` only: statements always run in one transaction".into()));
             }
-            let (statements, timeout) = check_statements(statements, request.timeout_ms, tenant)?;
+            let (statements, timeout) =
+                check_statements(statements, request.timeout_ms, Limits::of(ctx, tenant))?;
             let begin = begin_sql(request.isolation, request.read_only, request.deferrable);
             let waited = Instant::now();
             let mut conn = tenant.pool.checkout().await?;
@@ -172,26 +202,11 @@ pub async fn handle(
                     "`isolation`, `readOnly` and `deferrable` need `transaction`".into(),
                 ));
             }
-            let analysis = SqlAnalysis::of(script);
-            if analysis.statements == 0 {
-                return Err(ApiError::BadRequest("`script` is empty".into()));
-            }
-            if analysis.copies_via_client {
-                return Err(ApiError::BadRequest(
-                    "COPY FROM STDIN / TO STDOUT is not supported over HTTP".into(),
-                ));
-            }
-            if analysis.placeholders > 0 {
-                return Err(ApiError::BadRequest(
-                    "a script takes no parameters ($n); use `statements` for parameters".into(),
-                ));
-            }
-            if transaction && analysis.transaction_control {
-                return Err(ApiError::BadRequest(
-                    "the script controls transactions itself: send it with \"transaction\": false"
-                        .into(),
-                ));
-            }
+            let analysis = check_script(
+                script,
+                transaction,
+                ctx.generation.config.server.max_sql_bytes,
+            )?;
             let timeout = match request.timeout_ms {
                 Some(0) => return Err(ApiError::BadRequest("`timeoutMs` must be above 0".into())),
                 Some(ms) => ms.min(tenant.config.statement_timeout_ms),
@@ -201,6 +216,10 @@ pub async fn handle(
             let mut conn = tenant.pool.checkout().await?;
             ctx.log.queue_wait = Some(waited.elapsed());
             let executed = Instant::now();
+            if analysis.session_effect == SessionEffect::Unresettable {
+                // Scripts always get the session reset; this one needs more than a reset.
+                conn.retire();
+            }
             let result = if transaction {
                 let begin = begin_sql(request.isolation, request.read_only, request.deferrable);
                 conn.script(script, Some(&begin), timeout).await
@@ -232,14 +251,11 @@ pub async fn run_pipeline(
     max_bytes: usize,
     out: &mut Vec<u8>,
 ) -> Result<u64, ApiError> {
-    let session_effect = if statements
+    let session_effect = statements
         .iter()
-        .any(|s| s.session_effect == SessionEffect::MayChangeSession)
-    {
-        SessionEffect::MayChangeSession
-    } else {
-        SessionEffect::None
-    };
+        .map(|s| s.session_effect)
+        .max()
+        .unwrap_or(SessionEffect::None);
     let options = QueryOptions {
         statement_timeout_ms,
         session_effect,

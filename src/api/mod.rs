@@ -708,6 +708,39 @@ pub fn parse_json<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, Ap
         .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))
 }
 
+/// Decodes and checks a request body as the route at `path` does before it uses a connection
+/// (the default limits standing in for a tenant's); `Err` is the client's error message. For
+/// fuzzing the request decoder: whatever the bytes, it must answer, never panic.
+#[doc(hidden)]
+pub fn decode_request(path: &str, body: &[u8]) -> Result<(), String> {
+    use crate::config::defaults;
+    let limits = query::Limits {
+        max_sql_bytes: defaults::MAX_SQL_BYTES,
+        statement_timeout_ms: defaults::STATEMENT_TIMEOUT_MS,
+        session_reset: crate::config::SessionReset::default(),
+    };
+    let message = |error: ApiError| format!("{}: {}", error.kind(), error.message());
+    let checked = match path {
+        "/v1/query" | "/v1/transactions/id/query" => parse_json::<query::QueryRequest>(body)
+            .and_then(|request| request.check(limits).map(drop)),
+        "/v1/batch" | "/v1/transactions/id/batch" => parse_json::<batch::BatchRequest>(body)
+            .and_then(|request| match (&request.statements, &request.script) {
+                (Some(statements), _) => {
+                    batch::check_statements(statements, request.timeout_ms, limits).map(drop)
+                }
+                (None, Some(script)) => batch::check_script(
+                    script,
+                    request.transaction.unwrap_or(true),
+                    limits.max_sql_bytes,
+                )
+                .map(drop),
+                (None, None) => Ok(()),
+            }),
+        _ => Ok(()),
+    };
+    checked.map_err(message)
+}
+
 /// The client's `x-request-id` when it is reasonable, else a new random one.
 fn request_id(headers: &http::HeaderMap) -> HeaderValue {
     if let Some(value) = headers.get("x-request-id")

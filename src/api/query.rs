@@ -12,8 +12,10 @@ use super::error::ApiError;
 use super::results::ResultWriter;
 use super::{RequestContext, Tenant};
 use crate::config::SessionReset;
+use crate::pg::sql::{MAX_COMMENT_DEPTH, MAX_PAREN_DEPTH};
 use crate::pg::{
     CommandTag, PgConnection, QueryOptions, RowMode, SessionEffect, SqlAnalysis, ValueFormat,
+    params,
 };
 
 /// The body of `/v1/query` (and of `/v1/transactions/{id}/query`).
@@ -39,25 +41,80 @@ pub struct PreparedRequest<'a> {
     pub statement_timeout_ms: u64,
 }
 
+/// What bounds the statements of one request: the server's and the tenant's limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_sql_bytes: usize,
+    /// The tenant's statement timeout, which a request may lower but not raise.
+    pub statement_timeout_ms: u64,
+    pub session_reset: SessionReset,
+}
+
+impl Limits {
+    pub fn of(ctx: &RequestContext<'_>, tenant: &Tenant) -> Limits {
+        Limits {
+            max_sql_bytes: ctx.generation.config.server.max_sql_bytes,
+            statement_timeout_ms: tenant.config.statement_timeout_ms,
+            session_reset: tenant.config.session_reset,
+        }
+    }
+}
+
 impl QueryRequest<'_> {
     /// Rejects what Postgres would reject anyway, without using a connection: empty SQL,
     /// several statements, a parameter count that does not match the placeholders.
-    pub fn check(&self, tenant: &Tenant) -> Result<PreparedRequest<'_>, ApiError> {
-        check_statement(&self.sql, &self.params, self.timeout_ms, tenant)
+    pub fn check(&self, limits: Limits) -> Result<PreparedRequest<'_>, ApiError> {
+        check_statement(&self.sql, &self.params, self.timeout_ms, limits)
     }
+}
+
+/// What every route refuses in SQL text (`what` names it in the message), before it goes near
+/// a connection: text over `max_sql_bytes`; a NUL character (Postgres's messages end strings
+/// with one, so it cannot be sent); nesting deeper than [`MAX_COMMENT_DEPTH`] or
+/// [`MAX_PAREN_DEPTH`]; and statements that would break the gateway's prepared statements.
+/// Returns the text's analysis.
+pub fn check_sql(sql: &str, what: &str, max_sql_bytes: usize) -> Result<SqlAnalysis, ApiError> {
+    if sql.len() > max_sql_bytes {
+        return Err(ApiError::BadRequest(format!(
+            "{what} is {} bytes; the limit is {max_sql_bytes} (server.max_sql_bytes)",
+            sql.len()
+        )));
+    }
+    if sql.contains('\0') {
+        return Err(ApiError::BadRequest(format!(
+            "{what} contains a NUL character (\\u0000), which Postgres cannot receive"
+        )));
+    }
+    let analysis = SqlAnalysis::of(sql);
+    if analysis.comment_depth > MAX_COMMENT_DEPTH {
+        return Err(ApiError::BadRequest(format!(
+            "{what} nests block comments {} deep; the limit is {MAX_COMMENT_DEPTH}",
+            analysis.comment_depth
+        )));
+    }
+    if analysis.paren_depth > MAX_PAREN_DEPTH {
+        return Err(ApiError::BadRequest(format!(
+            "{what} nests parentheses {} deep; the limit is {MAX_PAREN_DEPTH}",
+            analysis.paren_depth
+        )));
+    }
+    if let Some(reason) = analysis.statement_cache_conflict {
+        return Err(ApiError::BadRequest(format!("{what}: {reason}")));
+    }
+    Ok(analysis)
 }
 
 pub fn check_statement<'a>(
     sql: &'a str,
     params: &'a [&'a RawValue],
     timeout_ms: Option<u64>,
-    tenant: &Tenant,
+    limits: Limits,
 ) -> Result<PreparedRequest<'a>, ApiError> {
-    let mut analysis = SqlAnalysis::of(sql);
+    let mut analysis = check_sql(sql, "`sql`", limits.max_sql_bytes)?;
     // `session_reset = "always"`: whatever the lexer concluded, a trigger, view or default
     // may have changed the session, so every statement is followed by the reset (pipelined
     // behind a one-shot statement; at the end of a batch or transaction otherwise).
-    if tenant.config.session_reset == SessionReset::Always
+    if limits.session_reset == SessionReset::Always
         && analysis.session_effect == SessionEffect::None
     {
         analysis.session_effect = SessionEffect::MayChangeSession;
@@ -86,11 +143,15 @@ pub fn check_statement<'a>(
             params.len()
         )));
     }
+    for (i, param) in params.iter().enumerate() {
+        params::check(param)
+            .map_err(|reason| ApiError::BadRequest(format!("parameter ${}: {reason}", i + 1)))?;
+    }
     let statement_timeout_ms = match timeout_ms {
         Some(0) => return Err(ApiError::BadRequest("`timeoutMs` must be above 0".into())),
         // Never above the tenant's maximum.
-        Some(ms) => ms.min(tenant.config.statement_timeout_ms),
-        None => tenant.config.statement_timeout_ms,
+        Some(ms) => ms.min(limits.statement_timeout_ms),
+        None => limits.statement_timeout_ms,
     };
     Ok(PreparedRequest {
         sql,
@@ -106,7 +167,7 @@ pub async fn handle(
     body: &[u8],
 ) -> Result<http::Response<Body>, ApiError> {
     let request: QueryRequest = super::parse_json(body)?;
-    let prepared = request.check(tenant)?;
+    let prepared = request.check(Limits::of(ctx, tenant))?;
     if super::stream::wants_ndjson(ctx.headers) {
         let waited = Instant::now();
         let conn = tenant.pool.checkout().await?;

@@ -10,7 +10,7 @@ use serde_json::json;
 use super::batch::{BatchRequest, Isolation, begin_sql, check_statements, run_pipeline};
 use super::body::Body;
 use super::error::ApiError;
-use super::query::{QueryRequest, run_into};
+use super::query::{Limits, QueryRequest, run_into};
 use super::{RequestContext, Tenant};
 use crate::transactions::{BeginOptions, rfc3339, short};
 
@@ -82,7 +82,7 @@ pub async fn call(
     match action {
         Action::Query => {
             let request: QueryRequest = super::parse_json(body)?;
-            let prepared = request.check(tenant)?;
+            let prepared = request.check(Limits::of(ctx, tenant))?;
             if prepared.analysis.transaction_control {
                 return Err(ApiError::BadRequest(
                     "end the transaction with /commit or /rollback; savepoints are fine".into(),
@@ -127,7 +127,8 @@ pub async fn call(
                     "inside a transaction a batch takes `statements` (with `rowMode`, `types`, `timeoutMs`) only".into(),
                 ));
             }
-            let (statements, timeout) = check_statements(statements, request.timeout_ms, tenant)?;
+            let (statements, timeout) =
+                check_statements(statements, request.timeout_ms, Limits::of(ctx, tenant))?;
             let transaction = transactions.get(id, tenant)?;
             let mut call = transactions.call(&transaction)?;
             let executed = Instant::now();

@@ -30,7 +30,7 @@ use tokio::net::{TcpStream, UnixStream};
 
 use super::error::{ConnectError, DbError, QueryError};
 use super::params;
-use super::sql::SessionEffect;
+use super::sql::{GATEWAY_STATEMENT_PREFIX, SessionEffect};
 use super::statement::{CommandTag, Field, Statement, StatementCache};
 use super::tls::{self, SslMode, TlsConnector};
 use super::types::{PgType, TYPE_LOOKUP_SQL, TypeElement, TypeRegistry, TypeRow};
@@ -142,6 +142,15 @@ pub struct QueryOptions<'a> {
 /// A statement as Describe reports it: parameter type OIDs, and result columns (name, OID).
 type Description = (Vec<u32>, Vec<(String, u32)>);
 
+/// See [`PgConnection::checkpoint`].
+#[derive(Clone, Copy)]
+struct Checkpoint {
+    write_len: usize,
+    pending_syncs: usize,
+    statement_timeout_ms: u64,
+    local_timeout_ms: Option<u64>,
+}
+
 /// One statement of a pipeline.
 pub struct PipelineStatement<'a> {
     pub sql: &'a str,
@@ -222,6 +231,10 @@ pub struct PgConnection {
     tx_status: TxStatus,
     /// Session state may differ from the start-up state (a reset is owed or in flight).
     session_dirty: bool,
+    /// The session holds something no reset undoes (see [`SessionEffect::Unresettable`]), or
+    /// a prepared statement in the gateway's namespace that is not the gateway's: the
+    /// connection is closed once its request is over, never reused.
+    retire: bool,
     statement_timeout_ms: u64,
     default_statement_timeout_ms: u64,
     /// A `SET LOCAL statement_timeout` of the transaction in progress.
@@ -257,6 +270,7 @@ impl PgConnection {
             broken: false,
             tx_status: TxStatus::Idle,
             session_dirty: false,
+            retire: false,
             statement_timeout_ms: config.statement_timeout_ms,
             default_statement_timeout_ms: config.statement_timeout_ms,
             local_timeout_ms: None,
@@ -419,7 +433,7 @@ impl PgConnection {
     /// Whether the connection is in sync, idle and in its start-up session state: safe to hand
     /// to another request as it is.
     pub fn is_clean(&self) -> bool {
-        self.is_in_sync() && self.tx_status == TxStatus::Idle && !self.session_dirty
+        self.is_in_sync() && self.tx_status == TxStatus::Idle && !self.session_dirty && !self.retire
     }
 
     /// No response is owed and the protocol stream is intact.
@@ -434,6 +448,17 @@ impl PgConnection {
     /// Marks the session as needing a reset before reuse (used when the gateway cannot tell).
     pub fn mark_session_dirty(&mut self) {
         self.session_dirty = true;
+    }
+
+    /// Marks the connection to be closed after the current request, instead of reset and
+    /// reused: what ran on it left state no reset can undo.
+    pub fn retire(&mut self) {
+        self.retire = true;
+    }
+
+    /// Whether the connection is to be closed after the current request.
+    pub fn is_retiring(&self) -> bool {
+        self.retire
     }
 
     pub fn statement_count(&self) -> usize {
@@ -499,6 +524,7 @@ impl PgConnection {
     ) -> Result<Rows<'c>, QueryError> {
         self.ensure_in_sync()?;
         let mut retried = false;
+        let mut recovered_cache = false;
         loop {
             let statement = match self.statements.get(sql) {
                 Some(statement) => statement,
@@ -513,13 +539,18 @@ impl PgConnection {
             }
             // Encoded before anything is queued, so a parameter error leaves nothing half-sent.
             let bind = self.encode_bind(&statement, params)?;
+            let checkpoint = self.checkpoint();
             let set_timeout = self.queue_statement_timeout(options.statement_timeout_ms);
             self.write_buf.unsplit(bind);
-            frontend::execute("", 0, &mut self.write_buf).map_err(lost)?;
+            frontend::execute("", 0, &mut self.write_buf)
+                .map_err(|e| self.rewind(checkpoint, e))?;
             frontend::sync(&mut self.write_buf);
             self.pending_syncs += 1;
+            if options.session_effect == SessionEffect::Unresettable {
+                self.retire = true;
+            }
             // Inside a transaction the reset waits for its end (it would become part of it).
-            let may_change = options.session_effect == SessionEffect::MayChangeSession;
+            let may_change = options.session_effect != SessionEffect::None;
             let reset = may_change && self.tx_status == TxStatus::Idle;
             if reset {
                 self.queue_session_reset();
@@ -554,6 +585,17 @@ impl PgConnection {
                         self.queue_close(&statement.name);
                         continue;
                     }
+                    // The gateway's statement is gone (DEALLOCATE ALL or DISCARD ALL hidden in
+                    // a function): the cache no longer matches the server. Nothing ran, so
+                    // outside a transaction (which the error has failed) start over with an
+                    // empty cache, once.
+                    if self.lost_gateway_statement(&error)
+                        && !recovered_cache
+                        && self.tx_status == TxStatus::Idle
+                    {
+                        recovered_cache = true;
+                        continue;
+                    }
                     return Err(QueryError::db(error));
                 }
                 other => return Err(self.desync(&other)),
@@ -582,12 +624,13 @@ impl PgConnection {
         options: &QueryOptions<'_>,
     ) -> Result<Vec<Arc<Statement>>, (usize, QueryError)> {
         let mut names = Vec::with_capacity(sqls.len());
-        for sql in sqls {
+        let checkpoint = self.checkpoint();
+        for (i, sql) in sqls.iter().enumerate() {
             self.next_statement += 1;
-            let name = format!("sluice_{}", self.next_statement);
+            let name = format!("{GATEWAY_STATEMENT_PREFIX}{}", self.next_statement);
             frontend::parse(&name, sql, std::iter::empty(), &mut self.write_buf)
-                .map_err(|e| (0, lost(e)))?;
-            frontend::describe(b'S', &name, &mut self.write_buf).map_err(|e| (0, lost(e)))?;
+                .and_then(|()| frontend::describe(b'S', &name, &mut self.write_buf))
+                .map_err(|e| (i, self.rewind(checkpoint, e)))?;
             names.push(name);
         }
         frontend::sync(&mut self.write_buf);
@@ -631,6 +674,11 @@ impl PgConnection {
         }
         if let Some(error) = error {
             let index = described.len();
+            // A statement of the client's holds one of the gateway's names: the connection
+            // cannot prepare safely any more, so it goes after this request.
+            if error.code == "42P05" && error.message.contains(GATEWAY_STATEMENT_PREFIX) {
+                self.retire = true;
+            }
             if error.code == "42601" && error.message.contains("multiple commands") {
                 let message = "a statement holds more than one command; send each as its own statement (or use /v1/batch)";
                 return Err((index, QueryError::Rejected(message.into())));
@@ -780,28 +828,38 @@ impl PgConnection {
                     .map_err(at(index))?,
             );
         }
+        let checkpoint = self.checkpoint();
         let set_timeout = self.queue_statement_timeout(options.statement_timeout_ms);
         if let Some(begin) = begin {
-            frontend::query(begin, &mut self.write_buf).map_err(|e| at(0)(lost(e)))?;
+            frontend::query(begin, &mut self.write_buf)
+                .map_err(|e| at(0)(self.rewind(checkpoint, e)))?;
             self.pending_syncs += 1;
         }
         for bind in binds {
             self.write_buf.unsplit(bind);
-            frontend::execute("", 0, &mut self.write_buf).map_err(|e| at(0)(lost(e)))?;
+            frontend::execute("", 0, &mut self.write_buf)
+                .map_err(|e| at(0)(self.rewind(checkpoint, e)))?;
         }
         frontend::sync(&mut self.write_buf);
         self.pending_syncs += 1;
         if begin.is_some() {
             // On a failed transaction COMMIT rolls back and answers "ROLLBACK": no extra round
             // trip either way.
-            frontend::query("COMMIT", &mut self.write_buf).map_err(|e| at(0)(lost(e)))?;
+            frontend::query("COMMIT", &mut self.write_buf)
+                .map_err(|e| at(0)(self.rewind(checkpoint, e)))?;
             self.pending_syncs += 1;
         }
-        if statements
+        let effect = statements
             .iter()
-            .any(|s| s.session_effect == SessionEffect::MayChangeSession)
-        {
+            .map(|s| s.session_effect)
+            .max()
+            .unwrap_or(SessionEffect::None)
+            .max(options.session_effect);
+        if effect != SessionEffect::None {
             self.session_dirty = true;
+        }
+        if effect == SessionEffect::Unresettable {
+            self.retire = true;
         }
         self.flush().await.map_err(|e| at(0)(lost(e)))?;
 
@@ -840,6 +898,11 @@ impl PgConnection {
                 }
                 Message::ErrorResponse(body) => {
                     let error = DbError::parse(body.fields()).map_err(|e| at(index)(lost(e)))?;
+                    // A Bind that found the gateway's statement gone: the batch fails, and the
+                    // cache is emptied so the next request prepares afresh.
+                    if !started {
+                        self.lost_gateway_statement(&error);
+                    }
                     failure = Some(at(index)(QueryError::db(error)));
                 }
                 Message::CopyInResponse(_) => {
@@ -901,12 +964,14 @@ impl PgConnection {
             }
         };
         self.ensure_in_sync().map_err(at(None))?;
+        let checkpoint = self.checkpoint();
         let set_timeout = self.queue_statement_timeout(statement_timeout_ms);
         for sql in [begin, Some(script), begin.map(|_| "COMMIT")]
             .into_iter()
             .flatten()
         {
-            frontend::query(sql, &mut self.write_buf).map_err(|e| at(None)(lost(e)))?;
+            frontend::query(sql, &mut self.write_buf)
+                .map_err(|e| at(None)(self.rewind(checkpoint, e)))?;
             self.pending_syncs += 1;
         }
         // Scripts are for DDL and migrations: reset the session before the connection is reused.
@@ -1019,8 +1084,10 @@ impl PgConnection {
         params: &[&str],
     ) -> Result<Vec<Vec<Option<String>>>, QueryError> {
         self.ensure_in_sync()?;
-        frontend::parse("", sql, std::iter::empty(), &mut self.write_buf).map_err(lost)?;
-        frontend::bind(
+        let checkpoint = self.checkpoint();
+        frontend::parse("", sql, std::iter::empty(), &mut self.write_buf)
+            .map_err(|e| self.rewind(checkpoint, e))?;
+        let bound = frontend::bind(
             "",
             "",
             [0i16],
@@ -1031,9 +1098,12 @@ impl PgConnection {
             },
             [0i16],
             &mut self.write_buf,
-        )
-        .map_err(|_| QueryError::Gateway("cannot encode the type lookup".into()))?;
-        frontend::execute("", 0, &mut self.write_buf).map_err(lost)?;
+        );
+        if bound.is_err() {
+            self.rewind(checkpoint, io::Error::other("unencodable parameter"));
+            return Err(QueryError::Gateway("cannot encode the type lookup".into()));
+        }
+        frontend::execute("", 0, &mut self.write_buf).map_err(|e| self.rewind(checkpoint, e))?;
         frontend::sync(&mut self.write_buf);
         self.pending_syncs += 1;
         self.flush().await.map_err(lost)?;
@@ -1060,7 +1130,8 @@ impl PgConnection {
     /// each statement's command tag. Used for scripts and for the gateway's own resets.
     pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<CommandTag>, QueryError> {
         self.ensure_in_sync()?;
-        frontend::query(sql, &mut self.write_buf).map_err(lost)?;
+        let checkpoint = self.checkpoint();
+        frontend::query(sql, &mut self.write_buf).map_err(|e| self.rewind(checkpoint, e))?;
         self.pending_syncs += 1;
         self.flush().await.map_err(lost)?;
         let mut tags = Vec::new();
@@ -1091,6 +1162,9 @@ impl PgConnection {
     /// the session. Returns false when the connection cannot be trusted any more and must be
     /// closed.
     pub async fn recover(&mut self, deadline: Duration) -> bool {
+        if self.retire {
+            return false;
+        }
         let result = tokio::time::timeout(deadline, async {
             self.settle_inner().await?;
             if self.tx_status != TxStatus::Idle || self.session_dirty {
@@ -1134,7 +1208,9 @@ impl PgConnection {
     pub async fn reset_session(&mut self) -> Result<(), QueryError> {
         self.ensure_in_sync()?;
         if self.tx_status != TxStatus::Idle {
-            frontend::query("ROLLBACK", &mut self.write_buf).map_err(lost)?;
+            let checkpoint = self.checkpoint();
+            frontend::query("ROLLBACK", &mut self.write_buf)
+                .map_err(|e| self.rewind(checkpoint, e))?;
             self.pending_syncs += 1;
         }
         self.queue_session_reset();
@@ -1198,20 +1274,75 @@ impl PgConnection {
             }
             _ => return false,
         };
-        let _ = frontend::query(&sql, &mut self.write_buf);
-        self.pending_syncs += 1;
+        self.queue_gateway_query(&sql);
         true
     }
 
     fn queue_session_reset(&mut self) {
-        let _ = frontend::query(SESSION_RESET_SQL, &mut self.write_buf);
-        self.pending_syncs += 1;
+        self.queue_gateway_query(SESSION_RESET_SQL);
         self.session_dirty = true;
+    }
+
+    /// Queues the gateway's own simple query (answered by one ReadyForQuery). Its text is the
+    /// gateway's and always encodes; were it ever not to, the connection is given up rather
+    /// than left owing an answer that will never come.
+    fn queue_gateway_query(&mut self, sql: &str) {
+        let checkpoint = self.checkpoint();
+        match frontend::query(sql, &mut self.write_buf) {
+            Ok(()) => self.pending_syncs += 1,
+            Err(error) => {
+                self.rewind(checkpoint, error);
+                self.broken = true;
+            }
+        }
     }
 
     fn queue_close(&mut self, name: &str) {
         // Answered by CloseComplete before the next statement's responses; `recv` callers skip it.
-        let _ = frontend::close(b'S', name, &mut self.write_buf);
+        let checkpoint = self.checkpoint();
+        if let Err(error) = frontend::close(b'S', name, &mut self.write_buf) {
+            self.rewind(checkpoint, error);
+            self.broken = true;
+        }
+    }
+
+    /// If `error` says one of the gateway's prepared statements no longer exists (a
+    /// `DEALLOCATE ALL` or `DISCARD ALL` the API could not see, in a function), forgets every
+    /// cached statement (closing them: some may still exist, and closing a missing one is no
+    /// error) so that later requests prepare afresh. Returns whether it did.
+    fn lost_gateway_statement(&mut self, error: &DbError) -> bool {
+        let lost = error.code == "26000"
+            && error
+                .message
+                .contains(&format!("\"{GATEWAY_STATEMENT_PREFIX}"));
+        if lost {
+            for statement in self.statements.clear() {
+                self.queue_close(&statement.name);
+            }
+        }
+        lost
+    }
+
+    /// Where the write buffer and the exchange's bookkeeping stand before a request queues
+    /// its messages; see [`PgConnection::rewind`].
+    fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            write_len: self.write_buf.len(),
+            pending_syncs: self.pending_syncs,
+            statement_timeout_ms: self.statement_timeout_ms,
+            local_timeout_ms: self.local_timeout_ms,
+        }
+    }
+
+    /// A message could not be encoded (a NUL in a string, a message over 1 GiB): takes back
+    /// everything queued since `at`, so no half-written message is ever sent and the
+    /// connection stays in sync with nothing owed. The request is refused as the client's.
+    fn rewind(&mut self, at: Checkpoint, error: io::Error) -> QueryError {
+        self.write_buf.truncate(at.write_len);
+        self.pending_syncs = at.pending_syncs;
+        self.statement_timeout_ms = at.statement_timeout_ms;
+        self.local_timeout_ms = at.local_timeout_ms;
+        QueryError::Rejected(format!("the request cannot be sent to Postgres: {error}"))
     }
 
     fn encode_bind(

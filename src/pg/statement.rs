@@ -110,6 +110,14 @@ impl StatementCache {
         self.protected_from = u64::MAX;
     }
 
+    /// Forgets every statement; returns them, for the caller to close on the server.
+    pub fn clear(&mut self) -> Vec<Arc<Statement>> {
+        self.entries
+            .drain()
+            .map(|(_, entry)| entry.statement)
+            .collect()
+    }
+
     pub fn remove(&mut self, sql: &str) -> Option<Arc<Statement>> {
         self.entries.remove(sql).map(|entry| entry.statement)
     }
