@@ -967,7 +967,13 @@ impl PgConnection {
             list.push_str(&oid.to_string());
         }
         list.push('}');
-        let rows = self.fetch_text(TYPE_LOOKUP_SQL, &[&list]).await?;
+        let rows =
+            self.fetch_text(TYPE_LOOKUP_SQL, &[&list])
+                .await
+                .map_err(|error| match error {
+                    QueryError::Gateway(reason) => QueryError::Catalog(reason),
+                    other => other,
+                })?;
         let parsed: Vec<TypeRow> = rows
             .iter()
             .filter_map(|row| {
