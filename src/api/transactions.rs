@@ -108,7 +108,7 @@ pub async fn call(
             )
             .await;
             ctx.log.exec = Some(executed.elapsed());
-            ctx.log.rows = result?.rows;
+            ctx.log.rows = result.map_err(|e| call.error(e))?.rows;
             out.push(b'}');
             Ok(Body::json_bytes(StatusCode::OK, out))
         }
@@ -144,7 +144,7 @@ pub async fn call(
             )
             .await;
             ctx.log.exec = Some(executed.elapsed());
-            ctx.log.rows = result?;
+            ctx.log.rows = result.map_err(|e| call.error(e))?;
             Ok(Body::json_bytes(StatusCode::OK, out))
         }
         Action::Commit | Action::Rollback => {
