@@ -432,6 +432,7 @@ fn connect_config(upstream: &UpstreamConfig, tenant: &TenantConfig) -> ConnectCo
         settings,
         statement_timeout_ms: tenant.statement_timeout_ms,
         statement_cache_size: upstream.statement_cache_size,
+        auth: upstream.auth,
     }
 }
 
@@ -448,6 +449,7 @@ pub async fn read_server_limit(upstream: &UpstreamConfig) -> Result<ServerLimit,
         settings: vec![("application_name".into(), "sluice check".into())],
         statement_timeout_ms: 0,
         statement_cache_size: 1,
+        auth: upstream.auth,
     };
     let mut conn = PgConnection::connect(&config)
         .await
