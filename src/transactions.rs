@@ -29,11 +29,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::Tenant;
-use crate::api::error::ApiError;
 use crate::config::TenantConfig;
 use crate::metrics::{Metrics, TenantLabel};
 use crate::pg::{CancelToken, QueryError};
-use crate::pool::Checkout;
+use crate::pool::{Checkout, PoolError};
 
 /// How long an expired id still answers `expired` rather than "unknown".
 const REMEMBER_EXPIRED: Duration = Duration::from_secs(15 * 60);
@@ -42,6 +41,24 @@ const MAX_REMEMBERED: usize = 100_000;
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The shortest `Retry-After` of `too_many_transactions`.
 const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Why a transaction was not begun, found or called; `crate::api` maps each to its API error.
+#[derive(Debug, thiserror::Error)]
+pub enum TransactionError {
+    /// Unknown, another tenant's, ended, or (`expired`) rolled back by the gateway.
+    #[error("no such transaction")]
+    NotFound { expired: bool },
+    #[error("another call on this transaction is in progress")]
+    Busy,
+    #[error("the tenant has its maximum of open transactions")]
+    TooMany { retry_after: Duration },
+    /// No connection for `begin`.
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    /// `BEGIN`, `COMMIT` or `ROLLBACK` failed.
+    #[error(transparent)]
+    Query(#[from] QueryError),
+}
 
 /// Every open transaction of the gateway.
 pub struct Transactions {
@@ -157,18 +174,10 @@ impl Transactions {
         self: &Arc<Self>,
         tenant: &Tenant,
         options: BeginOptions,
-    ) -> Result<Arc<OpenTransaction>, ApiError> {
+    ) -> Result<Arc<OpenTransaction>, TransactionError> {
         let slot = self.slot(tenant)?;
         let mut conn = tenant.pool.checkout().await?;
-        conn.simple_query(&options.begin_sql)
-            .await
-            .map_err(|error| match error {
-                QueryError::Db(error) => ApiError::Database {
-                    error,
-                    statement_index: None,
-                },
-                other => ApiError::from(other),
-            })?;
+        conn.simple_query(&options.begin_sql).await?;
         let now = Instant::now();
         let transaction = Arc::new(OpenTransaction {
             id: new_id().into(),
@@ -191,7 +200,7 @@ impl Transactions {
     }
 
     /// One of the tenant's transaction slots, or `too_many_transactions` at once.
-    fn slot(&self, tenant: &Tenant) -> Result<Slot, ApiError> {
+    fn slot(&self, tenant: &Tenant) -> Result<Slot, TransactionError> {
         let capacity = transaction_capacity(&tenant.config);
         let id: Arc<str> = tenant.config.id.as_str().into();
         {
@@ -205,7 +214,7 @@ impl Transactions {
                 });
             }
         }
-        Err(ApiError::TooManyTransactions {
+        Err(TransactionError::TooMany {
             retry_after: self.next_free(&id),
         })
     }
@@ -234,7 +243,7 @@ impl Transactions {
     }
 
     /// The transaction `id` of `tenant`; another tenant's is "not found", like an unknown one.
-    pub fn get(&self, id: &str, tenant: &Tenant) -> Result<Arc<OpenTransaction>, ApiError> {
+    pub fn get(&self, id: &str, tenant: &Tenant) -> Result<Arc<OpenTransaction>, TransactionError> {
         let found = self
             .open
             .lock()
@@ -243,8 +252,8 @@ impl Transactions {
             .cloned();
         match found {
             Some(transaction) if *transaction.tenant == *tenant.config.id => Ok(transaction),
-            Some(_) => Err(ApiError::TransactionNotFound { expired: false }),
-            None => Err(ApiError::TransactionNotFound {
+            Some(_) => Err(TransactionError::NotFound { expired: false }),
+            None => Err(TransactionError::NotFound {
                 expired: self.was_expired(id, &tenant.config.id),
             }),
         }
@@ -263,20 +272,20 @@ impl Transactions {
     pub fn call(
         self: &Arc<Self>,
         transaction: &Arc<OpenTransaction>,
-    ) -> Result<TransactionCall, ApiError> {
+    ) -> Result<TransactionCall, TransactionError> {
         // Past its lifetime, or once the watcher has decided to roll it back (it may hold the
         // connection doing so), the caller sees the transaction expired, not busy.
         if Instant::now() >= transaction.deadline || transaction.expiring.load(Ordering::SeqCst) {
-            return Err(ApiError::TransactionNotFound { expired: true });
+            return Err(TransactionError::NotFound { expired: true });
         }
         let guard = transaction
             .conn
             .clone()
             .try_lock_owned()
-            .map_err(|_| ApiError::TransactionBusy)?;
+            .map_err(|_| TransactionError::Busy)?;
         if guard.is_none() {
             // Ended (its connection lost) while this caller looked it up.
-            return Err(ApiError::TransactionNotFound {
+            return Err(TransactionError::NotFound {
                 expired: self.was_expired(&transaction.id, &transaction.tenant),
             });
         }
@@ -293,20 +302,13 @@ impl Transactions {
         &self,
         mut call: TransactionCall,
         commit: bool,
-    ) -> Result<String, ApiError> {
+    ) -> Result<String, TransactionError> {
         let transaction = call.transaction.clone();
         let mut conn = call.take().expect("a call holds the connection");
         self.forget(&transaction, false);
         let tags = conn
             .simple_query(if commit { "COMMIT" } else { "ROLLBACK" })
-            .await
-            .map_err(|error| match error {
-                QueryError::Db(error) => ApiError::Database {
-                    error,
-                    statement_index: None,
-                },
-                other => ApiError::from(other),
-            })?;
+            .await?;
         Ok(tags
             .first()
             .map(|t| t.command.clone())
@@ -490,14 +492,10 @@ impl TransactionCall {
             .expect("a call holds the connection")
     }
 
-    /// What a failed call answers: once the gateway is expiring the transaction, whatever the
-    /// statement met (its cancellation, 57014) is the expiry, as for any later call.
-    pub fn error(&self, error: ApiError) -> ApiError {
-        if self.transaction.is_expiring() {
-            ApiError::TransactionNotFound { expired: true }
-        } else {
-            error
-        }
+    /// Whether the gateway is expiring the transaction: then whatever the call's statement
+    /// met (its cancellation, 57014) is the expiry, and the call answers as a later one would.
+    pub fn is_expiring(&self) -> bool {
+        self.transaction.is_expiring()
     }
 
     fn take(&mut self) -> Option<Checkout> {

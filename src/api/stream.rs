@@ -59,7 +59,7 @@ impl Holder {
     fn error(&self, error: ApiError) -> ApiError {
         match self {
             Holder::Pool(_) => error,
-            Holder::Transaction(call) => call.error(error),
+            Holder::Transaction(call) => super::transactions::call_error(call, error),
         }
     }
 }
