@@ -7,8 +7,7 @@
 //!   call finds it locked (`transaction_busy`).
 //! - A watcher task per transaction rolls it back when it sits idle longer than its idle
 //!   timeout or lives past its maximum lifetime (cancelling a statement still running); its
-//!   id then answers `expired` for a while.
-//!   An id is remembered with its tenant: another tenant's expired id reads as unknown.
+//!   id then answers `expired` for a while — to its own tenant: to any other, as unknown.
 //! - A client that vanishes mid-statement gets its statement cancelled; the transaction stays
 //!   open (failed, as Postgres leaves it) until commit, rollback or timeout.
 //! - A transaction whose connection dies (the backend terminated, a failed write) ends there:
