@@ -11,7 +11,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::auth::KeyHash;
-use crate::pg::{SslMode, Target, TlsConnector};
+use crate::pg::tls::ChannelBindingMode;
+use crate::pg::{AuthPolicy, SslMode, Target, TlsConnector};
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
@@ -102,6 +103,8 @@ pub struct UpstreamConfig {
     pub server_lifetime: Duration,
     pub server_idle_timeout: Duration,
     pub statement_cache_size: usize,
+    /// `allow_insecure_password_auth` and the URL's `channel_binding`.
+    pub auth: AuthPolicy,
 }
 
 #[derive(Debug, Clone)]
@@ -193,6 +196,7 @@ struct RawUpstream {
     server_lifetime_ms: Option<u64>,
     server_idle_timeout_ms: Option<u64>,
     statement_cache_size: Option<usize>,
+    allow_insecure_password_auth: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -306,6 +310,7 @@ impl Config {
                 server_lifetime_ms: None,
                 server_idle_timeout_ms: None,
                 statement_cache_size: None,
+                allow_insecure_password_auth: None,
             }],
             tenants: vec![RawTenant {
                 id: "default".into(),
@@ -545,13 +550,19 @@ impl RawUpstream {
             server_lifetime_ms,
             server_idle_timeout_ms,
             statement_cache_size,
+            allow_insecure_password_auth,
         } = self;
         check_identifier(&format!("{key}.name"), &name)?;
         let url = PostgresUrl::parse(&url).map_err(|e| err(format!("{key}.url"), e))?;
         let root_cert = url.sslrootcert.as_ref().map(|p| base.join(p));
         let tls = TlsConnector::new(url.sslmode, root_cert.as_deref())
             .map_err(|e| err(format!("{key}.url"), e))?;
+        let auth = AuthPolicy {
+            allow_insecure_password: allow_insecure_password_auth.unwrap_or(false),
+            channel_binding: url.channel_binding,
+        };
         Ok(UpstreamConfig {
+            auth,
             name,
             target: url.target,
             user: url.user,
@@ -819,6 +830,7 @@ pub struct PostgresUrl {
     pub database: String,
     pub sslmode: SslMode,
     pub sslrootcert: Option<PathBuf>,
+    pub channel_binding: ChannelBindingMode,
 }
 
 impl PostgresUrl {
@@ -848,6 +860,7 @@ impl PostgresUrl {
         let mut password = password;
         let mut sslmode = None;
         let mut sslrootcert = None;
+        let mut channel_binding = ChannelBindingMode::default();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair
                 .split_once('=')
@@ -860,6 +873,11 @@ impl PostgresUrl {
                     })?)
                 }
                 "sslrootcert" => sslrootcert = Some(PathBuf::from(value)),
+                "channel_binding" => {
+                    channel_binding = ChannelBindingMode::parse(&value).ok_or_else(|| {
+                        format!("channel_binding \"{value}\" must be disable, prefer or require")
+                    })?
+                }
                 "host" => host = value,
                 "port" => port = value.parse().map_err(|_| format!("port \"{value}\" is not a number"))?,
                 "user" => user = value,
@@ -907,6 +925,7 @@ impl PostgresUrl {
             database,
             sslmode,
             sslrootcert,
+            channel_binding,
         })
     }
 }

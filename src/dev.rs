@@ -516,6 +516,7 @@ async fn seed_demo(postgres: &TempPostgres) -> Result<(), String> {
         settings: Vec::new(),
         statement_timeout_ms: 0,
         statement_cache_size: 1,
+        auth: crate::pg::AuthPolicy::default(),
     };
     let mut conn = crate::pg::PgConnection::connect(&config)
         .await

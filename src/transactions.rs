@@ -7,11 +7,14 @@
 //!   call finds it locked (`transaction_busy`).
 //! - A watcher task per transaction rolls it back when it sits idle longer than its idle
 //!   timeout or lives past its maximum lifetime (cancelling a statement still running); its
-//!   id then answers `expired` for a while.
+//!   id then answers `expired` for a while — to its own tenant: to any other, as unknown.
 //! - A client that vanishes mid-statement gets its statement cancelled; the transaction stays
 //!   open (failed, as Postgres leaves it) until commit, rollback or timeout.
-//! - At most `min(max_transactions, max_transaction_connections)` per tenant are open, so
-//!   one-shot queries always find a connection.
+//! - A transaction whose connection dies (the backend terminated, a failed write) ends there:
+//!   it is unregistered and its slot freed at once, and its id then reads as ended.
+//! - At most `min(max_transactions, max_transaction_connections, pool_size - 1)` per tenant
+//!   are open, counted in one place across reloads, so one-shot queries always find a
+//!   connection (with `pool_size = 1`, none).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,29 +23,49 @@ use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
 use rand::Rng;
-use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedMutexGuard;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::Tenant;
-use crate::api::error::ApiError;
+use crate::config::TenantConfig;
 use crate::metrics::{Metrics, TenantLabel};
 use crate::pg::{CancelToken, QueryError};
-use crate::pool::Checkout;
+use crate::pool::{Checkout, PoolError};
 
 /// How long an expired id still answers `expired` rather than "unknown".
 const REMEMBER_EXPIRED: Duration = Duration::from_secs(15 * 60);
 const MAX_REMEMBERED: usize = 100_000;
 /// How long a connection abandoned mid-statement may take to settle.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The shortest `Retry-After` of `too_many_transactions`.
+const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Why a transaction was not begun, found or called; `crate::api` maps each to its API error.
+#[derive(Debug, thiserror::Error)]
+pub enum TransactionError {
+    /// Unknown, another tenant's, ended, or (`expired`) rolled back by the gateway.
+    #[error("no such transaction")]
+    NotFound { expired: bool },
+    #[error("another call on this transaction is in progress")]
+    Busy,
+    #[error("the tenant has its maximum of open transactions")]
+    TooMany { retry_after: Duration },
+    /// No connection for `begin`.
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    /// `BEGIN`, `COMMIT` or `ROLLBACK` failed.
+    #[error(transparent)]
+    Query(#[from] QueryError),
+}
 
 /// Every open transaction of the gateway.
 pub struct Transactions {
     // std Mutexes: each critical section is a map operation, never held across an await.
     open: Mutex<HashMap<Arc<str>, Arc<OpenTransaction>>>,
     expired: Mutex<Expired>,
-    /// Per tenant id: the slots for open transactions.
-    slots: Mutex<HashMap<String, (usize, Arc<Semaphore>)>>,
+    /// Per tenant id: transactions holding a slot (open, or opening).
+    slots: SlotCounts,
     tasks: TaskTracker,
     metrics: Arc<Metrics>,
 }
@@ -61,7 +84,41 @@ pub struct OpenTransaction {
     ended: CancellationToken,
     /// The tenant's transaction slot, given back the moment the transaction ends (not when the
     /// last reference to it goes, which may be a watcher task that has yet to run).
-    slot: Mutex<Option<OwnedSemaphorePermit>>,
+    slot: Mutex<Option<Slot>>,
+}
+
+/// How many transactions each tenant holds a slot for. One count per tenant id whatever the
+/// generation of the config: a reload that lowers the limit makes new transactions wait until
+/// the old ones together with the new stay within it.
+type SlotCounts = Arc<Mutex<HashMap<Arc<str>, usize>>>;
+
+/// One of a tenant's transaction slots; dropping it gives it back. Only
+/// [`Transactions::slot`] makes one.
+#[must_use]
+struct Slot {
+    counts: SlotCounts,
+    tenant: Arc<str>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&self.tenant) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.tenant);
+            }
+        }
+    }
+}
+
+/// How many transactions `tenant` may have open: never every connection of its pool, so
+/// one-shot queries always find one.
+fn transaction_capacity(tenant: &TenantConfig) -> usize {
+    tenant
+        .max_transactions
+        .min(tenant.max_transaction_connections)
+        .min(tenant.pool_size.saturating_sub(1))
 }
 
 /// The connection of a transaction, held for one call. If the call is dropped halfway (the
@@ -70,12 +127,13 @@ pub struct OpenTransaction {
 pub struct TransactionCall {
     transaction: Arc<OpenTransaction>,
     guard: Option<OwnedMutexGuard<Option<Checkout>>>,
-    tasks: TaskTracker,
+    transactions: Arc<Transactions>,
 }
 
 #[derive(Default)]
 struct Expired {
-    ids: HashMap<Arc<str>, Instant>,
+    /// When each id expired, and its tenant.
+    ids: HashMap<Arc<str>, (Instant, Arc<str>)>,
     order: VecDeque<Arc<str>>,
 }
 
@@ -90,7 +148,7 @@ impl Transactions {
         Arc::new(Transactions {
             open: Mutex::new(HashMap::new()),
             expired: Mutex::new(Expired::default()),
-            slots: Mutex::new(HashMap::new()),
+            slots: Arc::new(Mutex::new(HashMap::new())),
             tasks,
             metrics,
         })
@@ -115,18 +173,10 @@ impl Transactions {
         self: &Arc<Self>,
         tenant: &Tenant,
         options: BeginOptions,
-    ) -> Result<Arc<OpenTransaction>, ApiError> {
+    ) -> Result<Arc<OpenTransaction>, TransactionError> {
         let slot = self.slot(tenant)?;
         let mut conn = tenant.pool.checkout().await?;
-        conn.simple_query(&options.begin_sql)
-            .await
-            .map_err(|error| match error {
-                QueryError::Db(error) => ApiError::Database {
-                    error,
-                    statement_index: None,
-                },
-                other => ApiError::from(other),
-            })?;
+        conn.simple_query(&options.begin_sql).await?;
         let now = Instant::now();
         let transaction = Arc::new(OpenTransaction {
             id: new_id().into(),
@@ -149,47 +199,50 @@ impl Transactions {
     }
 
     /// One of the tenant's transaction slots, or `too_many_transactions` at once.
-    fn slot(&self, tenant: &Tenant) -> Result<OwnedSemaphorePermit, ApiError> {
-        let capacity = tenant
-            .config
-            .max_transactions
-            .min(tenant.config.max_transaction_connections);
-        let semaphore = {
-            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-            let entry = slots
-                .entry(tenant.config.id.clone())
-                .or_insert_with(|| (capacity, Arc::new(Semaphore::new(capacity))));
-            if entry.0 != capacity {
-                // The limit changed with a reload: new transactions count against the new one.
-                *entry = (capacity, Arc::new(Semaphore::new(capacity)));
+    fn slot(&self, tenant: &Tenant) -> Result<Slot, TransactionError> {
+        let capacity = transaction_capacity(&tenant.config);
+        let id: Arc<str> = tenant.config.id.as_str().into();
+        {
+            let mut counts = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            let count = counts.get(&id).copied().unwrap_or(0);
+            if count < capacity {
+                counts.insert(id.clone(), count + 1);
+                return Ok(Slot {
+                    counts: self.slots.clone(),
+                    tenant: id,
+                });
             }
-            entry.1.clone()
-        };
-        semaphore
-            .try_acquire_owned()
-            .map_err(|_| ApiError::TooManyTransactions {
-                retry_after: self.next_free(&tenant.config.id),
-            })
+        }
+        Err(TransactionError::TooMany {
+            retry_after: self.next_free(&id),
+        })
     }
 
     /// When the tenant's next transaction is due to end at the latest (its idle or lifetime
-    /// deadline), for `Retry-After`.
+    /// deadline; the lifetime for one that is busy past its idle deadline), for `Retry-After`.
+    /// At least a second: a slot may free sooner, but the header counts whole seconds, and
+    /// with no transaction open (`pool_size = 1` allows none) there is nothing better to say.
     fn next_free(&self, tenant: &str) -> Duration {
         let now = Instant::now();
         let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         open.values()
             .filter(|t| &*t.tenant == tenant)
             .map(|t| {
-                t.deadline
-                    .min(t.last_active() + t.idle_timeout)
-                    .saturating_duration_since(now)
+                let idle = t.last_active() + t.idle_timeout;
+                let end = if idle > now {
+                    idle.min(t.deadline)
+                } else {
+                    t.deadline
+                };
+                end.saturating_duration_since(now)
             })
             .min()
-            .unwrap_or(Duration::from_secs(1))
+            .unwrap_or(MIN_RETRY_AFTER)
+            .max(MIN_RETRY_AFTER)
     }
 
     /// The transaction `id` of `tenant`; another tenant's is "not found", like an unknown one.
-    pub fn get(&self, id: &str, tenant: &Tenant) -> Result<Arc<OpenTransaction>, ApiError> {
+    pub fn get(&self, id: &str, tenant: &Tenant) -> Result<Arc<OpenTransaction>, TransactionError> {
         let found = self
             .open
             .lock()
@@ -198,42 +251,47 @@ impl Transactions {
             .cloned();
         match found {
             Some(transaction) if *transaction.tenant == *tenant.config.id => Ok(transaction),
-            Some(_) => Err(ApiError::TransactionNotFound { expired: false }),
-            None => Err(ApiError::TransactionNotFound {
-                expired: self.was_expired(id),
+            Some(_) => Err(TransactionError::NotFound { expired: false }),
+            None => Err(TransactionError::NotFound {
+                expired: self.was_expired(id, &tenant.config.id),
             }),
         }
     }
 
-    fn was_expired(&self, id: &str) -> bool {
+    /// Whether `tenant`'s transaction `id` expired lately; another tenant's reads as unknown.
+    fn was_expired(&self, id: &str, tenant: &str) -> bool {
         let expired = self.expired.lock().unwrap_or_else(|e| e.into_inner());
         expired
             .ids
             .get(id)
-            .is_some_and(|at| at.elapsed() < REMEMBER_EXPIRED)
+            .is_some_and(|(at, owner)| &**owner == tenant && at.elapsed() < REMEMBER_EXPIRED)
     }
 
     /// The connection, for one call: `transaction_busy` if another call holds it.
-    pub fn call(&self, transaction: &Arc<OpenTransaction>) -> Result<TransactionCall, ApiError> {
+    pub fn call(
+        self: &Arc<Self>,
+        transaction: &Arc<OpenTransaction>,
+    ) -> Result<TransactionCall, TransactionError> {
         // Past its lifetime, or once the watcher has decided to roll it back (it may hold the
         // connection doing so), the caller sees the transaction expired, not busy.
         if Instant::now() >= transaction.deadline || transaction.expiring.load(Ordering::SeqCst) {
-            return Err(ApiError::TransactionNotFound { expired: true });
+            return Err(TransactionError::NotFound { expired: true });
         }
         let guard = transaction
             .conn
             .clone()
             .try_lock_owned()
-            .map_err(|_| ApiError::TransactionBusy)?;
+            .map_err(|_| TransactionError::Busy)?;
         if guard.is_none() {
-            return Err(ApiError::TransactionNotFound {
-                expired: self.was_expired(&transaction.id),
+            // Ended (its connection lost) while this caller looked it up.
+            return Err(TransactionError::NotFound {
+                expired: self.was_expired(&transaction.id, &transaction.tenant),
             });
         }
         Ok(TransactionCall {
             transaction: transaction.clone(),
             guard: Some(guard),
-            tasks: self.tasks.clone(),
+            transactions: self.clone(),
         })
     }
 
@@ -243,20 +301,13 @@ impl Transactions {
         &self,
         mut call: TransactionCall,
         commit: bool,
-    ) -> Result<String, ApiError> {
+    ) -> Result<String, TransactionError> {
         let transaction = call.transaction.clone();
         let mut conn = call.take().expect("a call holds the connection");
         self.forget(&transaction, false);
         let tags = conn
             .simple_query(if commit { "COMMIT" } else { "ROLLBACK" })
-            .await
-            .map_err(|error| match error {
-                QueryError::Db(error) => ApiError::Database {
-                    error,
-                    statement_index: None,
-                },
-                other => ApiError::from(other),
-            })?;
+            .await?;
         Ok(tags
             .first()
             .map(|t| t.command.clone())
@@ -282,7 +333,7 @@ impl Transactions {
                     remembered
                         .ids
                         .get(id)
-                        .is_none_or(|at| now.duration_since(*at) >= REMEMBER_EXPIRED)
+                        .is_none_or(|(at, _)| now.duration_since(*at) >= REMEMBER_EXPIRED)
                 })
             {
                 let Some(oldest) = remembered.order.pop_front() else {
@@ -290,9 +341,18 @@ impl Transactions {
                 };
                 remembered.ids.remove(&oldest);
             }
-            remembered.ids.insert(transaction.id.clone(), now);
+            remembered
+                .ids
+                .insert(transaction.id.clone(), (now, transaction.tenant.clone()));
             remembered.order.push_back(transaction.id.clone());
         }
+    }
+
+    /// The transaction's connection is gone (its backend rolled the transaction back): it is
+    /// over, and later calls find it ended.
+    fn lost(&self, transaction: &OpenTransaction) {
+        tracing::warn!(transaction = %short(&transaction.id), tenant = %transaction.tenant, "transaction connection lost; the transaction is over");
+        self.forget(transaction, false);
     }
 
     /// Rolls the transaction back when it has been idle too long or lived too long.
@@ -319,7 +379,10 @@ impl Transactions {
                 guard = tokio::time::timeout_at(transaction.deadline.into(), transaction.conn.clone().lock_owned()) => guard,
             };
             match guard {
-                Ok(guard) if guard.is_none() => return,
+                Ok(guard) if guard.is_none() => {
+                    self.forget(&transaction, false);
+                    return;
+                }
                 Ok(guard)
                     if Instant::now() >= transaction.last_active() + transaction.idle_timeout =>
                 {
@@ -400,6 +463,12 @@ impl OpenTransaction {
         self.idle_timeout
     }
 
+    /// Whether the gateway is rolling the transaction back (idle or lifetime over): an error
+    /// of the call in progress is the expiry's doing (its statement was cancelled).
+    pub fn is_expiring(&self) -> bool {
+        self.expiring.load(Ordering::SeqCst)
+    }
+
     /// The lifetime deadline as wall-clock time.
     pub fn expires_at(&self) -> SystemTime {
         SystemTime::now() + self.deadline.saturating_duration_since(Instant::now())
@@ -422,6 +491,12 @@ impl TransactionCall {
             .expect("a call holds the connection")
     }
 
+    /// Whether the gateway is expiring the transaction: then whatever the call's statement
+    /// met (its cancellation, 57014) is the expiry, and the call answers as a later one would.
+    pub fn is_expiring(&self) -> bool {
+        self.transaction.is_expiring()
+    }
+
     fn take(&mut self) -> Option<Checkout> {
         self.guard.as_mut().and_then(|g| g.take())
     }
@@ -433,18 +508,29 @@ impl Drop for TransactionCall {
         let Some(mut guard) = self.guard.take() else {
             return;
         };
+        if guard.as_ref().is_some_and(|c| c.is_broken()) {
+            // The connection died under the call (terminated backend, failed write): Postgres
+            // has rolled the transaction back, so it ends here and its slot is free.
+            drop(guard.take());
+            drop(guard);
+            self.transactions.lost(&self.transaction);
+            return;
+        }
         let in_sync = guard.as_ref().is_none_or(|c| c.is_in_sync());
         if in_sync {
             return;
         }
         let transaction = self.transaction.clone();
-        self.tasks.spawn(async move {
+        let transactions = self.transactions.clone();
+        self.transactions.tasks.spawn(async move {
             if let Some(conn) = guard.as_mut()
                 && !conn.settle(SETTLE_TIMEOUT).await
             {
-                // Cannot be trusted: the connection goes (and the transaction with it).
-                tracing::warn!(transaction = %short(&transaction.id), "transaction connection lost after a client vanished");
-                guard.take();
+                // Cannot be trusted: the connection goes, and the transaction with it.
+                drop(guard.take());
+                drop(guard);
+                transactions.lost(&transaction);
+                return;
             }
             transaction.touch();
         });

@@ -681,6 +681,7 @@ async fn a_request_that_cannot_be_encoded_leaves_the_connection_in_sync() {
         settings: Vec::new(),
         statement_timeout_ms: 0,
         statement_cache_size: 8,
+        auth: Default::default(),
     };
     let mut conn = PgConnection::connect(&config).await.unwrap();
     let types = TypeRegistry::default();

@@ -18,8 +18,14 @@ use serde_json::json;
 struct Scrape(prometheus_parse::Scrape);
 
 impl Scrape {
-    async fn take(client: &Client) -> Scrape {
-        let reply = client.get("/metrics").await;
+    /// On the public listener `admin` is an admin key; on `metrics_listen` none is needed.
+    async fn take(client: &Client, admin: Option<&str>) -> Scrape {
+        let auth = admin.map(|key| format!("Bearer {key}"));
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("authorization", a.as_str())).collect();
+        let reply = client
+            .request(Method::GET, "/metrics", &headers, bytes::Bytes::new())
+            .await;
         assert_eq!(reply.status, 200, "{}", reply.text);
         assert!(
             reply.headers["content-type"]
@@ -63,15 +69,15 @@ fn with_admin(toml: &str) -> (String, String) {
 async fn metrics_move_by_exactly_what_happened() {
     let db = database("").await;
     let (key, hash) = key("acme");
-    let gateway = Gateway::start(&config(
+    let (toml, admin) = with_admin(&config(
         &db,
         &hash,
         "pool_size = 1\nqueue_timeout_ms = 150\nrate_per_second = 1\nburst = 7",
         "",
-    ))
-    .await;
+    ));
+    let gateway = Gateway::start(&toml).await;
     let c = &gateway.client;
-    let before = Scrape::take(c).await;
+    let before = Scrape::take(c, Some(&admin)).await;
     assert_eq!(
         before.value("sluice_requests_total", &[("tenant", "acme")]),
         0.0
@@ -106,7 +112,7 @@ async fn metrics_move_by_exactly_what_happened() {
         "unauthorized"
     );
 
-    let after = Scrape::take(c).await;
+    let after = Scrape::take(c, Some(&admin)).await;
     let requests = |outcome| {
         after.value(
             "sluice_requests_total",
@@ -180,20 +186,23 @@ async fn metrics_move_by_exactly_what_happened() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transaction_metrics_count_open_and_expired() {
-    let (gateway, key, _) = gateway_for("", "").await;
+    let db = database("").await;
+    let (key, hash) = key("acme");
+    let (toml, admin) = with_admin(&config(&db, &hash, "", ""));
+    let gateway = Gateway::start(&toml).await;
     let c = &gateway.client;
     let begin = c
         .post("/v1/transactions", &key, &json!({"idleTimeoutMs": 200}))
         .await;
     assert_eq!(begin.status, 201);
     assert_eq!(
-        Scrape::take(c)
+        Scrape::take(c, Some(&admin))
             .await
             .value("sluice_transactions_open", &[("tenant", "acme")]),
         1.0
     );
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let scrape = Scrape::take(c).await;
+    let scrape = Scrape::take(c, Some(&admin)).await;
     assert_eq!(
         scrape.value("sluice_transactions_open", &[("tenant", "acme")]),
         0.0
@@ -579,7 +588,7 @@ async fn a_metrics_listener_serves_metrics_apart_from_the_api() {
         404,
         "not on the public listener"
     );
-    let scrape = Scrape::take(&metrics_client).await;
+    let scrape = Scrape::take(&metrics_client, None).await;
     assert_eq!(
         scrape.value(
             "sluice_requests_total",

@@ -288,6 +288,11 @@ impl From<QueryError> for ApiError {
             QueryError::Rejected(message) => ApiError::BadRequest(message),
             QueryError::ConnectionLost(reason) => ApiError::ConnectionLost { reason },
             QueryError::Gateway(reason) => ApiError::Internal { reason },
+            // Not the client's fault and not a bug: the statement did not run, a retry may work.
+            QueryError::Catalog(reason) => ApiError::UpstreamUnavailable {
+                retry_after: Duration::from_secs(1),
+                reason,
+            },
         }
     }
 }

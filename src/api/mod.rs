@@ -472,7 +472,10 @@ impl Drop for InFlight<'_> {
 enum Route<'p> {
     Healthz,
     Readyz,
-    Metrics,
+    Metrics {
+        /// Served on the public listener, where only an admin key may read it.
+        admin_only: bool,
+    },
     Query,
     Batch,
     Begin,
@@ -486,8 +489,10 @@ impl<'p> Route<'p> {
     fn of(path: &'p str, surface: Surface) -> Route<'p> {
         match (surface, path) {
             (_, "/healthz") => Route::Healthz,
-            (Surface::Metrics, "/metrics") | (Surface::Api { with_metrics: true }, "/metrics") => {
-                Route::Metrics
+            (Surface::Metrics, "/metrics") => Route::Metrics { admin_only: false },
+            // Metrics name every tenant: on the public listener only an admin key reads them.
+            (Surface::Api { with_metrics: true }, "/metrics") => {
+                Route::Metrics { admin_only: true }
             }
             (Surface::Metrics, _) => Route::NotFound,
             (_, "/readyz") => Route::Readyz,
@@ -520,7 +525,7 @@ impl<'p> Route<'p> {
         match self {
             Route::Healthz => "healthz",
             Route::Readyz => "readyz",
-            Route::Metrics => "metrics",
+            Route::Metrics { .. } => "metrics",
             Route::Query => "query",
             Route::Batch => "batch",
             Route::Begin => "transaction_begin",
@@ -544,7 +549,7 @@ impl<'p> Route<'p> {
 
     fn method(self) -> &'static str {
         match self {
-            Route::Healthz | Route::Readyz | Route::Metrics | Route::AdminPools => "GET",
+            Route::Healthz | Route::Readyz | Route::Metrics { .. } | Route::AdminPools => "GET",
             Route::NotFound => "GET, POST",
             _ => "POST",
         }
@@ -572,7 +577,12 @@ async fn dispatch<B: RequestBody>(
     match route {
         Route::Healthz => Ok(health::healthz()),
         Route::Readyz => Ok(health::readyz(ctx).await),
-        Route::Metrics => Ok(admin::metrics(ctx)),
+        Route::Metrics { admin_only } => {
+            if admin_only {
+                admin::require_admin(ctx)?;
+            }
+            Ok(admin::metrics(ctx))
+        }
         Route::AdminPools => {
             admin::require_admin(ctx)?;
             Ok(admin::pools(ctx))

@@ -59,6 +59,14 @@ impl Holder {
             Holder::Transaction(call) => call.conn(),
         }
     }
+
+    /// A transaction's expiry explains the error of a statement it cut short.
+    fn error(&self, error: ApiError) -> ApiError {
+        match self {
+            Holder::Pool(_) => error,
+            Holder::Transaction(call) => super::transactions::call_error(call, error),
+        }
+    }
 }
 
 /// A checked request, owned so the task can outlive the request body.
@@ -149,7 +157,7 @@ async fn stream(
     let mut rows = match holder.conn().query(&request.sql, &params, &options).await {
         Ok(rows) => rows,
         Err(error) => {
-            let _ = head.send(Err(error.into()));
+            let _ = head.send(Err(holder.error(error.into())));
             return;
         }
     };
@@ -182,7 +190,7 @@ async fn stream(
             Err(error) => break Err(error.into()),
         }
     };
-    match result {
+    match result.map_err(|error| holder.error(error)) {
         Ok(tag) => {
             chunk.extend_from_slice(b"{\"command\":");
             write_json_string(&mut chunk, tag.command.as_bytes());

@@ -12,7 +12,36 @@ use super::body::Body;
 use super::error::ApiError;
 use super::query::{Limits, QueryRequest, run_into};
 use super::{RequestContext, Tenant};
-use crate::transactions::{BeginOptions, rfc3339, short};
+use crate::pg::QueryError;
+use crate::transactions::{BeginOptions, TransactionCall, TransactionError, rfc3339, short};
+
+impl From<TransactionError> for ApiError {
+    fn from(error: TransactionError) -> ApiError {
+        match error {
+            TransactionError::NotFound { expired } => ApiError::TransactionNotFound { expired },
+            TransactionError::Busy => ApiError::TransactionBusy,
+            TransactionError::TooMany { retry_after } => {
+                ApiError::TooManyTransactions { retry_after }
+            }
+            TransactionError::Pool(error) => error.into(),
+            TransactionError::Query(QueryError::Db(error)) => ApiError::Database {
+                error,
+                statement_index: None,
+            },
+            TransactionError::Query(error) => error.into(),
+        }
+    }
+}
+
+/// What a failed call answers: once the gateway expires the transaction, the statement it cut
+/// short answers as any later call does.
+pub fn call_error(call: &TransactionCall, error: ApiError) -> ApiError {
+    if call.is_expiring() {
+        ApiError::TransactionNotFound { expired: true }
+    } else {
+        error
+    }
+}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -108,7 +137,7 @@ pub async fn call(
             )
             .await;
             ctx.log.exec = Some(executed.elapsed());
-            ctx.log.rows = result?.rows;
+            ctx.log.rows = result.map_err(|e| call_error(&call, e))?.rows;
             out.push(b'}');
             Ok(Body::json_bytes(StatusCode::OK, out))
         }
@@ -145,7 +174,7 @@ pub async fn call(
             )
             .await;
             ctx.log.exec = Some(executed.elapsed());
-            ctx.log.rows = result?;
+            ctx.log.rows = result.map_err(|e| call_error(&call, e))?;
             Ok(Body::json_bytes(StatusCode::OK, out))
         }
         Action::Commit | Action::Rollback => {
@@ -157,7 +186,10 @@ pub async fn call(
             let transaction = transactions.get(id, tenant)?;
             let call = transactions.call(&transaction)?;
             let executed = Instant::now();
-            let command = transactions.finish(call, action == Action::Commit).await;
+            let command = transactions
+                .finish(call, action == Action::Commit)
+                .await
+                .map_err(ApiError::from);
             ctx.log.exec = Some(executed.elapsed());
             Ok(Body::json_response(
                 StatusCode::OK,

@@ -32,7 +32,7 @@ use super::error::{ConnectError, DbError, QueryError};
 use super::params;
 use super::sql::{GATEWAY_STATEMENT_PREFIX, SessionEffect};
 use super::statement::{CommandTag, Field, Statement, StatementCache};
-use super::tls::{self, SslMode, TlsConnector};
+use super::tls::{self, ChannelBindingMode, SslMode, TlsConnector};
 use super::types::{PgType, TYPE_LOOKUP_SQL, TypeElement, TypeRegistry, TypeRow};
 
 /// Where and how to connect.
@@ -51,6 +51,19 @@ pub struct ConnectConfig {
     pub statement_timeout_ms: u64,
     /// Prepared statements kept per connection.
     pub statement_cache_size: usize,
+    /// Which ways of proving the password the gateway accepts.
+    pub auth: AuthPolicy,
+}
+
+/// How the gateway may authenticate to an upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AuthPolicy {
+    /// Send the password in the clear or as MD5 when the server asks, even though the peer is
+    /// not verified (no TLS with `verify-ca`/`verify-full`, not a Unix socket). Off by default:
+    /// whoever answers at the server's address would learn the password (or a hash that
+    /// logs in as well).
+    pub allow_insecure_password: bool,
+    pub channel_binding: ChannelBindingMode,
 }
 
 /// A server address: TCP host and port, or a Unix socket file
@@ -218,6 +231,20 @@ const WATCHED_SETTINGS: &[&str] = &[
     "session_authorization",
 ];
 
+/// Where the SCRAM exchange of a start-up stands.
+enum Sasl {
+    NotStarted,
+    /// Started; `bound` when with channel binding (SCRAM-SHA-256-PLUS).
+    InProgress {
+        scram: Box<ScramSha256>,
+        bound: bool,
+    },
+    /// The server proved it knows the password.
+    Verified {
+        bound: bool,
+    },
+}
+
 pub struct PgConnection {
     stream: Stream,
     read_buf: BytesMut,
@@ -301,19 +328,48 @@ impl PgConnection {
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str())),
         );
+        let on_tls = matches!(self.stream, Stream::Tls(_));
+        if config.auth.channel_binding == ChannelBindingMode::Require && !on_tls {
+            return Err(ConnectError::Tls(
+                "channel_binding=require needs TLS, but this connection is not encrypted: set \
+                 sslmode=verify-full (or require) in the upstream URL and enable ssl on the server"
+                    .into(),
+            ));
+        }
         frontend::startup_message(parameters, &mut self.write_buf)?;
         self.flush().await?;
 
-        let mut scram: Option<ScramSha256> = None;
+        let mut sasl = Sasl::NotStarted;
         loop {
             match self.recv().await? {
-                Message::AuthenticationOk => {}
+                Message::AuthenticationOk => {
+                    if let Sasl::InProgress { .. } = sasl {
+                        return Err(ConnectError::Unsupported(
+                            "the server reported the login successful before proving it knows \
+                             the password (AuthenticationOk in the middle of SCRAM): it is not \
+                             the server it claims to be, or a proxy between us interferes"
+                                .into(),
+                        ));
+                    }
+                    if config.auth.channel_binding == ChannelBindingMode::Require
+                        && !matches!(sasl, Sasl::Verified { bound: true })
+                    {
+                        return Err(ConnectError::Unsupported(format!(
+                            "channel_binding=require, but the server let user \"{}\" in \
+                             without SCRAM channel binding: configure scram-sha-256 for this user \
+                             in pg_hba.conf, or set channel_binding=prefer in the upstream URL",
+                            config.user
+                        )));
+                    }
+                }
                 Message::AuthenticationCleartextPassword => {
+                    self.check_insecure_password(config, "in the clear")?;
                     let password = require_password(config)?;
                     frontend::password_message(password.as_bytes(), &mut self.write_buf)?;
                     self.flush().await?;
                 }
                 Message::AuthenticationMd5Password(body) => {
+                    self.check_insecure_password(config, "as an MD5 hash")?;
                     let password = require_password(config)?;
                     let hash = postgres_protocol::authentication::md5_hash(
                         config.user.as_bytes(),
@@ -326,31 +382,33 @@ impl PgConnection {
                 Message::AuthenticationSasl(body) => {
                     let password = require_password(config)?;
                     let mut mechanisms = body.mechanisms();
-                    let mut has_scram = false;
+                    let (mut has_scram, mut has_plus) = (false, false);
                     while let Some(mechanism) = mechanisms.next()? {
                         has_scram |= mechanism == sasl::SCRAM_SHA_256;
+                        has_plus |= mechanism == sasl::SCRAM_SHA_256_PLUS;
                     }
-                    if !has_scram {
-                        return Err(ConnectError::Unsupported(
-                            "the server offers no SASL mechanism the gateway supports (SCRAM-SHA-256)".into(),
-                        ));
-                    }
-                    // Without channel binding ('n'): saying 'y' would make a server that offers
-                    // SCRAM-SHA-256-PLUS suspect a downgrade and refuse.
-                    let state =
-                        ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+                    let (mechanism, binding) = self.channel_binding(config, has_scram, has_plus)?;
+                    let state = ScramSha256::new(password.as_bytes(), binding);
                     frontend::sasl_initial_response(
-                        sasl::SCRAM_SHA_256,
+                        mechanism,
                         state.message(),
                         &mut self.write_buf,
                     )?;
-                    scram = Some(state);
+                    sasl = Sasl::InProgress {
+                        scram: Box::new(state),
+                        bound: mechanism == sasl::SCRAM_SHA_256_PLUS,
+                    };
                     self.flush().await?;
                 }
                 Message::AuthenticationSaslContinue(body) => {
-                    let mut state = scram
-                        .take()
-                        .ok_or_else(|| protocol("SASL continue without SASL start"))?;
+                    let Sasl::InProgress {
+                        scram: state,
+                        bound,
+                    } = std::mem::replace(&mut sasl, Sasl::NotStarted)
+                    else {
+                        return Err(protocol("SASL continue without SASL start"));
+                    };
+                    let mut state = *state;
                     // Salting the password is deliberately slow (PBKDF2); keep it off the
                     // runtime's worker threads.
                     let data = body.data().to_vec();
@@ -359,18 +417,26 @@ impl PgConnection {
                             .await
                             .map_err(|e| protocol(&e.to_string()))??;
                     frontend::sasl_response(state.message(), &mut self.write_buf)?;
-                    scram = Some(state);
+                    sasl = Sasl::InProgress {
+                        scram: Box::new(state),
+                        bound,
+                    };
                     self.flush().await?;
                 }
                 Message::AuthenticationSaslFinal(body) => {
-                    let mut state = scram
-                        .take()
-                        .ok_or_else(|| protocol("SASL final without SASL start"))?;
+                    let Sasl::InProgress {
+                        scram: mut state,
+                        bound,
+                    } = std::mem::replace(&mut sasl, Sasl::NotStarted)
+                    else {
+                        return Err(protocol("SASL final without SASL start"));
+                    };
                     state.finish(body.data()).map_err(|e| {
                         ConnectError::Protocol(format!(
                             "the server's SCRAM signature did not verify: {e}"
                         ))
                     })?;
+                    sasl = Sasl::Verified { bound };
                 }
                 Message::BackendKeyData(body) => {
                     self.cancel.process_id = body.process_id();
@@ -416,6 +482,98 @@ impl PgConnection {
             .retain(|(name, _)| WATCHED_SETTINGS.contains(&name.as_str()));
         self.starting = false;
         Ok(())
+    }
+
+    /// A password in the clear or as MD5 goes only to a verified peer (TLS with a checked
+    /// certificate, or a Unix socket), unless the upstream allows otherwise.
+    fn check_insecure_password(
+        &self,
+        config: &ConnectConfig,
+        how: &str,
+    ) -> Result<(), ConnectError> {
+        if config.auth.channel_binding == ChannelBindingMode::Require {
+            return Err(ConnectError::Unsupported(format!(
+                "channel_binding=require, but the server asks for user \"{}\"'s password {how}: \
+                 configure scram-sha-256 for this user in pg_hba.conf",
+                config.user
+            )));
+        }
+        let verified = match self.stream {
+            Stream::Unix(_) => true,
+            Stream::Tls(_) => config.tls.verifies_peer(),
+            Stream::Tcp(_) => false,
+        };
+        if verified || config.auth.allow_insecure_password {
+            return Ok(());
+        }
+        Err(ConnectError::Unsupported(format!(
+            "the server asks for user \"{}\"'s password {how}, and the gateway has not verified \
+             who the server is (sslmode={}): configure scram-sha-256 for this user in \
+             pg_hba.conf (with password_encryption = scram-sha-256 and the password set again), \
+             or use sslmode=verify-full or verify-ca, or set allow_insecure_password_auth = true \
+             on the upstream",
+            config.user,
+            config.tls.mode().as_str()
+        )))
+    }
+
+    /// The SCRAM mechanism and channel binding for `channel_binding` and what the server
+    /// offers.
+    fn channel_binding(
+        &self,
+        config: &ConnectConfig,
+        has_scram: bool,
+        has_plus: bool,
+    ) -> Result<(&'static str, ChannelBinding), ConnectError> {
+        let on_tls = matches!(self.stream, Stream::Tls(_));
+        let end_point = || tls::server_end_point(&self.stream);
+        let unsupported = || {
+            ConnectError::Unsupported(
+                "the server offers no SASL mechanism the gateway supports (SCRAM-SHA-256)".into(),
+            )
+        };
+        match config.auth.channel_binding {
+            ChannelBindingMode::Require => {
+                if !has_plus {
+                    return Err(ConnectError::Unsupported(
+                        "channel_binding=require, but the server does not offer \
+                         SCRAM-SHA-256-PLUS (is ssl on, and the connection TLS?): set \
+                         channel_binding=prefer in the upstream URL"
+                            .into(),
+                    ));
+                }
+                let hash = end_point().ok_or_else(|| {
+                    ConnectError::Unsupported(
+                        "channel_binding=require, but the server certificate's signature \
+                         algorithm has no tls-server-end-point hash (Ed25519, RSA-PSS): use an \
+                         ECDSA or RSA certificate, or set channel_binding=prefer"
+                            .into(),
+                    )
+                })?;
+                Ok((
+                    sasl::SCRAM_SHA_256_PLUS,
+                    ChannelBinding::tls_server_end_point(hash),
+                ))
+            }
+            ChannelBindingMode::Prefer if on_tls && has_plus => match end_point() {
+                Some(hash) => Ok((
+                    sasl::SCRAM_SHA_256_PLUS,
+                    ChannelBinding::tls_server_end_point(hash),
+                )),
+                // 'n': we cannot bind; 'y' would make the server suspect a downgrade.
+                None if has_scram => Ok((sasl::SCRAM_SHA_256, ChannelBinding::unsupported())),
+                None => Err(unsupported()),
+            },
+            // 'y' on TLS: we could bind but the server does not offer it, so a server that
+            // does (and sees 'y') knows someone stripped SCRAM-SHA-256-PLUS from the offer.
+            ChannelBindingMode::Prefer if has_scram && on_tls => {
+                Ok((sasl::SCRAM_SHA_256, ChannelBinding::unrequested()))
+            }
+            ChannelBindingMode::Prefer | ChannelBindingMode::Disable if has_scram => {
+                Ok((sasl::SCRAM_SHA_256, ChannelBinding::unsupported()))
+            }
+            ChannelBindingMode::Prefer | ChannelBindingMode::Disable => Err(unsupported()),
+        }
     }
 
     pub fn server_version(&self) -> &str {
@@ -1048,7 +1206,13 @@ impl PgConnection {
             list.push_str(&oid.to_string());
         }
         list.push('}');
-        let rows = self.fetch_text(TYPE_LOOKUP_SQL, &[&list]).await?;
+        let rows =
+            self.fetch_text(TYPE_LOOKUP_SQL, &[&list])
+                .await
+                .map_err(|error| match error {
+                    QueryError::Gateway(reason) => QueryError::Catalog(reason),
+                    other => other,
+                })?;
         let parsed: Vec<TypeRow> = rows
             .iter()
             .filter_map(|row| {

@@ -120,6 +120,10 @@ pub enum QueryError {
     /// The gateway's own SQL (type lookup, session reset) failed: the connection is closed.
     #[error("gateway statement failed: {0}")]
     Gateway(String),
+    /// The gateway's own catalog lookup (types of a statement being prepared) failed: the
+    /// tenant's statement did not run.
+    #[error("the type lookup failed: {0}")]
+    Catalog(String),
 }
 
 impl QueryError {

@@ -12,8 +12,8 @@ pub mod tls;
 pub mod types;
 
 pub use conn::{
-    CancelToken, ConnectConfig, PgConnection, PipelineError, PipelineStatement, QueryOptions,
-    ResultSink, Rows, Target, TxStatus,
+    AuthPolicy, CancelToken, ConnectConfig, PgConnection, PipelineError, PipelineStatement,
+    QueryOptions, ResultSink, Rows, Target, TxStatus,
 };
 pub use encode::{RowEncoder, RowMode, ValueFormat};
 pub use error::{ConnectError, DbError, QueryError};

@@ -63,6 +63,38 @@ impl SslMode {
     }
 }
 
+/// libpq's `channel_binding`: whether SCRAM authentication is bound to the TLS channel
+/// (SCRAM-SHA-256-PLUS with `tls-server-end-point`), so that a man in the middle who
+/// terminates TLS himself cannot relay the exchange to the real server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ChannelBindingMode {
+    Disable,
+    /// Bind when the connection is TLS and the server offers it.
+    #[default]
+    Prefer,
+    /// Refuse any server that does not authenticate with SCRAM-SHA-256-PLUS over TLS.
+    Require,
+}
+
+impl ChannelBindingMode {
+    pub fn parse(value: &str) -> Option<ChannelBindingMode> {
+        Some(match value {
+            "disable" => ChannelBindingMode::Disable,
+            "prefer" => ChannelBindingMode::Prefer,
+            "require" => ChannelBindingMode::Require,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelBindingMode::Disable => "disable",
+            ChannelBindingMode::Prefer => "prefer",
+            ChannelBindingMode::Require => "require",
+        }
+    }
+}
+
 /// How to secure connections to one upstream: the mode and a ready rustls configuration.
 #[derive(Clone)]
 pub struct TlsConnector {
@@ -145,6 +177,16 @@ impl TlsConnector {
 
     pub fn mode(&self) -> SslMode {
         self.mode
+    }
+
+    /// Whether the server's certificate chain is checked against a trusted CA: only then is a
+    /// TLS peer known to be the server (and not whoever answers at its address).
+    pub fn verifies_peer(&self) -> bool {
+        match self.mode {
+            SslMode::VerifyCa | SslMode::VerifyFull => true,
+            SslMode::Require => self.root_cert.is_some(),
+            SslMode::Disable | SslMode::Prefer => false,
+        }
     }
 
     /// The mode and the CA file: two connectors with the same description verify alike.
@@ -297,5 +339,127 @@ fn explain(error: &std::io::Error, host: &str, mode: SslMode) -> String {
         }
         Some(other) => format!("TLS handshake with {host} failed: {other}"),
         None => format!("TLS handshake with {host} failed: {error}"),
+    }
+}
+
+/// The `tls-server-end-point` channel binding data (RFC 5929) of a TLS connection: the hash of
+/// the server's certificate, with the hash function of the certificate's signature (SHA-256
+/// for MD5 and SHA-1), as Postgres computes it. `None` off TLS, or for a signature algorithm
+/// that names no such hash (Ed25519, RSA-PSS).
+pub(crate) fn server_end_point(stream: &Stream) -> Option<Vec<u8>> {
+    use sha2::Digest;
+    let Stream::Tls(tls) = stream else {
+        return None;
+    };
+    let certificate = tls.get_ref().1.peer_certificates()?.first()?;
+    let der = certificate.as_ref();
+    Some(match signature_hash(der)? {
+        Hash::Sha224 => sha2::Sha224::digest(der).to_vec(),
+        Hash::Sha256 => sha2::Sha256::digest(der).to_vec(),
+        Hash::Sha384 => sha2::Sha384::digest(der).to_vec(),
+        Hash::Sha512 => sha2::Sha512::digest(der).to_vec(),
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hash {
+    Sha224,
+    Sha256,
+    Sha384,
+    Sha512,
+}
+
+/// The hash of a certificate's `signatureAlgorithm`, read from its DER:
+/// `Certificate ::= SEQUENCE { tbsCertificate SEQUENCE, signatureAlgorithm SEQUENCE { OID, … }, … }`.
+/// Three headers and one OID, each bounds-checked: an X.509 parser crate would bring a dozen
+/// dependencies for this one field.
+fn signature_hash(der: &[u8]) -> Option<Hash> {
+    const RSA: [u8; 8] = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];
+    const ECDSA_SHA2: [u8; 7] = [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03];
+    const ECDSA_SHA1: [u8; 7] = [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x01];
+    let (certificate, _) = der_element(der, 0x30)?;
+    let (_tbs, rest) = der_element(certificate, 0x30)?;
+    let (algorithm, _) = der_element(rest, 0x30)?;
+    let (oid, _) = der_element(algorithm, 0x06)?;
+    if oid == ECDSA_SHA1 {
+        return Some(Hash::Sha256);
+    }
+    if let Some(&[last]) = oid.strip_prefix(&ECDSA_SHA2[..]) {
+        return match last {
+            1 => Some(Hash::Sha224),
+            2 => Some(Hash::Sha256),
+            3 => Some(Hash::Sha384),
+            4 => Some(Hash::Sha512),
+            _ => None,
+        };
+    }
+    if let Some(&[last]) = oid.strip_prefix(&RSA[..]) {
+        // md5, sha1, sha256, sha384, sha512, sha224 WithRSAEncryption.
+        return match last {
+            4 | 5 | 11 => Some(Hash::Sha256),
+            12 => Some(Hash::Sha384),
+            13 => Some(Hash::Sha512),
+            14 => Some(Hash::Sha224),
+            _ => None,
+        };
+    }
+    None
+}
+
+/// The contents of the DER element at the start of `input` if its tag is `tag`, and what
+/// follows it.
+fn der_element(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    let (&found, rest) = input.split_first()?;
+    if found != tag {
+        return None;
+    }
+    let (&first, rest) = rest.split_first()?;
+    let (length, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let count = usize::from(first & 0x7f);
+        if count == 0 || count > 4 || rest.len() < count {
+            return None;
+        }
+        let (bytes, rest) = rest.split_at(count);
+        let length = bytes.iter().fold(0usize, |n, b| (n << 8) | usize::from(*b));
+        (length, rest)
+    };
+    if rest.len() < length {
+        return None;
+    }
+    Some(rest.split_at(length))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_end_point_hash_follows_the_certificate_signature() {
+        for (algorithm, hash) in [
+            (&rcgen::PKCS_ECDSA_P256_SHA256, Hash::Sha256),
+            (&rcgen::PKCS_ECDSA_P384_SHA384, Hash::Sha384),
+            (&rcgen::PKCS_ED25519, Hash::Sha256),
+        ] {
+            let key = rcgen::KeyPair::generate_for(algorithm).unwrap();
+            let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+            let der = params.self_signed(&key).unwrap().der().to_vec();
+            let expected = (algorithm != &rcgen::PKCS_ED25519).then_some(hash);
+            assert_eq!(signature_hash(&der), expected, "{algorithm:?}");
+        }
+    }
+
+    #[test]
+    fn truncated_or_foreign_input_has_no_end_point_hash() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        let der = params.self_signed(&key).unwrap().der().to_vec();
+        for len in 0..der.len() {
+            // Every prefix: never a panic; a cut inside the algorithm is no answer.
+            let _ = signature_hash(&der[..len]);
+        }
+        assert_eq!(signature_hash(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]), None);
+        assert_eq!(signature_hash(b"not a certificate"), None);
     }
 }

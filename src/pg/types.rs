@@ -114,8 +114,10 @@ pub fn builtin(oid: Oid) -> Option<Arc<PgType>> {
     BUILTINS.get(&oid).cloned()
 }
 
-/// Types of one database (OIDs of extension and user types differ between databases), shared
-/// by every tenant pool that connects to it.
+/// Types of one database as one role sees them (OIDs of extension and user types differ
+/// between databases), shared only by tenant pools that connect to the same database on the
+/// same upstream as the same role: what one tenant's connection learned is never trusted by
+/// another tenant's.
 #[derive(Debug, Default)]
 pub struct TypeRegistry {
     // std RwLock: lookups are rare (only when a statement is prepared) and never held across
@@ -146,13 +148,22 @@ pub struct TypeElement {
 /// The gateway's own query for types it does not know yet; `$1` is an `oid[]` literal.
 /// Domains resolve to their base type: Postgres reports a domain column as its base type, so
 /// a domain inside an array converts like the domain's own column would.
+///
+/// It runs on a tenant's connection, under the tenant's `search_path` (possibly inside the
+/// tenant's transaction, so it cannot be changed here): every relation, type and operator is
+/// qualified with `pg_catalog`, so no object a tenant creates can stand in for one of them
+/// (a `public.=` on `oid` would otherwise run the tenant's code and forge the rows).
 pub const TYPE_LOOKUP_SQL: &str = "select t.oid, t.typname, b.oid, \
-     case when b.typcategory = 'A' and b.typelem <> 0 then b.typelem else 0 end, \
-     e.typname, e.typdelim, case when e.typtype = 'd' then e.typbasetype else e.oid end \
+     case when b.typcategory operator(pg_catalog.=) 'A' \
+     and b.typelem operator(pg_catalog.<>) 0::pg_catalog.oid \
+     then b.typelem else 0::pg_catalog.oid end, \
+     e.typname, e.typdelim, \
+     case when e.typtype operator(pg_catalog.=) 'd' then e.typbasetype else e.oid end \
      from pg_catalog.pg_type t \
-     join pg_catalog.pg_type b on b.oid = case when t.typtype = 'd' then t.typbasetype else t.oid end \
-     left join pg_catalog.pg_type e on e.oid = b.typelem \
-     where t.oid = any($1::pg_catalog.oid[])";
+     join pg_catalog.pg_type b on b.oid operator(pg_catalog.=) \
+     case when t.typtype operator(pg_catalog.=) 'd' then t.typbasetype else t.oid end \
+     left join pg_catalog.pg_type e on e.oid operator(pg_catalog.=) b.typelem \
+     where t.oid operator(pg_catalog.=) any ($1::pg_catalog.oid[])";
 
 impl TypeRegistry {
     pub fn get(&self, oid: Oid) -> Option<Arc<PgType>> {
@@ -196,6 +207,34 @@ impl TypeRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Nothing in the lookup resolves through `search_path`: no bare operator, no relation,
+    /// type or function outside `pg_catalog`.
+    #[test]
+    fn the_type_lookup_names_everything_in_pg_catalog() {
+        let sql = TYPE_LOOKUP_SQL.to_ascii_lowercase();
+        let bare = sql
+            .replace("operator(pg_catalog.=)", " ")
+            .replace("operator(pg_catalog.<>)", " ");
+        for symbol in [
+            "=", "<", ">", "!", "~", "+", "-", "*", "/", "|", "&", "^", "#", "@", "%",
+        ] {
+            assert!(!bare.contains(symbol), "a bare `{symbol}` in {sql}");
+        }
+        for word in ["from ", "join ", "::"] {
+            for (at, _) in sql.match_indices(word) {
+                assert!(
+                    sql[at + word.len()..].starts_with("pg_catalog."),
+                    "unqualified after `{word}` in {sql}"
+                );
+            }
+        }
+        assert_eq!(
+            bare.matches('(').count(),
+            1,
+            "no function call but `any (…)`: {bare}"
+        );
+    }
 
     #[test]
     fn builtin_table_is_sorted_and_complete_for_json_kinds() {

@@ -57,6 +57,8 @@ pub struct TenantPool {
     /// This tenant's index within its upstream.
     index: usize,
     database: String,
+    /// The role the tenant's connections log in as.
+    role: String,
     types: Arc<TypeRegistry>,
     queue_timeout: Duration,
     stats: Arc<TenantStats>,
@@ -145,13 +147,17 @@ impl Pools {
                     .database
                     .clone()
                     .unwrap_or_else(|| config.upstreams[u].database.clone());
+                let role = tenant
+                    .user
+                    .clone()
+                    .unwrap_or_else(|| config.upstreams[u].user.clone());
                 tenants[global] = Some(TenantPool {
                     id: tenant.id.as_str().into(),
                     upstream: upstream.clone(),
                     index: local,
-                    // Extension and user type OIDs differ between databases, not between tenants.
-                    types: type_registry(previous, &tenants, &upstream, &database),
+                    types: type_registry(previous, &tenants, &upstream, &database, &role),
                     database,
+                    role,
                     queue_timeout: tenant.queue_timeout,
                     stats: upstream.stats(local),
                 });
@@ -342,15 +348,20 @@ impl Drop for Checkout {
     }
 }
 
-/// The type registry for `database` on `upstream`: shared with any tenant already built on
-/// the same database, or carried over from the previous generation.
+/// The type registry for `database` on `upstream` as `role`: shared with any tenant already
+/// built on the same database as the same role, or carried over from the previous generation.
+/// Extension and user type OIDs differ between databases; the registry is not shared between
+/// roles either, so no tenant can plant an entry another tenant's responses are encoded by.
 fn type_registry(
     previous: Option<&Pools>,
     tenants: &[Option<TenantPool>],
     upstream: &Arc<Upstream>,
     database: &str,
+    role: &str,
 ) -> Arc<TypeRegistry> {
-    let same = |t: &TenantPool| Arc::ptr_eq(&t.upstream, upstream) && t.database == database;
+    let same = |t: &TenantPool| {
+        Arc::ptr_eq(&t.upstream, upstream) && t.database == database && t.role == role
+    };
     tenants
         .iter()
         .flatten()
@@ -421,6 +432,7 @@ fn connect_config(upstream: &UpstreamConfig, tenant: &TenantConfig) -> ConnectCo
         settings,
         statement_timeout_ms: tenant.statement_timeout_ms,
         statement_cache_size: upstream.statement_cache_size,
+        auth: upstream.auth,
     }
 }
 
@@ -437,6 +449,7 @@ pub async fn read_server_limit(upstream: &UpstreamConfig) -> Result<ServerLimit,
         settings: vec![("application_name".into(), "sluice check".into())],
         statement_timeout_ms: 0,
         statement_cache_size: 1,
+        auth: upstream.auth,
     };
     let mut conn = PgConnection::connect(&config)
         .await
