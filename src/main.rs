@@ -60,6 +60,9 @@ enum Command {
 
 fn main() -> ExitCode {
     sluice::allocator::tune();
+    // The binary's panics never print their message at info (it may quote a request); the
+    // library leaves the hook alone, so tests embedding the gateway keep their own.
+    sluice::panic::install_hook();
     let cli = Cli::parse();
     match cli.command {
         Command::Key => {

@@ -19,6 +19,11 @@ async fn one_connection(setup: &str) -> (Gateway, String, String) {
     gateway_for(setup, "pool_size = 1\nmax_transaction_connections = 1").await
 }
 
+/// Two connections, so that a transaction (never given a tenant's last one) can open.
+async fn two_connections() -> (Gateway, String, String) {
+    gateway_for("", "pool_size = 2\nmax_transaction_connections = 1").await
+}
+
 /// The single value of a one-row, one-column result.
 async fn value(gateway: &Gateway, key: &str, sql: &str) -> Value {
     let reply = gateway.client.query(key, sql, json!([])).await;
@@ -184,7 +189,13 @@ async fn nul_in_sql_is_bad_request_and_does_not_poison_the_connection() {
         refused(path, body).await;
         still_serves(&gateway, &key).await;
     }
-    // The transaction holds the only connection from here on.
+    // Transactions never hold a tenant's last connection: they get a gateway of two.
+    let (gateway, key, _) = two_connections().await;
+    let refused = async |path: &str, body: &Value| {
+        let reply = gateway.client.post(path, &key, body).await;
+        assert_status(&reply, StatusCode::BAD_REQUEST, "bad_request");
+        assert!(reply.text.contains("NUL"), "{path}: {}", reply.text);
+    };
     let id = begin(&gateway, &key).await;
     refused(
         &format!("/v1/transactions/{id}/query"),
@@ -346,23 +357,26 @@ async fn deallocate_all_is_refused_and_cache_stays_valid() {
         }
         warm().await;
     }
-    // In a transaction (which holds the only connection meanwhile).
-    let id = begin(&gateway, &key).await;
-    for sql in refused {
-        for (action, body) in [
-            ("query", json!({ "sql": sql })),
-            ("batch", json!({ "statements": [{ "sql": sql }] })),
-        ] {
-            let path = format!("/v1/transactions/{id}/{action}");
-            let reply = gateway.client.post(&path, &key, &body).await;
-            assert_status(&reply, StatusCode::BAD_REQUEST, "bad_request");
+    // In a transaction (transactions never hold a tenant's last connection: a gateway of two).
+    {
+        let (gateway, key, _) = two_connections().await;
+        let id = begin(&gateway, &key).await;
+        for sql in refused {
+            for (action, body) in [
+                ("query", json!({ "sql": sql })),
+                ("batch", json!({ "statements": [{ "sql": sql }] })),
+            ] {
+                let path = format!("/v1/transactions/{id}/{action}");
+                let reply = gateway.client.post(&path, &key, &body).await;
+                assert_status(&reply, StatusCode::BAD_REQUEST, "bad_request");
+            }
         }
+        let reply = gateway
+            .client
+            .post(&format!("/v1/transactions/{id}/rollback"), &key, &json!({}))
+            .await;
+        assert_status(&reply, StatusCode::OK, "");
     }
-    let reply = gateway
-        .client
-        .post(&format!("/v1/transactions/{id}/rollback"), &key, &json!({}))
-        .await;
-    assert_status(&reply, StatusCode::OK, "");
     // The client's own prepared statements still work.
     let reply = gateway
         .client

@@ -155,7 +155,6 @@ pub async fn run_with(
     options: RunOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    crate::panic::install_hook();
     let tasks = TaskTracker::new();
     let shutdown_timeout = config.server.shutdown_timeout;
     let header_read_timeout = config.server.header_read_timeout;
