@@ -1159,13 +1159,21 @@ impl PgConnection {
     /// cancel is re-sent, backing off; `on_stuck` runs once if that takes longer than
     /// `stuck_after`.
     pub async fn close_until_gone(mut self, stuck_after: Duration, on_stuck: impl FnOnce()) {
+        let started = tokio::time::Instant::now();
+        let mut on_stuck = Some(on_stuck);
+        while super::faults::armed(&self.cancel.target, super::faults::Fault::CloseHangs) {
+            tokio::time::sleep(FIRST_CANCEL_RETRY).await;
+            if started.elapsed() >= stuck_after
+                && let Some(report) = on_stuck.take()
+            {
+                report();
+            }
+        }
         if !self.is_broken() {
             frontend::terminate(&mut self.write_buf);
             let _ = self.flush().await;
         }
         let _ = self.stream.shutdown().await;
-        let started = tokio::time::Instant::now();
-        let mut on_stuck = Some(on_stuck);
         let mut pause = FIRST_CANCEL_RETRY;
         let mut sink = [0u8; 4096];
         loop {
@@ -1538,6 +1546,9 @@ impl CancelToken {
     /// Asks the server to cancel whatever the connection is running, over a new socket, and
     /// waits until the server has acted on it (it closes the socket after signalling).
     pub async fn cancel(&self) -> io::Result<()> {
+        if super::faults::strikes(&self.target, super::faults::Fault::CancelLost) {
+            return Ok(());
+        }
         let attempt = async {
             let mut stream = open_stream(&self.target, &self.tls)
                 .await

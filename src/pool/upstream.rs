@@ -31,6 +31,7 @@ use super::budget::{
 pub use super::budget::{TenantPoolStatus, UpstreamStatus};
 use super::health::{SERVER_LIMIT_SQL, ServerLimit};
 use crate::metrics::{ClosedLabels, ConnectLabels, Metrics};
+use crate::pg::faults::{self, Fault};
 use crate::pg::{ConnectConfig, PgConnection};
 
 /// How long a connection abandoned mid-statement may take to cancel, drain and reset.
@@ -457,7 +458,14 @@ impl Upstream {
     }
 
     async fn open(self: Arc<Self>, conn: ConnId, config: Arc<ConnectConfig>, read_limit: bool) {
-        let outcome = match PgConnection::connect(&config).await {
+        let attempt = if faults::strikes(&config.target, Fault::ConnectRefused) {
+            Err("connection refused (injected fault)".to_owned())
+        } else {
+            PgConnection::connect(&config)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let outcome = match attempt {
             Ok(mut pg) => match read_limit_on(&mut pg, read_limit).await {
                 Ok(limit) => Ok((pg, limit)),
                 Err(error) => {
@@ -465,7 +473,7 @@ impl Upstream {
                     Err(error)
                 }
             },
-            Err(error) => Err(error.to_string()),
+            Err(error) => Err(error),
         };
         let (parked, event) = match outcome {
             Ok((pg, limit)) => (Some((conn, pg)), Connected::Ok { limit }),
@@ -673,5 +681,151 @@ impl Drop for Waiting<'_> {
         if let Ok(Ok(conn)) = rx.try_recv() {
             drop(conn);
         }
+    }
+}
+
+/// Faults injected into the real I/O path (src/pg/faults.rs) against a real Postgres: the
+/// events the model test feeds the book, produced by real connections.
+#[cfg(test)]
+mod fault_tests {
+    use std::sync::OnceLock;
+
+    use super::*;
+    use crate::dev::{TempPostgres, TempPostgresOptions};
+    use crate::pg::faults::{arm, disarm};
+
+    /// One cluster for these tests (its watchdog removes it when the binary exits); each test
+    /// has its own upstream, and tests that arm faults (keyed by port) take turns.
+    struct Cluster {
+        port: u16,
+        url: String,
+        _postgres: std::sync::Mutex<TempPostgres>,
+    }
+
+    fn cluster() -> &'static Cluster {
+        static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+        CLUSTER.get_or_init(|| {
+            let pg = TempPostgres::start(TempPostgresOptions::default()).expect("test Postgres");
+            Cluster {
+                port: pg.port(),
+                url: pg.url("postgres"),
+                _postgres: std::sync::Mutex::new(pg),
+            }
+        })
+    }
+
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+    fn upstream(budget: usize) -> (Arc<Upstream>, u16) {
+        let cluster = cluster();
+        let url = crate::config::PostgresUrl::parse(&cluster.url).unwrap();
+        let connect = ConnectConfig {
+            target: url.target,
+            user: url.user,
+            password: url.password,
+            database: url.database,
+            tls: crate::pg::TlsConnector::disabled(),
+            connect_timeout: Duration::from_secs(5),
+            settings: vec![("application_name".into(), "sluice/fault".into())],
+            statement_timeout_ms: 0,
+            statement_cache_size: 8,
+        };
+        let upstream = Upstream::new(
+            UpstreamSettings {
+                name: "faulty".into(),
+                identity: "faulty".into(),
+                limits: Limits {
+                    budget,
+                    server_budget: budget,
+                    server_lifetime: Duration::from_secs(3600),
+                    server_idle_timeout: Duration::from_secs(600),
+                },
+            },
+            vec![TenantSettings {
+                id: "t".into(),
+                pool_size: budget,
+                max_waiting: 8,
+                connect: Arc::new(connect),
+            }],
+            TaskTracker::new(),
+            Metrics::new(),
+        );
+        (upstream, cluster.port)
+    }
+
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_connection_fails_the_waiter_and_frees_its_slot() {
+        let _turn = TURN.lock().await;
+        let (upstream, port) = upstream(2);
+        arm(port, Fault::ConnectRefused, Some(1));
+        let error = upstream.checkout(0, Duration::from_secs(5)).await.err();
+        assert!(
+            matches!(error, Some(PoolError::Unavailable { .. })),
+            "{error:?}"
+        );
+        assert_eq!(upstream.status().open, 0);
+        // After the back-off, the next attempt reaches the server.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let conn = upstream.checkout(0, Duration::from_secs(5)).await.unwrap();
+        drop(conn);
+        assert_eq!(upstream.status().open, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lost_cancel_is_sent_again_and_the_connection_recovers() {
+        let _turn = TURN.lock().await;
+        let (upstream, port) = upstream(1);
+        let mut conn = upstream.checkout(0, Duration::from_secs(5)).await.unwrap();
+        // The client goes away mid-statement; the first cancel is lost.
+        let abandoned = tokio::time::timeout(
+            Duration::from_millis(300),
+            conn.fetch_text("select pg_sleep(30)", &[]),
+        )
+        .await;
+        assert!(abandoned.is_err());
+        arm(port, Fault::CancelLost, Some(1));
+        let returned = Instant::now();
+        drop(conn);
+        // Recovered (well before the 5 s recovery timeout) and reused: still one connection.
+        until("the connection to be recovered", || {
+            upstream.tenant_status(0).idle == 1
+        })
+        .await;
+        assert!(returned.elapsed() < Duration::from_secs(3));
+        let mut conn = upstream.checkout(0, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(
+            conn.fetch_text("select 1", &[]).await.unwrap()[0][0].as_deref(),
+            Some("1")
+        );
+        drop(conn);
+        assert_eq!(upstream.status().open, 1);
+        disarm(port, Fault::CancelLost);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_close_that_never_completes_keeps_its_slot_and_is_reported_stuck() {
+        let _turn = TURN.lock().await;
+        let (upstream, port) = upstream(1);
+        let conn = upstream.checkout(0, Duration::from_secs(5)).await.unwrap();
+        drop(conn);
+        arm(port, Fault::CloseHangs, None);
+        // Shutdown closes the idle connection; its backend "never ends".
+        upstream.close();
+        until("the close to be reported stuck", || {
+            upstream.status().stuck == 1
+        })
+        .await;
+        assert_eq!(upstream.status().open, 1, "the slot stays taken");
+        disarm(port, Fault::CloseHangs);
+        until("the slot to come back", || upstream.status().open == 0).await;
+        assert_eq!(upstream.status().stuck, 0);
     }
 }
