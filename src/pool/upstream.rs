@@ -828,4 +828,26 @@ mod fault_tests {
         until("the slot to come back", || upstream.status().open == 0).await;
         assert_eq!(upstream.status().stuck, 0);
     }
+
+    /// Issue 11 item 10: a check-out cancelled during the revalidation ping of a long-idle
+    /// connection dropped the connection with its slot — the slot came back without a
+    /// Terminate, while the backend was still there. Now the connection goes back through its
+    /// `Drop`, is recovered (the ping's answer read) and reused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_check_out_cancelled_during_its_revalidation_ping_keeps_the_connection() {
+        let _turn = TURN.lock().await;
+        let (upstream, _) = upstream(1);
+        let conn = upstream.checkout(0, Duration::from_secs(5)).await.unwrap();
+        let pid = conn.cancel_token().process_id();
+        // Polled once: the ping is sent, then the caller goes away before its answer.
+        let cancelled = futures::FutureExt::now_or_never(upstream.revalidate(conn, true));
+        assert!(cancelled.is_none(), "the ping's answer cannot be there yet");
+        until("the connection to be back", || {
+            upstream.tenant_status(0).idle == 1
+        })
+        .await;
+        assert_eq!(upstream.status().open, 1);
+        let conn = upstream.checkout(0, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(conn.cancel_token().process_id(), pid, "the same session");
+    }
 }
