@@ -6,7 +6,7 @@ use std::fmt::Write;
 use std::process::ExitCode;
 
 use crate::config::Config;
-use crate::pool::read_server_limit;
+use crate::pool::{read_server_limit, server_budget};
 
 pub async fn run(config: &Config, offline: bool) -> ExitCode {
     let mut ok = true;
@@ -30,7 +30,12 @@ pub async fn run(config: &Config, offline: bool) -> ExitCode {
             let _ = writeln!(out, "  server limit               not checked (--offline)");
         } else {
             match read_server_limit(upstream).await {
-                Ok(limit) => match limit.check(&upstream.name, upstream.max_connections) {
+                // Upstreams on the same server share its limit: check the sum of their budgets.
+                Ok(limit) => match limit.check_shared(
+                    &upstream.name,
+                    upstream.max_connections,
+                    server_budget(upstream, &config.upstreams),
+                ) {
                     Ok(()) => {
                         let _ = writeln!(
                             out,

@@ -80,6 +80,7 @@ pub struct Metrics {
     pool_connections: Family<PoolLabels, Gauge>,
     upstream_budget: Family<UpstreamLabel, Gauge>,
     upstream_connections: Family<UpstreamLabel, Gauge>,
+    upstream_stuck: Family<UpstreamLabel, Gauge>,
     pub upstream_connects: Family<ConnectLabels, Counter>,
     pub connections_closed: Family<ClosedLabels, Counter>,
     transactions_open: Family<TenantLabel, Gauge>,
@@ -135,6 +136,7 @@ impl Metrics {
             pool_connections: Family::default(),
             upstream_budget: Family::default(),
             upstream_connections: Family::default(),
+            upstream_stuck: Family::default(),
             upstream_connects: Family::default(),
             connections_closed: Family::default(),
             transactions_open: Family::default(),
@@ -179,6 +181,11 @@ impl Metrics {
             "upstream_connections",
             "Connections held to the upstream now, counting those opening and closing",
             metrics.upstream_connections.clone(),
+        );
+        registry.register(
+            "upstream_stuck_connections",
+            "Connections being closed whose backend has not ended within the close wait (each keeps its budget slot until it does)",
+            metrics.upstream_stuck.clone(),
         );
         registry.register(
             "upstream_connect",
@@ -234,6 +241,7 @@ impl Metrics {
         self.pool_connections.clear();
         self.upstream_budget.clear();
         self.upstream_connections.clear();
+        self.upstream_stuck.clear();
         self.transactions_open.clear();
         for (upstream, status) in pools.upstream_status() {
             let label = UpstreamLabel {
@@ -245,6 +253,9 @@ impl Metrics {
             self.upstream_connections
                 .get_or_create(&label)
                 .set(status.open as i64);
+            self.upstream_stuck
+                .get_or_create(&label)
+                .set(status.stuck as i64);
             for (tenant, pool) in &status.tenants {
                 let pool_gauge = |state| PoolLabels {
                     upstream: upstream.clone(),

@@ -245,6 +245,11 @@ enum Sasl {
     },
 }
 
+/// The first pause before a cancel is sent again while its statement is still running, and
+/// the longest (the pause doubles in between).
+const FIRST_CANCEL_RETRY: Duration = Duration::from_millis(100);
+const MAX_CANCEL_RETRY: Duration = Duration::from_secs(5);
+
 pub struct PgConnection {
     stream: Stream,
     read_buf: BytesMut,
@@ -1359,9 +1364,20 @@ impl PgConnection {
             // The cancel is complete (the server has signalled the backend) when its socket
             // closes, so a late cancel cannot hit the next statement on this connection.
             let _ = self.cancel.cancel().await;
+            // A cancel that reached the backend before the statement started is ignored:
+            // while the answer is still owed, the cancel is sent again, backing off.
+            let mut pause = FIRST_CANCEL_RETRY;
             while self.pending_syncs > 0 {
-                if let Message::CopyInResponse(_) = self.recv().await.map_err(lost)? {
-                    self.refuse_copy_in().await?;
+                match tokio::time::timeout(pause, self.recv()).await {
+                    Ok(message) => {
+                        if let Message::CopyInResponse(_) = message.map_err(lost)? {
+                            self.refuse_copy_in().await?;
+                        }
+                    }
+                    Err(_) => {
+                        let _ = self.cancel.cancel().await;
+                        pause = (pause * 2).min(MAX_CANCEL_RETRY);
+                    }
                 }
             }
         }
@@ -1385,24 +1401,52 @@ impl PgConnection {
         self.expect_session_reset().await
     }
 
-    /// Ends the session politely and waits until the server has closed its side: only then has
-    /// the backend left `pg_stat_activity`, so a budget slot freed after this is really free.
-    pub async fn terminate(mut self, wait: Duration) {
-        if !self.is_broken() {
-            frontend::terminate(&mut self.write_buf);
-            if self.flush().await.is_ok() {
-                let mut sink = [0u8; 1024];
-                let _ = tokio::time::timeout(wait, async {
-                    while let Ok(n) = self.stream.read(&mut sink).await {
-                        if n == 0 {
-                            break;
-                        }
-                    }
-                })
-                .await;
+    /// Ends the session politely and waits (at most `wait`) until the server has closed its
+    /// side: only then has the backend left `pg_stat_activity`.
+    pub async fn terminate(self, wait: Duration) {
+        let _ = tokio::time::timeout(wait, self.close_until_gone(wait, || {})).await;
+    }
+
+    /// Ends the session and returns only once the server has closed the socket (or the socket
+    /// failed): the backend is gone, so a budget slot freed after this is really free. Sends
+    /// Terminate when the protocol stream is intact, then half-closes (a backend reading a
+    /// half-written message sees the end of input instead). While the backend is still busy
+    /// — a statement running, perhaps one that started after an earlier cancel arrived — the
+    /// cancel is re-sent, backing off; `on_stuck` runs once if that takes longer than
+    /// `stuck_after`.
+    pub async fn close_until_gone(mut self, stuck_after: Duration, on_stuck: impl FnOnce()) {
+        let started = tokio::time::Instant::now();
+        let mut on_stuck = Some(on_stuck);
+        while super::faults::armed(&self.cancel.target, super::faults::Fault::CloseHangs) {
+            tokio::time::sleep(FIRST_CANCEL_RETRY).await;
+            if started.elapsed() >= stuck_after
+                && let Some(report) = on_stuck.take()
+            {
+                report();
             }
         }
+        if !self.is_broken() {
+            frontend::terminate(&mut self.write_buf);
+            let _ = self.flush().await;
+        }
         let _ = self.stream.shutdown().await;
+        let mut pause = FIRST_CANCEL_RETRY;
+        let mut sink = [0u8; 4096];
+        loop {
+            match tokio::time::timeout(pause, self.stream.read(&mut sink)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                Ok(Ok(_)) => continue,
+                Err(_) => {
+                    if started.elapsed() >= stuck_after
+                        && let Some(report) = on_stuck.take()
+                    {
+                        report();
+                    }
+                    let _ = self.cancel.cancel().await;
+                    pause = (pause * 2).min(MAX_CANCEL_RETRY);
+                }
+            }
+        }
     }
 
     /// Every operation starts here. It also lifts a statement-cache protection left behind by
@@ -1855,6 +1899,9 @@ impl CancelToken {
     /// Asks the server to cancel whatever the connection is running, over a new socket, and
     /// waits until the server has acted on it (it closes the socket after signalling).
     pub async fn cancel(&self) -> io::Result<()> {
+        if super::faults::strikes(&self.target, super::faults::Fault::CancelLost) {
+            return Ok(());
+        }
         let attempt = async {
             let mut stream = open_stream(&self.target, &self.tls)
                 .await

@@ -5,6 +5,7 @@ mod builtin_types;
 pub mod conn;
 pub mod encode;
 pub mod error;
+pub mod faults;
 pub mod params;
 pub mod sql;
 pub mod statement;

@@ -8,15 +8,13 @@
 
 use std::time::{Duration, Instant};
 
-use rand::RngExt;
-
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// A budget that does not fit the server is re-checked this often (the server's
 /// `max_connections` only changes with a restart).
 const MISCONFIGURED_RETRY: Duration = Duration::from_secs(30);
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Health {
     consecutive_failures: u32,
     retry_at: Option<Instant>,
@@ -56,13 +54,14 @@ impl Health {
         self.ever_connected = true;
     }
 
-    pub(crate) fn record_failure(&mut self, error: String, now: Instant) {
+    /// `jitter` (0.5..=1, drawn by the caller so this stays deterministic) scales the wait.
+    pub(crate) fn record_failure(&mut self, error: String, now: Instant, jitter: f64) {
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
         let exponent = self.consecutive_failures.saturating_sub(1).min(16);
         let ceiling = FIRST_BACKOFF.saturating_mul(1 << exponent).min(MAX_BACKOFF);
         // "Equal jitter": at least half the ceiling, so a crowd of gateways spreads out without
         // any of them retrying immediately.
-        let jitter = rand::rng().random_range(0.5..=1.0);
+        let jitter = jitter.clamp(0.5, 1.0);
         self.retry_at = Some(now + ceiling.mul_f64(jitter));
         self.last_error = Some(error);
     }
@@ -125,6 +124,25 @@ impl ServerLimit {
         ))
     }
 
+    /// Like [`ServerLimit::check`] for an upstream whose server also serves other upstreams
+    /// of the gateway: `total` is the sum of their budgets, this one's included.
+    pub fn check_shared(&self, upstream: &str, budget: usize, total: usize) -> Result<(), String> {
+        if total <= budget {
+            return self.check(upstream, budget);
+        }
+        let allowed = self.allowed();
+        if total < allowed {
+            return Ok(());
+        }
+        Err(format!(
+            "upstream \"{upstream}\": the upstreams on this server have max_connections {total} \
+             together (this one {budget}), which does not fit the server, which allows {allowed} \
+             (its max_connections {} minus {} reserved); lower them to sum below {allowed}",
+            self.max_connections,
+            self.superuser_reserved + self.reserved,
+        ))
+    }
+
     /// The settings query's answer: `max_connections`, `superuser_reserved_connections`,
     /// `reserved_connections` (NULL before PostgreSQL 16).
     pub fn from_row(row: &[Option<String>]) -> Option<ServerLimit> {
@@ -157,7 +175,7 @@ mod tests {
         let now = Instant::now();
         let mut previous_ceiling = Duration::ZERO;
         for _ in 0..20 {
-            health.record_failure("refused".into(), now);
+            health.record_failure("refused".into(), now, 1.0);
             let (wait, reason) = health.unavailable(now).unwrap();
             assert!(wait <= MAX_BACKOFF);
             assert_eq!(reason, "refused");

@@ -8,6 +8,7 @@
 //! allows — or the next connection the tenant returns. A connection goes back to the pool only
 //! in a clean state (see `PgConnection::recover`); otherwise it is closed.
 
+mod budget;
 mod health;
 mod upstream;
 
@@ -18,8 +19,9 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use budget::Limits;
 pub use health::ServerLimit;
-use upstream::{PooledConn, TenantSettings, TenantStats, Upstream, UpstreamSettings};
+use upstream::{PooledConn, TenantSettings, Upstream, UpstreamSettings};
 pub use upstream::{TenantPoolStatus, UpstreamStatus};
 
 use crate::config::{Config, TenantConfig, UpstreamConfig};
@@ -61,7 +63,6 @@ pub struct TenantPool {
     role: String,
     types: Arc<TypeRegistry>,
     queue_timeout: Duration,
-    stats: Arc<TenantStats>,
 }
 
 impl Pools {
@@ -90,21 +91,45 @@ impl Pools {
         metrics: &Arc<Metrics>,
         previous: Option<&Pools>,
     ) -> Result<Pools, String> {
-        let settings: Vec<UpstreamSettings> =
-            config.upstreams.iter().map(upstream_settings).collect();
+        let settings: Vec<UpstreamSettings> = config
+            .upstreams
+            .iter()
+            .map(|u| upstream_settings(u, &config.upstreams))
+            .collect();
+        // An upstream keeps its accounting (and its connections) across reloads as long as
+        // its name stays: a change of address or credentials replaces its connections within
+        // the same budget, so old and new together never exceed it.
         let reused: Vec<Option<Arc<Upstream>>> = settings
             .iter()
             .map(|s| {
                 previous?
                     .upstreams
                     .iter()
-                    .find(|u| u.name() == &*s.name && u.identity() == s.identity)
+                    .find(|u| u.name() == &*s.name)
                     .cloned()
             })
             .collect();
         for (upstream, settings) in reused.iter().zip(&settings) {
-            if let Some(upstream) = upstream {
-                upstream.check_budget(settings.budget)?;
+            if let Some(upstream) = upstream
+                && upstream.identity() == settings.identity
+            {
+                upstream.check_budget(&settings.limits)?;
+            }
+        }
+        // Upstreams on one server share its limit: a limit read through one of them holds the
+        // sum of their budgets.
+        for (i, settings) in settings.iter().enumerate() {
+            let known = reused
+                .iter()
+                .zip(&config.upstreams)
+                .filter(|(_, u)| u.target == config.upstreams[i].target)
+                .find_map(|(r, _)| r.as_ref().and_then(|r| r.server_limit()));
+            if let Some(limit) = known {
+                limit.check_shared(
+                    &settings.name,
+                    settings.limits.budget,
+                    settings.limits.server_budget,
+                )?;
             }
         }
 
@@ -128,6 +153,9 @@ impl Pools {
             let global: Vec<usize> = members.iter().map(|(i, _)| *i).collect();
             let tenant_settings: Vec<TenantSettings> =
                 members.into_iter().map(|(_, s)| s).collect();
+            let carry_types = reused
+                .as_ref()
+                .is_some_and(|r| r.identity() == settings.identity);
             let (upstream, local) = match reused {
                 Some(upstream) => {
                     let local = upstream.reconfigure(&settings, tenant_settings);
@@ -155,11 +183,19 @@ impl Pools {
                     id: tenant.id.as_str().into(),
                     upstream: upstream.clone(),
                     index: local,
-                    types: type_registry(previous, &tenants, &upstream, &database, &role),
+                    // Extension and user type OIDs differ between databases, and what a name
+                    // resolves to can differ between roles: shared per (upstream, database,
+                    // role) only, and not across an identity change.
+                    types: type_registry(
+                        previous.filter(|_| carry_types),
+                        &tenants,
+                        &upstream,
+                        &database,
+                        &role,
+                    ),
                     database,
                     role,
                     queue_timeout: tenant.queue_timeout,
-                    stats: upstream.stats(local),
                 });
             }
             upstreams.push(upstream);
@@ -202,7 +238,7 @@ impl Pools {
                 continue;
             };
             match upstream.checkout(tenant.index, wait).await {
-                Ok(conn) => upstream.checkin(conn),
+                Ok(conn) => drop(conn),
                 Err(error) => {
                     if let Some(problem) = upstream.misconfigured() {
                         return Err(problem);
@@ -232,7 +268,7 @@ impl Pools {
             }
             if !upstream.has_connected() {
                 match upstream.checkout(tenant.index, wait).await {
-                    Ok(conn) => upstream.checkin(conn),
+                    Ok(conn) => drop(conn),
                     Err(error) => return Err(format!("upstream \"{}\": {error}", upstream.name())),
                 }
             }
@@ -305,7 +341,6 @@ impl TenantPool {
         Ok(Checkout {
             conn: Some(conn),
             upstream: self.upstream.clone(),
-            stats: self.stats.clone(),
             since: Instant::now(),
         })
     }
@@ -321,7 +356,6 @@ impl TenantPool {
 pub struct Checkout {
     conn: Option<PooledConn>,
     upstream: Arc<Upstream>,
-    stats: Arc<TenantStats>,
     since: Instant,
 }
 
@@ -329,21 +363,20 @@ impl Deref for Checkout {
     type Target = PgConnection;
 
     fn deref(&self) -> &PgConnection {
-        &self.conn.as_ref().expect("present until drop").pg
+        self.conn.as_ref().expect("present until drop")
     }
 }
 
 impl DerefMut for Checkout {
     fn deref_mut(&mut self) -> &mut PgConnection {
-        &mut self.conn.as_mut().expect("present until drop").pg
+        self.conn.as_mut().expect("present until drop")
     }
 }
 
 impl Drop for Checkout {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
-            self.stats.record_hold(self.since.elapsed());
-            self.upstream.checkin(conn);
+            self.upstream.checkin(conn, self.since.elapsed());
         }
     }
 }
@@ -371,21 +404,37 @@ fn type_registry(
         .unwrap_or_default()
 }
 
-fn upstream_settings(upstream: &UpstreamConfig) -> UpstreamSettings {
+fn upstream_settings(upstream: &UpstreamConfig, all: &[UpstreamConfig]) -> UpstreamSettings {
     UpstreamSettings {
         name: upstream.name.as_str().into(),
+        // Everything that decides where and how a connection logs in: a reload that changes
+        // any of it (a tightened auth policy too) replaces the connections.
         identity: format!(
-            "{}|{}|{:?}|{}|{}",
+            "{}|{}|{:?}|{}|{}|{:?}",
             upstream.target,
             upstream.user,
             upstream.password,
             upstream.database,
-            upstream.tls.describe()
+            upstream.tls.describe(),
+            upstream.auth,
         ),
-        budget: upstream.max_connections,
-        server_lifetime: upstream.server_lifetime,
-        server_idle_timeout: upstream.server_idle_timeout,
+        limits: Limits {
+            budget: upstream.max_connections,
+            server_budget: server_budget(upstream, all),
+            server_lifetime: upstream.server_lifetime,
+            server_idle_timeout: upstream.server_idle_timeout,
+        },
     }
+}
+
+/// The sum of the budgets of the upstreams in `all` that point at the same server (host and
+/// port, or socket path) as `upstream`, its own included: what that server's limit must hold.
+pub fn server_budget(upstream: &UpstreamConfig, all: &[UpstreamConfig]) -> usize {
+    all.iter()
+        .filter(|u| u.target == upstream.target)
+        .map(|u| u.max_connections)
+        .sum::<usize>()
+        .max(upstream.max_connections)
 }
 
 /// How the gateway connects for a tenant: the upstream's URL with the tenant's overrides, and

@@ -1,52 +1,53 @@
-//! One upstream Postgres server and the tenant pools on it.
+//! One upstream Postgres server: the I/O side of its pool.
 //!
-//! The upstream owns the one hard number: its connection budget. A connection exists only while
-//! it holds a [`Slot`] — taken before connecting, given back only after the server has closed
-//! the session — so connections counting those still connecting and those still closing never
-//! exceed the budget. Tenants share the budget at run time: each has its own idle connections,
-//! its own FIFO queue of waiting requests and its own `pool_size`; when the budget is full, an
-//! idle connection of another tenant is closed to make room, and a tenant holding more than its
-//! share (budget × pool_size ÷ Σ pool_size of busy tenants) gives a connection back when it
-//! returns one while a needier tenant waits.
+//! The accounting — the budget, the tenants' counts, queues and fair shares — is the pure
+//! state machine in [`super::budget`]. This side holds what cannot be pure: the sockets of the
+//! connections at rest (by id), the channels of the requests waiting, the tasks that open,
+//! recover and close connections. It feeds each event to the [`Budget`] and carries out the
+//! [`Action`]s it returns; it does no counting of its own.
 //!
-//! All of this state sits behind one `std::sync::Mutex` per upstream: every critical section is
-//! a few pointer moves, never an `.await`, and nothing that could take the lock again (a
-//! connection's `Drop`) is dropped while it is held — such values leave the lock as [`Action`]s.
+//! All of this sits behind one `std::sync::Mutex` per upstream: every critical section is an
+//! event, a few map moves and channel sends, never an `.await`; nothing that could take the
+//! lock again (a [`PooledConn`]'s `Drop`) is dropped while it is held.
+//!
+//! A connection is given up only one way: Terminate, then wait until the server closes the
+//! socket, re-sending the cancel while its backend is still busy (a statement that started
+//! after the first cancel arrived). Its slot is freed only then; one whose backend will not end
+//! keeps its slot and is reported (`sluice_upstream_stuck_connections`, a warning).
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
+use rand::RngExt;
 use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
 use super::PoolError;
-use super::health::{Health, SERVER_LIMIT_SQL, ServerLimit};
+use super::budget::{
+    Action, Budget, CloseReason, ConnId, Connected, Limits, Reply, Returned, TenantSpec, WaiterId,
+};
+pub use super::budget::{TenantPoolStatus, UpstreamStatus};
+use super::health::{SERVER_LIMIT_SQL, ServerLimit};
 use crate::metrics::{ClosedLabels, ConnectLabels, Metrics};
+use crate::pg::faults::{self, Fault};
 use crate::pg::{ConnectConfig, PgConnection};
 
-/// At most this many connection attempts run at once per upstream: a cold burst fills the
-/// pool quickly without a fork storm on the server.
-const MAX_CONNECTING: usize = 8;
-/// A connection idle longer than this gets a round trip before reuse (a free liveness check
-/// runs on every check-out).
-const PING_AFTER_IDLE: Duration = Duration::from_secs(30);
 /// How long a connection abandoned mid-statement may take to cancel, drain and reset.
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long to wait for the server to close a session we ended.
+/// How long the server may take to close a session we ended before the connection is
+/// reported stuck (it keeps its slot either way).
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
-/// The upstream's part of the config; a reload may change all but the name and identity.
+/// The upstream's part of the config; a reload may change all but the name.
 #[derive(Debug, Clone)]
 pub(crate) struct UpstreamSettings {
     pub name: Arc<str>,
-    /// Where and as whom the upstream is reached; a reload that changes it makes a new
-    /// upstream instead of changing this one.
+    /// Where and as whom the upstream is reached; a reload that changes it replaces every
+    /// connection (within the one budget).
     pub identity: String,
-    pub budget: usize,
-    pub server_lifetime: Duration,
-    pub server_idle_timeout: Duration,
+    pub limits: Limits,
 }
 
 /// A tenant's part of the config, as the upstream needs it.
@@ -60,171 +61,96 @@ pub(crate) struct TenantSettings {
 
 pub(crate) struct Upstream {
     name: Arc<str>,
-    identity: String,
-    // std Mutex: held for a few pointer moves at a time, never across an .await.
-    state: Mutex<UpstreamState>,
+    // std Mutex: held for an event at a time, never across an .await.
+    state: Mutex<Shared>,
     tasks: TaskTracker,
     metrics: Arc<Metrics>,
     me: Weak<Upstream>,
 }
 
-struct UpstreamState {
-    budget: usize,
-    server_lifetime: Duration,
-    server_idle_timeout: Duration,
-    /// Slots held: connecting + idle + in use + closing.
-    open: usize,
-    connecting: usize,
-    closing: usize,
-    closed: bool,
-    tenants: Vec<TenantState>,
-    health: Health,
-    next_waiter: u64,
+struct Shared {
+    book: Budget,
+    identity: String,
+    /// Connections not in a request's hands: idle ones, and for an instant those the book is
+    /// deciding about.
+    parked: HashMap<ConnId, PgConnection>,
+    waiters: HashMap<WaiterId, oneshot::Sender<Result<PooledConn, PoolError>>>,
+    /// How each tenant (by index) connects.
+    connect: Vec<Arc<ConnectConfig>>,
 }
 
-struct TenantState {
-    settings: TenantSettings,
-    open: usize,
-    connecting: usize,
-    closing: usize,
-    /// Most recently returned last: reuse pops the back (warm), the reaper ages out the front.
-    idle: VecDeque<PooledConn>,
-    waiters: VecDeque<Waiter>,
-    stats: Arc<TenantStats>,
-    /// Removed by a reload: its requests in flight are still served, its idle connections
-    /// close, and no new connection opens once no request waits.
-    retired: bool,
-    /// Bumped when a reload changes how the tenant connects (user, database, settings):
-    /// connections of an older epoch close as they come back.
-    epoch: u64,
-}
-
-struct Waiter {
-    id: u64,
-    since: Instant,
-    tx: oneshot::Sender<Result<PooledConn, PoolError>>,
-}
-
-/// Counters updated outside the lock.
-#[derive(Debug, Default)]
-pub struct TenantStats {
-    /// Moving average of how long a request holds a connection, in microseconds.
-    hold_micros: AtomicU64,
-}
-
-impl TenantStats {
-    pub(crate) fn record_hold(&self, held: Duration) {
-        let sample = held.as_micros().min(u64::MAX as u128) as u64;
-        let old = self.hold_micros.load(Ordering::Relaxed);
-        let new = if old == 0 {
-            sample
-        } else {
-            old - old / 8 + sample / 8
-        };
-        self.hold_micros.store(new, Ordering::Relaxed);
-    }
-
-    fn hold(&self) -> Duration {
-        Duration::from_micros(self.hold_micros.load(Ordering::Relaxed))
-    }
-}
-
-/// A connection with its budget slot.
+/// A connection in a request's hands. Dropping it gives it back (recovered first if the
+/// request left it mid-statement): whatever happens to the request, the connection is
+/// either reused or terminated, never forgotten.
 pub(crate) struct PooledConn {
-    pub(crate) pg: PgConnection,
-    slot: Slot,
-    created_at: Instant,
-    idle_since: Instant,
-    epoch: u64,
-}
-
-/// One unit of an upstream's budget. Only the upstream creates one; dropping it gives it back.
-#[must_use = "dropping a slot gives it back to the budget"]
-pub(crate) struct Slot {
+    id: ConnId,
+    pg: Option<PgConnection>,
     upstream: Weak<Upstream>,
-    tenant: usize,
 }
 
-impl Drop for Slot {
+impl PooledConn {
+    /// The parts, without giving the connection back.
+    fn into_parts(mut self) -> (ConnId, PgConnection) {
+        let pg = self.pg.take().expect("present until given back");
+        (self.id, pg)
+    }
+}
+
+impl Deref for PooledConn {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        self.pg.as_ref().expect("present until given back")
+    }
+}
+
+impl DerefMut for PooledConn {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        self.pg.as_mut().expect("present until given back")
+    }
+}
+
+impl Drop for PooledConn {
     fn drop(&mut self) {
-        if let Some(upstream) = self.upstream.upgrade() {
-            upstream.release_slot(self.tenant);
+        if let Some(pg) = self.pg.take()
+            && let Some(upstream) = self.upstream.upgrade()
+        {
+            upstream.give_back(self.id, pg, None, false);
         }
     }
 }
 
 /// Work decided under the lock and carried out after it is released.
-enum Action {
-    /// Open a connection for a tenant with a slot already counted for it.
-    Connect { tenant: usize, slot: Slot },
-    /// Close a connection and reuse its slot for another tenant's new connection.
-    Replace { old: PooledConn, tenant: usize },
-    /// Close a connection and give its slot back.
-    Close(PooledConn, CloseReason),
-}
-
-/// Why a connection was closed (the `reason` label of `sluice_connections_closed_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CloseReason {
-    IdleTimeout,
-    Lifetime,
-    /// The server closed it, or it failed.
-    Broken,
-    /// Left mid-statement or dirty and could not be cleaned in time.
-    Unrecoverable,
-    /// Over a budget a reload lowered, or over the tenant's pool size.
-    OverBudget,
-    /// Closed to make room for another tenant (the slot goes to it).
-    Rebalanced,
-    /// Its tenant or upstream was removed or reconfigured by a reload.
-    Reconfigured,
-    Shutdown,
-}
-
-impl CloseReason {
-    fn label(self) -> &'static str {
-        match self {
-            CloseReason::IdleTimeout => "idle_timeout",
-            CloseReason::Lifetime => "lifetime",
-            CloseReason::Broken => "broken",
-            CloseReason::Unrecoverable => "unrecoverable",
-            CloseReason::OverBudget => "over_budget",
-            CloseReason::Rebalanced => "rebalanced",
-            CloseReason::Reconfigured => "reconfigured",
-            CloseReason::Shutdown => "shutdown",
-        }
-    }
-}
-
-/// Per-tenant numbers for the admin view and metrics.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TenantPoolStatus {
-    pub open: usize,
-    pub connecting: usize,
-    pub idle: usize,
-    pub in_use: usize,
-    pub waiting: usize,
-    pub longest_wait: Duration,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct UpstreamStatus {
-    pub budget: usize,
-    pub open: usize,
-    pub connecting: usize,
-    pub closing: usize,
-    pub available: bool,
-    pub last_error: Option<String>,
-    /// Each tenant's pool, by tenant id.
-    pub tenants: Vec<(String, TenantPoolStatus)>,
+enum Work {
+    Connect {
+        conn: ConnId,
+        read_limit: bool,
+        config: Arc<ConnectConfig>,
+    },
+    Close {
+        conn: ConnId,
+        pg: PgConnection,
+    },
+    Replace {
+        old: ConnId,
+        pg: PgConnection,
+        conn: ConnId,
+        read_limit: bool,
+        config: Arc<ConnectConfig>,
+    },
+    Recover {
+        conn: ConnId,
+        pg: PgConnection,
+    },
 }
 
 // A ticket lives for one step of a check-out, on the stack; boxing the connection would cost
 // an allocation per check-out instead.
 #[allow(clippy::large_enum_variant)]
 enum Ticket {
-    Idle(PooledConn),
-    Wait(u64, oneshot::Receiver<Result<PooledConn, PoolError>>),
+    Idle(PooledConn, bool),
+    Wait(WaiterId, oneshot::Receiver<Result<PooledConn, PoolError>>),
+    Refused(PoolError),
 }
 
 impl Upstream {
@@ -234,21 +160,16 @@ impl Upstream {
         tasks: TaskTracker,
         metrics: Arc<Metrics>,
     ) -> Arc<Upstream> {
+        let specs = tenants.iter().map(tenant_spec).collect();
         Arc::new_cyclic(|me| Upstream {
-            state: Mutex::new(UpstreamState {
-                budget: settings.budget,
-                server_lifetime: settings.server_lifetime,
-                server_idle_timeout: settings.server_idle_timeout,
-                open: 0,
-                connecting: 0,
-                closing: 0,
-                closed: false,
-                tenants: tenants.into_iter().map(TenantState::new).collect(),
-                health: Health::default(),
-                next_waiter: 0,
+            state: Mutex::new(Shared {
+                book: Budget::new(settings.name.clone(), settings.limits, specs),
+                identity: settings.identity,
+                parked: HashMap::new(),
+                waiters: HashMap::new(),
+                connect: tenants.into_iter().map(|t| t.connect).collect(),
             }),
             name: settings.name,
-            identity: settings.identity,
             tasks,
             metrics,
             me: me.clone(),
@@ -259,11 +180,7 @@ impl Upstream {
         &self.name
     }
 
-    pub(crate) fn identity(&self) -> &str {
-        &self.identity
-    }
-
-    fn lock(&self) -> MutexGuard<'_, UpstreamState> {
+    fn lock(&self) -> MutexGuard<'_, Shared> {
         // A panic while holding the lock cannot leave the counts half-updated in a way that
         // matters more than stopping service would; keep serving.
         self.state
@@ -271,8 +188,12 @@ impl Upstream {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub(crate) fn stats(&self, tenant: usize) -> Arc<TenantStats> {
-        self.lock().tenants[tenant].stats.clone()
+    fn pooled(&self, id: ConnId, pg: PgConnection) -> PooledConn {
+        PooledConn {
+            id,
+            pg: Some(pg),
+            upstream: self.me.clone(),
+        }
     }
 
     /// A connection for `tenant`: an idle one, a new one, or the next one returned, in FIFO
@@ -288,44 +209,28 @@ impl Upstream {
         let deadline = Instant::now() + wait;
         loop {
             let now = Instant::now();
-            let (ticket, actions) = {
+            let (ticket, work) = {
                 let mut state = self.lock();
-                if state.closed {
-                    return Err(PoolError::ShuttingDown);
-                }
-                let tenant_state = &mut state.tenants[tenant];
-                let idle = if tenant_state.waiters.is_empty() {
-                    tenant_state.idle.pop_back()
-                } else {
-                    None
-                };
-                match idle {
-                    Some(conn) => (Ticket::Idle(conn), Vec::new()),
-                    None => {
-                        if let Some(error) = state.unavailable_for(tenant, now) {
-                            return Err(error);
-                        }
-                        let tenant_state = &state.tenants[tenant];
-                        if tenant_state.waiters.len() >= tenant_state.settings.max_waiting {
-                            return Err(PoolError::QueueFull {
-                                retry_after: state.estimate_wait(tenant),
-                            });
-                        }
-                        state.next_waiter += 1;
-                        let id = state.next_waiter;
-                        let (tx, rx) = oneshot::channel();
-                        state.tenants[tenant]
-                            .waiters
-                            .push_back(Waiter { id, since: now, tx });
-                        let actions = self.schedule(&mut state, now);
-                        (Ticket::Wait(id, rx), actions)
+                let (reply, actions) = state.book.checkout(tenant, now);
+                let ticket = match reply {
+                    Reply::Idle { conn, ping } => {
+                        let pg = state.parked.remove(&conn).expect("idle connection parked");
+                        Ticket::Idle(self.pooled(conn, pg), ping)
                     }
-                }
+                    Reply::Queued(waiter) => {
+                        let (tx, rx) = oneshot::channel();
+                        state.waiters.insert(waiter, tx);
+                        Ticket::Wait(waiter, rx)
+                    }
+                    Reply::Refused(error) => Ticket::Refused(error),
+                };
+                (ticket, self.apply(&mut state, actions, now))
             };
-            self.run(actions);
+            self.execute(work);
             match ticket {
-                Ticket::Idle(conn) => {
-                    if let Some(conn) = self.revalidate(conn, now).await {
+                Ticket::Refused(error) => return Err(error),
+                Ticket::Idle(conn, ping) => {
+                    if let Some(conn) = self.revalidate(conn, ping).await {
                         return Ok(conn);
                     }
                 }
@@ -343,169 +248,190 @@ impl Upstream {
     }
 
     /// An idle connection is checked before use: for free (has the server closed it?) and,
-    /// after a long idle spell, with a round trip.
-    async fn revalidate(&self, mut conn: PooledConn, now: Instant) -> Option<PooledConn> {
-        let alive = conn.pg.poll_alive()
-            && (now.duration_since(conn.idle_since) < PING_AFTER_IDLE
-                || conn.pg.ping().await.is_ok());
+    /// after a long idle spell, with a round trip. (If the caller goes away during the round
+    /// trip, the connection goes back through `Drop` and is recovered or terminated.)
+    async fn revalidate(&self, mut conn: PooledConn, ping: bool) -> Option<PooledConn> {
+        let alive = conn.poll_alive() && (!ping || conn.ping().await.is_ok());
         if alive {
             Some(conn)
         } else {
-            self.run(vec![self.close_action(conn, CloseReason::Broken)]);
+            let (id, pg) = conn.into_parts();
+            self.give_back(id, pg, None, true);
             None
         }
     }
 
-    /// Gives a connection back. A connection that is not clean (mid-statement after its client
-    /// vanished, in a transaction, or with session state) is recovered in the background first,
-    /// or closed.
-    pub(crate) fn checkin(&self, mut conn: PooledConn) {
-        if conn.pg.is_broken() {
-            self.run(vec![self.close_action(conn, CloseReason::Broken)]);
-            return;
+    /// Gives a connection back after a request held it for `held`.
+    pub(crate) fn checkin(&self, conn: PooledConn, held: Duration) {
+        let (id, pg) = conn.into_parts();
+        self.give_back(id, pg, Some(held), false);
+    }
+
+    fn give_back(&self, id: ConnId, pg: PgConnection, held: Option<Duration>, broken: bool) {
+        let how = if broken || pg.is_broken() {
+            Returned::Broken
+        } else if pg.is_clean() {
+            Returned::Clean
+        } else {
+            Returned::Dirty
+        };
+        self.feed(Some((id, pg)), |book, now| {
+            book.returned(id, how, held, now)
+        });
+    }
+
+    /// Parks `conn` (if any), feeds one event to the book and carries out its actions.
+    fn feed(
+        &self,
+        conn: Option<(ConnId, PgConnection)>,
+        event: impl FnOnce(&mut Budget, Instant) -> Vec<Action>,
+    ) {
+        let now = Instant::now();
+        let work = {
+            let mut state = self.lock();
+            if let Some((id, pg)) = conn {
+                state.parked.insert(id, pg);
+            }
+            let actions = event(&mut state.book, now);
+            self.apply(&mut state, actions, now)
+        };
+        self.execute(work);
+    }
+
+    /// Carries out the actions that need no waiting (answers to waiters) under the lock,
+    /// feeding their consequences back; returns the rest as work to start once it is released.
+    fn apply(&self, state: &mut Shared, actions: Vec<Action>, now: Instant) -> Vec<Work> {
+        let mut queue: VecDeque<Action> = actions.into();
+        let mut work = Vec::new();
+        while let Some(action) = queue.pop_front() {
+            match action {
+                Action::Connect {
+                    conn,
+                    tenant,
+                    read_limit,
+                } => work.push(Work::Connect {
+                    conn,
+                    read_limit,
+                    config: state.connect[tenant].clone(),
+                }),
+                Action::Close { conn, reason } => {
+                    self.count_closed(reason);
+                    let pg = state
+                        .parked
+                        .remove(&conn)
+                        .expect("closing connection parked");
+                    work.push(Work::Close { conn, pg });
+                }
+                Action::Replace {
+                    old,
+                    conn,
+                    tenant,
+                    read_limit,
+                } => {
+                    self.count_closed(CloseReason::Rebalanced);
+                    let pg = state
+                        .parked
+                        .remove(&old)
+                        .expect("replaced connection parked");
+                    work.push(Work::Replace {
+                        old,
+                        pg,
+                        conn,
+                        read_limit,
+                        config: state.connect[tenant].clone(),
+                    });
+                }
+                Action::Recover { conn } => {
+                    let pg = state.parked.remove(&conn).expect("dirty connection parked");
+                    work.push(Work::Recover { conn, pg });
+                }
+                Action::Hand { waiter, conn, .. } => {
+                    let pg = state
+                        .parked
+                        .remove(&conn)
+                        .expect("handed connection parked");
+                    let back = match state.waiters.remove(&waiter) {
+                        Some(tx) => match tx.send(Ok(self.pooled(conn, pg))) {
+                            Ok(()) => None,
+                            Err(Ok(returned)) => Some(returned.into_parts().1),
+                            Err(Err(_)) => unreachable!("sent a connection"),
+                        },
+                        None => Some(pg),
+                    };
+                    // The waiter went away in that instant: the connection is placed again.
+                    if let Some(pg) = back {
+                        state.parked.insert(conn, pg);
+                        queue.extend(state.book.returned(conn, Returned::Clean, None, now));
+                    }
+                }
+                Action::Fail { waiter, error, .. } => {
+                    if let Some(tx) = state.waiters.remove(&waiter) {
+                        let _ = tx.send(Err(error));
+                    }
+                }
+                Action::Misconfigured(problem) => {
+                    tracing::error!(upstream = %self.name(), "{problem}");
+                }
+                Action::LimitOk { budget, limit } => {
+                    tracing::info!(
+                        upstream = %self.name(),
+                        budget,
+                        server_allows = limit.allowed(),
+                        "connected to the upstream; its budget fits the server"
+                    );
+                }
+            }
         }
-        if !conn.pg.is_clean() {
+        work
+    }
+
+    fn execute(&self, work: Vec<Work>) {
+        for work in work {
             let Some(upstream) = self.me.upgrade() else {
                 return;
             };
-            self.spawn(async move {
-                if conn.pg.recover(RECOVERY_TIMEOUT).await {
-                    upstream.checkin(conn);
-                } else {
-                    tracing::debug!(upstream = %upstream.name(), "closing a connection that could not be recovered");
-                    upstream.run(vec![upstream.close_action(conn, CloseReason::Unrecoverable)]);
-                }
-            });
-            return;
+            match work {
+                Work::Connect {
+                    conn,
+                    read_limit,
+                    config,
+                } => self.spawn(upstream.open(conn, config, read_limit)),
+                Work::Close { conn, pg } => self.spawn(async move {
+                    upstream.close_connection(conn, pg).await;
+                }),
+                Work::Replace {
+                    old,
+                    pg,
+                    conn,
+                    read_limit,
+                    config,
+                } => self.spawn(async move {
+                    upstream.close_connection(old, pg).await;
+                    upstream.open(conn, config, read_limit).await;
+                }),
+                Work::Recover { conn, mut pg } => self.spawn(async move {
+                    let how = if pg.recover(RECOVERY_TIMEOUT).await {
+                        Returned::Clean
+                    } else {
+                        tracing::debug!(upstream = %upstream.name(), "closing a connection that could not be recovered");
+                        Returned::Unrecoverable
+                    };
+                    upstream.feed(Some((conn, pg)), |book, now| {
+                        book.returned(conn, how, None, now)
+                    });
+                }),
+            }
         }
-        let now = Instant::now();
-        let actions = {
-            let mut state = self.lock();
-            self.place(&mut state, conn, now, false)
-        };
-        self.run(actions);
     }
 
-    /// Decides where a clean connection goes: to this tenant's first waiter, to another tenant
-    /// (closed and replaced) when fairness says so, or to the idle list.
-    fn place(
-        &self,
-        state: &mut UpstreamState,
-        mut conn: PooledConn,
-        now: Instant,
-        fresh: bool,
-    ) -> Vec<Action> {
-        let tenant = conn.slot.tenant;
-        let reason = if state.closed {
-            Some(CloseReason::Shutdown)
-        } else if conn.epoch != state.tenants[tenant].epoch {
-            Some(CloseReason::Reconfigured)
-        } else if now.duration_since(conn.created_at) >= state.server_lifetime {
-            Some(CloseReason::Lifetime)
-        } else if state.open - state.closing > state.budget
-            || state.tenants[tenant].open > state.tenants[tenant].settings.pool_size
-        {
-            Some(CloseReason::OverBudget)
-        } else if state.tenants[tenant].retired && state.tenants[tenant].waiters.is_empty() {
-            Some(CloseReason::Reconfigured)
+    /// Spawns onto the tracker. Outside a runtime (a process tearing down) nothing more is
+    /// started: the book is halted so it schedules no more work.
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.tasks.spawn(task);
         } else {
-            None
-        };
-        if let Some(reason) = reason {
-            let mut actions = vec![self.close_action_locked(state, conn, reason)];
-            actions.extend(self.schedule(state, now));
-            return actions;
+            self.lock().book.halt();
         }
-        if !fresh
-            && state.open >= state.budget
-            && let Some(needy) = state.needier_than(tenant)
-        {
-            state.tenants[tenant].open -= 1;
-            state.reserve_connect(needy);
-            return vec![Action::Replace {
-                old: conn,
-                tenant: needy,
-            }];
-        }
-        let tenant_state = &mut state.tenants[tenant];
-        while let Some(waiter) = tenant_state.waiters.pop_front() {
-            match waiter.tx.send(Ok(conn)) {
-                Ok(()) => return Vec::new(),
-                Err(Ok(returned)) => conn = returned,
-                Err(Err(_)) => return Vec::new(),
-            }
-        }
-        conn.idle_since = now;
-        tenant_state.idle.push_back(conn);
-        // An idle connection may be what another tenant's waiter needs.
-        self.schedule(state, now)
-    }
-
-    /// Starts connections for tenants whose waiters are not covered by connections on the
-    /// way, neediest first (fewest connections relative to pool size), while the budget allows
-    /// — closing idle connections of other tenants when it is full.
-    fn schedule(&self, state: &mut UpstreamState, now: Instant) -> Vec<Action> {
-        let mut actions = Vec::new();
-        if state.closed {
-            return actions;
-        }
-        if state.health.in_backoff(now) {
-            state.fail_stranded_waiters(now);
-            return actions;
-        }
-        while state.connecting < MAX_CONNECTING {
-            let Some(tenant) = state.neediest() else {
-                break;
-            };
-            if state.open < state.budget {
-                state.open += 1;
-                state.reserve_connect(tenant);
-                actions.push(Action::Connect {
-                    tenant,
-                    slot: Slot {
-                        upstream: self.me.clone(),
-                        tenant,
-                    },
-                });
-            } else if let Some(victim) = state.take_idle_victim(tenant) {
-                state.tenants[victim.slot.tenant].open -= 1;
-                state.reserve_connect(tenant);
-                actions.push(Action::Replace {
-                    old: victim,
-                    tenant,
-                });
-            } else {
-                break;
-            }
-        }
-        actions
-    }
-
-    fn release_slot(&self, tenant: usize) {
-        let now = Instant::now();
-        let actions = {
-            let mut state = self.lock();
-            state.open -= 1;
-            state.tenants[tenant].open -= 1;
-            self.schedule(&mut state, now)
-        };
-        self.run(actions);
-    }
-
-    fn close_action(&self, conn: PooledConn, reason: CloseReason) -> Action {
-        let mut state = self.lock();
-        self.close_action_locked(&mut state, conn, reason)
-    }
-
-    fn close_action_locked(
-        &self,
-        state: &mut UpstreamState,
-        conn: PooledConn,
-        reason: CloseReason,
-    ) -> Action {
-        state.closing += 1;
-        state.tenants[conn.slot.tenant].closing += 1;
-        Action::Close(conn, reason)
     }
 
     fn count_closed(&self, reason: CloseReason) {
@@ -516,467 +442,198 @@ impl Upstream {
         self.metrics.connections_closed.get_or_create(&labels).inc();
     }
 
-    fn run(&self, actions: Vec<Action>) {
-        for action in actions {
-            let Some(upstream) = self.me.upgrade() else {
-                return;
-            };
-            match action {
-                Action::Connect { tenant, slot } => {
-                    self.spawn(upstream.connect(tenant, slot));
-                }
-                Action::Replace { old, tenant } => {
-                    let PooledConn { pg, mut slot, .. } = old;
-                    slot.tenant = tenant;
-                    self.count_closed(CloseReason::Rebalanced);
-                    self.spawn(async move {
-                        pg.terminate(CLOSE_WAIT).await;
-                        upstream.connect(tenant, slot).await;
-                    });
-                }
-                Action::Close(conn, reason) => {
-                    self.count_closed(reason);
-                    self.spawn(async move {
-                        let PooledConn { pg, slot, .. } = conn;
-                        pg.terminate(CLOSE_WAIT).await;
-                        {
-                            let mut state = upstream.lock();
-                            state.closing -= 1;
-                            state.tenants[slot.tenant].closing -= 1;
-                        }
-                        drop(slot);
-                    });
-                }
-            }
-        }
+    /// Ends a connection's session and frees its slot once the server has closed the socket;
+    /// until then the slot stays taken, and after [`CLOSE_WAIT`] the connection is reported
+    /// stuck.
+    async fn close_connection(&self, conn: ConnId, pg: PgConnection) {
+        pg.close_until_gone(CLOSE_WAIT, || {
+            tracing::warn!(
+                upstream = %self.name(),
+                "a closed connection's backend has not ended; it keeps its budget slot, and the cancel is re-sent until it does"
+            );
+            self.lock().book.stuck(conn);
+        })
+        .await;
+        self.feed(None, |book, now| book.closed(conn, now));
     }
 
-    /// Spawns onto the tracker. Outside a runtime (a process tearing down) nothing more is
-    /// started: the upstream is marked closed so released slots stop scheduling work.
-    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
-        if tokio::runtime::Handle::try_current().is_ok() {
-            self.tasks.spawn(task);
+    async fn open(self: Arc<Self>, conn: ConnId, config: Arc<ConnectConfig>, read_limit: bool) {
+        let attempt = if faults::strikes(&config.target, Fault::ConnectRefused) {
+            Err("connection refused (injected fault)".to_owned())
         } else {
-            self.lock().closed = true;
-        }
-    }
-
-    async fn connect(self: Arc<Self>, tenant: usize, slot: Slot) {
-        let config = self.lock().tenants[tenant].settings.connect.clone();
-        let result = match PgConnection::connect(&config).await {
-            Ok(mut pg) => match self.check_server_limit(&mut pg).await {
-                Ok(()) => Ok(pg),
-                Err(problem) => {
-                    pg.terminate(CLOSE_WAIT).await;
-                    Err(Failure::Misconfigured(problem))
+            PgConnection::connect(&config)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let outcome = match attempt {
+            Ok(mut pg) => match read_limit_on(&mut pg, read_limit).await {
+                Ok(limit) => Ok((pg, limit)),
+                Err(error) => {
+                    pg.close_until_gone(CLOSE_WAIT, || {}).await;
+                    Err(error)
                 }
             },
-            Err(error) => Err(Failure::Connect(error.to_string())),
+            Err(error) => Err(error),
         };
-        let now = Instant::now();
-        let mut failed_slot = None;
-        let actions = {
-            let mut state = self.lock();
-            state.connecting -= 1;
-            state.tenants[tenant].connecting -= 1;
-            let outcome = match &result {
-                Ok(_) => "ok",
-                Err(Failure::Connect(_)) => "error",
-                Err(Failure::Misconfigured(_)) => "misconfigured",
-            };
-            let labels = ConnectLabels {
-                upstream: self.name.to_string(),
-                outcome,
-            };
-            self.metrics.upstream_connects.get_or_create(&labels).inc();
-            match result {
-                Ok(pg) => {
-                    state.health.record_success();
-                    let epoch = state.tenants[tenant].epoch;
-                    let conn = PooledConn {
-                        pg,
-                        slot,
-                        created_at: now,
-                        idle_since: now,
-                        epoch,
-                    };
-                    self.place(&mut state, conn, now, true)
-                }
-                Err(failure) => {
-                    match failure {
-                        Failure::Connect(error) => {
-                            tracing::warn!(upstream = %self.name(), tenant = %state.tenants[tenant].settings.id, %error, "cannot connect to the upstream");
-                            state.health.record_failure(error, now);
-                        }
-                        Failure::Misconfigured(problem) => {
-                            tracing::error!(upstream = %self.name(), "{problem}");
-                            state.health.record_misconfigured(problem, now);
-                        }
-                    }
-                    failed_slot = Some(slot);
-                    Vec::new()
-                }
+        let (parked, event) = match outcome {
+            Ok((pg, limit)) => (Some((conn, pg)), Connected::Ok { limit }),
+            Err(error) => {
+                tracing::warn!(upstream = %self.name(), %error, "cannot connect to the upstream");
+                let jitter = rand::rng().random_range(0.5..=1.0);
+                (None, Connected::Failed { error, jitter })
             }
         };
-        drop(failed_slot);
-        self.run(actions);
-    }
-
-    /// On first contact, reads the server's connection limit and refuses a budget that cannot
-    /// fit it.
-    async fn check_server_limit(&self, pg: &mut PgConnection) -> Result<(), String> {
-        if self.lock().health.limit_checked {
-            return Ok(());
-        }
-        let rows = pg
-            .fetch_text(SERVER_LIMIT_SQL, &[])
-            .await
-            .map_err(|e| e.to_string())?;
-        let limit = rows
-            .first()
-            .and_then(|row| ServerLimit::from_row(row))
-            .ok_or("the server did not report max_connections")?;
-        let budget = self.lock().budget;
-        limit.check(self.name(), budget)?;
-        let mut state = self.lock();
-        state.health.record_limit_ok(limit);
-        tracing::info!(
-            upstream = %self.name(),
-            budget,
-            server_allows = limit.allowed(),
-            server_version = pg.server_version(),
-            "connected to the upstream"
-        );
-        Ok(())
+        let mut outcome = match event {
+            Connected::Ok { .. } => "ok",
+            Connected::Failed { .. } => "error",
+        };
+        self.feed(parked, |book, now| {
+            let actions = book.connected(conn, event, now);
+            if actions
+                .iter()
+                .any(|a| matches!(a, Action::Misconfigured(_)))
+            {
+                outcome = "misconfigured";
+            }
+            actions
+        });
+        let labels = ConnectLabels {
+            upstream: self.name.to_string(),
+            outcome,
+        };
+        self.metrics.upstream_connects.get_or_create(&labels).inc();
     }
 
     /// One reaper pass: closes idle connections past their idle timeout or lifetime, those the
     /// server closed, and those over a lowered budget; retries connections for waiters once a
     /// back-off has passed.
     pub(crate) fn reap(&self, now: Instant) {
-        let actions = {
+        let work = {
             let mut state = self.lock();
-            self.reap_locked(&mut state, now)
-        };
-        self.run(actions);
-    }
-
-    fn reap_locked(&self, state: &mut UpstreamState, now: Instant) -> Vec<Action> {
-        {
-            let mut doomed = Vec::new();
-            let mut excess = (state.open - state.closing).saturating_sub(state.budget);
-            let (idle_timeout, lifetime) = (state.server_idle_timeout, state.server_lifetime);
-            for tenant in &mut state.tenants {
-                let mut kept = VecDeque::with_capacity(tenant.idle.len());
-                while let Some(mut conn) = tenant.idle.pop_front() {
-                    let reason = if tenant.retired || conn.epoch != tenant.epoch {
-                        Some(CloseReason::Reconfigured)
-                    } else if now.duration_since(conn.idle_since) >= idle_timeout {
-                        Some(CloseReason::IdleTimeout)
-                    } else if now.duration_since(conn.created_at) >= lifetime {
-                        Some(CloseReason::Lifetime)
-                    } else if excess > 0 {
-                        excess -= 1;
-                        Some(CloseReason::OverBudget)
-                    } else if !conn.pg.poll_alive() {
-                        Some(CloseReason::Broken)
-                    } else {
-                        None
-                    };
-                    match reason {
-                        Some(reason) => doomed.push((conn, reason)),
-                        None => kept.push_back(conn),
-                    }
-                }
-                tenant.idle = kept;
-            }
-            let mut actions: Vec<Action> = doomed
-                .into_iter()
-                .map(|(conn, reason)| self.close_action_locked(state, conn, reason))
+            let dead: Vec<ConnId> = state
+                .parked
+                .iter_mut()
+                .filter_map(|(id, pg)| (!pg.poll_alive()).then_some(*id))
                 .collect();
-            actions.extend(self.schedule(state, now));
-            actions
-        }
+            let actions = state.book.reap(now, &dead);
+            self.apply(&mut state, actions, now)
+        };
+        self.execute(work);
     }
 
-    /// Whether the upstream is known to work, or at least not known to be down.
     pub(crate) fn status(&self) -> UpstreamStatus {
-        let now = Instant::now();
-        let state = self.lock();
-        UpstreamStatus {
-            budget: state.budget,
-            open: state.open,
-            connecting: state.connecting,
-            closing: state.closing,
-            available: state.health.unavailable(now).is_none()
-                && state.health.misconfigured().is_none(),
-            last_error: state
-                .health
-                .misconfigured()
-                .or(state.health.last_error())
-                .map(str::to_owned),
-            tenants: (0..state.tenants.len())
-                .filter(|&t| !state.tenants[t].retired || state.tenants[t].open > 0)
-                .map(|t| {
-                    (
-                        state.tenants[t].settings.id.to_string(),
-                        state.tenant_status(t, now),
-                    )
-                })
-                .collect(),
-        }
+        self.lock().book.status(Instant::now())
     }
 
     pub(crate) fn tenant_status(&self, tenant: usize) -> TenantPoolStatus {
-        self.lock().tenant_status(tenant, Instant::now())
+        self.lock().book.tenant_status(tenant, Instant::now())
     }
 
     pub(crate) fn has_connected(&self) -> bool {
-        let state = self.lock();
-        state.health.ever_connected && state.health.limit_checked
+        self.lock().book.has_connected()
     }
 
     pub(crate) fn misconfigured(&self) -> Option<String> {
-        self.lock().health.misconfigured().map(str::to_owned)
+        self.lock().book.misconfigured().map(str::to_owned)
+    }
+
+    pub(crate) fn identity(&self) -> String {
+        self.lock().identity.clone()
     }
 
     /// Stops new work, fails waiters and closes idle connections; connections in use close
     /// when they come back.
     pub(crate) fn close(&self) {
-        let actions = {
-            let mut state = self.lock();
-            state.closed = true;
-            let mut idle = Vec::new();
-            for tenant in &mut state.tenants {
-                idle.extend(tenant.idle.drain(..));
-                for waiter in tenant.waiters.drain(..) {
-                    let _ = waiter.tx.send(Err(PoolError::ShuttingDown));
-                }
-            }
-            idle.into_iter()
-                .map(|conn| self.close_action_locked(&mut state, conn, CloseReason::Shutdown))
-                .collect()
-        };
-        self.run(actions);
+        self.feed(None, |book, _| book.shut_down());
     }
 
-    /// Applies a reload: a new budget and timeouts, and the tenants now on this upstream —
+    /// Applies a reload: new limits, where the upstream points, and the tenants now on it —
     /// kept (by id, settings updated), added, or retired (gone from the config). Returns each
-    /// given tenant's index. Connections are not dropped: a lowered budget closes idle ones
-    /// and returned ones until under it, a retired tenant's requests in flight are still
-    /// served, a tenant whose connection settings changed gets new connections as its old ones
-    /// come back. The budget never goes above the old or the new value during the change.
+    /// given tenant's index. See [`Budget::reload`].
     pub(crate) fn reconfigure(
         &self,
         settings: &UpstreamSettings,
         tenants: Vec<TenantSettings>,
     ) -> Vec<usize> {
         let now = Instant::now();
-        let (indexes, actions) = {
+        let (indexes, work) = {
             let mut state = self.lock();
-            state.budget = settings.budget;
-            state.server_lifetime = settings.server_lifetime;
-            state.server_idle_timeout = settings.server_idle_timeout;
-            let kept: Vec<Arc<str>> = tenants.iter().map(|t| t.id.clone()).collect();
-            let mut indexes = Vec::with_capacity(tenants.len());
-            for tenant in tenants {
-                match state
-                    .tenants
-                    .iter()
-                    .position(|t| t.settings.id == tenant.id)
-                {
-                    Some(index) => {
-                        let existing = &mut state.tenants[index];
-                        if !same_connection(&existing.settings.connect, &tenant.connect) {
-                            existing.epoch += 1;
-                        }
-                        existing.settings = tenant;
-                        existing.retired = false;
-                        indexes.push(index);
-                    }
-                    None => {
-                        state.tenants.push(TenantState::new(tenant));
-                        indexes.push(state.tenants.len() - 1);
-                    }
-                }
+            let identity_changed = state.identity != settings.identity;
+            if identity_changed {
+                tracing::info!(upstream = %self.name(), "the upstream's address or credentials changed; its connections are replaced within the same budget");
             }
-            for tenant in &mut state.tenants {
-                if !kept.contains(&tenant.settings.id) {
-                    tenant.retired = true;
-                }
+            state.identity = settings.identity.clone();
+            let specs = tenants.iter().map(tenant_spec).collect();
+            let (indexes, actions) =
+                state
+                    .book
+                    .reload(settings.limits.clone(), specs, identity_changed, now);
+            let count = state.book.tenant_count();
+            if let Some(first) = tenants.first() {
+                state.connect.resize(count, first.connect.clone());
             }
-            (indexes, self.reap_locked(&mut state, now))
+            for (&index, tenant) in indexes.iter().zip(tenants) {
+                state.connect[index] = tenant.connect;
+            }
+            (indexes, self.apply(&mut state, actions, now))
         };
-        self.run(actions);
+        self.execute(work);
         indexes
     }
 
-    /// Retires every tenant: the upstream left the config (or changed where it points).
+    /// Retires every tenant: the upstream left the config.
     pub(crate) fn retire_all(&self) {
-        let actions = {
-            let mut state = self.lock();
-            state.tenants.iter_mut().for_each(|t| t.retired = true);
-            self.reap_locked(&mut state, Instant::now())
-        };
-        self.run(actions);
+        self.feed(None, |book, now| book.retire_all(now));
     }
 
-    /// Whether a budget fits the server, as far as the gateway knows its limit.
-    pub(crate) fn check_budget(&self, budget: usize) -> Result<(), String> {
-        match self.lock().health.server_limit() {
-            Some(limit) => limit.check(&self.name, budget),
-            None => Ok(()),
-        }
+    /// Whether new limits fit the server, as far as the gateway knows its limit.
+    pub(crate) fn check_budget(&self, limits: &Limits) -> Result<(), String> {
+        self.lock().book.check_budget(limits)
+    }
+
+    /// The server's connection limit as last read.
+    pub(crate) fn server_limit(&self) -> Option<ServerLimit> {
+        self.lock().book.server_limit()
     }
 }
 
-/// Whether two tenant connection settings reach the same sessions (the statement cache size
-/// does not matter).
-fn same_connection(a: &ConnectConfig, b: &ConnectConfig) -> bool {
-    a.target == b.target
-        && a.user == b.user
-        && a.password == b.password
-        && a.database == b.database
-        && a.tls.describe() == b.tls.describe()
-        && a.settings == b.settings
-        && a.statement_timeout_ms == b.statement_timeout_ms
-}
-
-enum Failure {
-    Connect(String),
-    Misconfigured(String),
-}
-
-impl TenantState {
-    fn new(settings: TenantSettings) -> TenantState {
-        TenantState {
-            settings,
-            open: 0,
-            connecting: 0,
-            closing: 0,
-            idle: VecDeque::new(),
-            waiters: VecDeque::new(),
-            stats: Arc::new(TenantStats::default()),
-            retired: false,
-            epoch: 0,
-        }
-    }
-
-    /// Waiters not already covered by a connection being opened for this tenant.
-    fn unmet_demand(&self) -> usize {
-        self.waiters.len().saturating_sub(self.connecting)
-    }
-
-    /// (A retired tenant still grows for requests that were already waiting.)
-    fn can_grow(&self) -> bool {
-        self.open < self.settings.pool_size && self.unmet_demand() > 0
+fn tenant_spec(tenant: &TenantSettings) -> TenantSpec {
+    TenantSpec {
+        id: tenant.id.clone(),
+        pool_size: tenant.pool_size,
+        max_waiting: tenant.max_waiting,
+        connect_key: connect_key(&tenant.connect),
     }
 }
 
-impl UpstreamState {
-    fn reserve_connect(&mut self, tenant: usize) {
-        self.connecting += 1;
-        self.tenants[tenant].open += 1;
-        self.tenants[tenant].connecting += 1;
-    }
+/// What makes two tenant connection settings reach the same sessions (the statement cache
+/// size does not matter).
+fn connect_key(c: &ConnectConfig) -> String {
+    format!(
+        "{:?}|{}|{:?}|{}|{}|{:?}|{}",
+        c.target,
+        c.user,
+        c.password,
+        c.database,
+        c.tls.describe(),
+        c.settings,
+        c.statement_timeout_ms
+    )
+}
 
-    /// The tenant that most deserves the next connection: it has unmet demand, room under its
-    /// pool size, and the fewest connections relative to its pool size.
-    fn neediest(&self) -> Option<usize> {
-        self.tenants
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| t.can_grow())
-            // open_a / size_a < open_b / size_b  ⇔  open_a · size_b < open_b · size_a
-            .min_by(|(_, a), (_, b)| {
-                (a.open * b.settings.pool_size).cmp(&(b.open * a.settings.pool_size))
-            })
-            .map(|(i, _)| i)
+/// Reads the server's connection limit on a fresh connection, when asked to.
+async fn read_limit_on(pg: &mut PgConnection, read: bool) -> Result<Option<ServerLimit>, String> {
+    if !read {
+        return Ok(None);
     }
-
-    /// A tenant that should get `donor`'s connection: moving it leaves the taker still below
-    /// the donor's share — (open_taker + 1) / size_taker < open_donor / size_donor — so shares
-    /// converge to within one connection of proportional, and never oscillate.
-    fn needier_than(&self, donor: usize) -> Option<usize> {
-        let taker = self.neediest().filter(|&t| t != donor)?;
-        let (d, t) = (&self.tenants[donor], &self.tenants[taker]);
-        ((t.open + 1) * d.settings.pool_size < d.open * t.settings.pool_size).then_some(taker)
-    }
-
-    /// The oldest idle connection of the tenant furthest above its share, other than `taker`.
-    fn take_idle_victim(&mut self, taker: usize) -> Option<PooledConn> {
-        let victim = self
-            .tenants
-            .iter()
-            .enumerate()
-            .filter(|(i, t)| *i != taker && !t.idle.is_empty())
-            .max_by(|(_, a), (_, b)| {
-                (a.open * b.settings.pool_size).cmp(&(b.open * a.settings.pool_size))
-            })
-            .map(|(i, _)| i)?;
-        self.tenants[victim].idle.pop_front()
-    }
-
-    /// During a back-off, waiters of tenants with no connection at all (none open, none being
-    /// opened) cannot be served: tell them now rather than at their deadline.
-    fn fail_stranded_waiters(&mut self, now: Instant) {
-        let Some((retry_after, reason)) = self.health.unavailable(now) else {
-            return;
-        };
-        for tenant in &mut self.tenants {
-            if tenant.open == 0 {
-                for waiter in tenant.waiters.drain(..) {
-                    let error = PoolError::Unavailable {
-                        retry_after,
-                        reason: reason.clone(),
-                    };
-                    let _ = waiter.tx.send(Err(error));
-                }
-            }
-        }
-    }
-
-    fn unavailable_for(&self, tenant: usize, now: Instant) -> Option<PoolError> {
-        if let Some(problem) = self.health.misconfigured() {
-            let retry_after = self
-                .health
-                .unavailable(now)
-                .map_or(Duration::from_secs(30), |(r, _)| r);
-            return Some(PoolError::Unavailable {
-                retry_after,
-                reason: problem.to_owned(),
-            });
-        }
-        let (retry_after, reason) = self.health.unavailable(now)?;
-        (self.tenants[tenant].open == 0).then_some(PoolError::Unavailable {
-            retry_after,
-            reason,
-        })
-    }
-
-    /// When a request joining the queue now can expect a connection: the queue ahead of it,
-    /// drained by the tenant's connections at the rate they have been returned.
-    fn estimate_wait(&self, tenant: usize) -> Duration {
-        let t = &self.tenants[tenant];
-        let serving = (t.open - t.connecting).max(1) as u32;
-        let hold = t.stats.hold().max(Duration::from_millis(1));
-        hold.saturating_mul(t.waiters.len() as u32 + 1) / serving
-    }
-
-    fn tenant_status(&self, tenant: usize, now: Instant) -> TenantPoolStatus {
-        let t = &self.tenants[tenant];
-        TenantPoolStatus {
-            open: t.open,
-            connecting: t.connecting,
-            idle: t.idle.len(),
-            in_use: t.open - t.connecting - t.closing - t.idle.len(),
-            waiting: t.waiters.len(),
-            longest_wait: t
-                .waiters
-                .front()
-                .map_or(Duration::ZERO, |w| now.duration_since(w.since)),
-        }
-    }
+    let rows = pg
+        .fetch_text(SERVER_LIMIT_SQL, &[])
+        .await
+        .map_err(|e| e.to_string())?;
+    rows.first()
+        .and_then(|row| ServerLimit::from_row(row))
+        .map(Some)
+        .ok_or_else(|| "the server did not report max_connections".into())
 }
 
 /// A request's place in its tenant's queue. Dropping it (timeout, or the client vanished)
@@ -984,7 +641,7 @@ impl UpstreamState {
 struct Waiting<'u> {
     upstream: &'u Upstream,
     tenant: usize,
-    id: u64,
+    id: WaiterId,
     rx: Option<oneshot::Receiver<Result<PooledConn, PoolError>>>,
 }
 
@@ -1003,7 +660,7 @@ impl Waiting<'_> {
                 Err(PoolError::ShuttingDown)
             }
             Err(_) => {
-                let retry_after = self.upstream.lock().estimate_wait(self.tenant);
+                let retry_after = self.upstream.lock().book.estimate_wait(self.tenant);
                 Err(PoolError::Timeout { retry_after })
             }
         }
@@ -1013,15 +670,185 @@ impl Waiting<'_> {
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         let Some(mut rx) = self.rx.take() else { return };
-        {
+        let sender = {
             let mut state = self.upstream.lock();
-            state.tenants[self.tenant]
-                .waiters
-                .retain(|w| w.id != self.id);
-        }
+            state.book.waiter_gone(self.tenant, self.id);
+            state.waiters.remove(&self.id)
+        };
+        drop(sender);
         rx.close();
+        // A connection handed over in that instant goes back (through its `Drop`).
         if let Ok(Ok(conn)) = rx.try_recv() {
-            self.upstream.checkin(conn);
+            drop(conn);
         }
+    }
+}
+
+/// Faults injected into the real I/O path (src/pg/faults.rs) against a real Postgres: the
+/// events the model test feeds the book, produced by real connections.
+#[cfg(test)]
+mod fault_tests {
+    use std::sync::OnceLock;
+
+    use super::*;
+    use crate::dev::{TempPostgres, TempPostgresOptions};
+    use crate::pg::faults::{arm, disarm};
+
+    /// One cluster for these tests (its watchdog removes it when the binary exits); each test
+    /// has its own upstream, and tests that arm faults (keyed by port) take turns.
+    struct Cluster {
+        port: u16,
+        url: String,
+        _postgres: std::sync::Mutex<TempPostgres>,
+    }
+
+    fn cluster() -> &'static Cluster {
+        static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+        CLUSTER.get_or_init(|| {
+            let pg = TempPostgres::start(TempPostgresOptions::default()).expect("test Postgres");
+            Cluster {
+                port: pg.port(),
+                url: pg.url("postgres"),
+                _postgres: std::sync::Mutex::new(pg),
+            }
+        })
+    }
+
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+    fn upstream(budget: usize) -> (Arc<Upstream>, u16) {
+        let cluster = cluster();
+        let url = crate::config::PostgresUrl::parse(&cluster.url).unwrap();
+        let connect = ConnectConfig {
+            target: url.target,
+            user: url.user,
+            password: url.password,
+            database: url.database,
+            tls: crate::pg::TlsConnector::disabled(),
+            connect_timeout: Duration::from_secs(5),
+            settings: vec![("application_name".into(), "sluice/fault".into())],
+            statement_timeout_ms: 0,
+            statement_cache_size: 8,
+            auth: Default::default(),
+        };
+        let upstream = Upstream::new(
+            UpstreamSettings {
+                name: "faulty".into(),
+                identity: "faulty".into(),
+                limits: Limits {
+                    budget,
+                    server_budget: budget,
+                    server_lifetime: Duration::from_secs(3600),
+                    server_idle_timeout: Duration::from_secs(600),
+                },
+            },
+            vec![TenantSettings {
+                id: "t".into(),
+                pool_size: budget,
+                max_waiting: 8,
+                connect: Arc::new(connect),
+            }],
+            TaskTracker::new(),
+            Metrics::new(),
+        );
+        (upstream, cluster.port)
+    }
+
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_connection_fails_the_waiter_and_frees_its_slot() {
+        let _turn = TURN.lock().await;
+        let (upstream, port) = upstream(2);
+        arm(port, Fault::ConnectRefused, Some(1));
+        let error = upstream.checkout(0, Duration::from_secs(5)).await.err();
+        assert!(
+            matches!(error, Some(PoolError::Unavailable { .. })),
+            "{error:?}"
+        );
+        assert_eq!(upstream.status().open, 0);
+        // After the back-off, the next attempt reaches the server.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let conn = upstream.checkout(0, Duration::from_secs(5)).await.unwrap();
+        drop(conn);
+        assert_eq!(upstream.status().open, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lost_cancel_is_sent_again_and_the_connection_recovers() {
+        let _turn = TURN.lock().await;
+        let (upstream, port) = upstream(1);
+        let mut conn = upstream.checkout(0, Duration::from_secs(5)).await.unwrap();
+        // The client goes away mid-statement; the first cancel is lost.
+        let abandoned = tokio::time::timeout(
+            Duration::from_millis(300),
+            conn.fetch_text("select pg_sleep(30)", &[]),
+        )
+        .await;
+        assert!(abandoned.is_err());
+        arm(port, Fault::CancelLost, Some(1));
+        let returned = Instant::now();
+        drop(conn);
+        // Recovered (well before the 5 s recovery timeout) and reused: still one connection.
+        until("the connection to be recovered", || {
+            upstream.tenant_status(0).idle == 1
+        })
+        .await;
+        assert!(returned.elapsed() < Duration::from_secs(3));
+        let mut conn = upstream.checkout(0, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(
+            conn.fetch_text("select 1", &[]).await.unwrap()[0][0].as_deref(),
+            Some("1")
+        );
+        drop(conn);
+        assert_eq!(upstream.status().open, 1);
+        disarm(port, Fault::CancelLost);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_close_that_never_completes_keeps_its_slot_and_is_reported_stuck() {
+        let _turn = TURN.lock().await;
+        let (upstream, port) = upstream(1);
+        let conn = upstream.checkout(0, Duration::from_secs(5)).await.unwrap();
+        drop(conn);
+        arm(port, Fault::CloseHangs, None);
+        // Shutdown closes the idle connection; its backend "never ends".
+        upstream.close();
+        until("the close to be reported stuck", || {
+            upstream.status().stuck == 1
+        })
+        .await;
+        assert_eq!(upstream.status().open, 1, "the slot stays taken");
+        disarm(port, Fault::CloseHangs);
+        until("the slot to come back", || upstream.status().open == 0).await;
+        assert_eq!(upstream.status().stuck, 0);
+    }
+
+    /// Issue 11 item 10: a check-out cancelled during the revalidation ping of a long-idle
+    /// connection dropped the connection with its slot — the slot came back without a
+    /// Terminate, while the backend was still there. Now the connection goes back through its
+    /// `Drop`, is recovered (the ping's answer read) and reused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_check_out_cancelled_during_its_revalidation_ping_keeps_the_connection() {
+        let _turn = TURN.lock().await;
+        let (upstream, _) = upstream(1);
+        let conn = upstream.checkout(0, Duration::from_secs(5)).await.unwrap();
+        let pid = conn.cancel_token().process_id();
+        // Polled once: the ping is sent, then the caller goes away before its answer.
+        let cancelled = futures::FutureExt::now_or_never(upstream.revalidate(conn, true));
+        assert!(cancelled.is_none(), "the ping's answer cannot be there yet");
+        until("the connection to be back", || {
+            upstream.tenant_status(0).idle == 1
+        })
+        .await;
+        assert_eq!(upstream.status().open, 1);
+        let conn = upstream.checkout(0, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(conn.cancel_token().process_id(), pid, "the same session");
     }
 }
