@@ -75,8 +75,19 @@ fn keep_asking(
     })
 }
 
-async fn stuck_gauge(gateway: &Gateway) -> i64 {
-    let text = gateway.client.get("/metrics").await.text;
+/// The gauge, read with the admin key that `/metrics` on the public listener asks for.
+async fn stuck_gauge(gateway: &Gateway, admin_key: &str) -> i64 {
+    let auth = format!("Bearer {admin_key}");
+    let text = gateway
+        .client
+        .request(
+            http::Method::GET,
+            "/metrics",
+            &[("authorization", &auth)],
+            "",
+        )
+        .await
+        .text;
     text.lines()
         .find(|l| l.starts_with("sluice_upstream_stuck_connections{"))
         .and_then(|l| l.rsplit(' ').next())
@@ -155,12 +166,19 @@ async fn clients_hanging_up_when_the_first_cancel_is_lost_never_push_backends_ab
 async fn a_backend_that_ignores_cancels_keeps_its_slot_and_is_reported_stuck() {
     let db = database(LATE_SLEEP).await;
     let (key, hash) = key("acme");
-    let gateway = Gateway::start(&config(
-        &db,
-        &hash,
-        "pool_size = 2\nqueue_timeout_ms = 300\nstatement_timeout_ms = 60000",
-        "max_connections = 2",
-    ))
+    let (admin_key, admin_hash) = key("admin");
+    let gateway = Gateway::start(
+        &config(
+            &db,
+            &hash,
+            "pool_size = 2\nqueue_timeout_ms = 300\nstatement_timeout_ms = 60000",
+            "max_connections = 2",
+        )
+        .replace(
+            "[server]",
+            &format!("[server]\nadmin_keys = [\"{admin_hash}\"]"),
+        ),
+    )
     .await;
     let admin = direct(&db).await;
     let stop = Arc::new(AtomicBool::new(false));
@@ -188,7 +206,7 @@ async fn a_backend_that_ignores_cancels_keeps_its_slot_and_is_reported_stuck() {
         let (all, running) = backends(&admin, &db, "%/* stubborn */%").await;
         peak = peak.max(all);
         if hung_up.elapsed() > Duration::from_secs(11) && stuck_seen == 0 {
-            stuck_seen = stuck_gauge(&gateway).await;
+            stuck_seen = stuck_gauge(&gateway, &admin_key).await;
         }
         if running == 0 && hung_up.elapsed() > Duration::from_secs(2) {
             break;
@@ -213,7 +231,7 @@ async fn a_backend_that_ignores_cancels_keeps_its_slot_and_is_reported_stuck() {
     }
     stop.store(true, Ordering::Relaxed);
     asking.await.unwrap();
-    assert_eq!(stuck_gauge(&gateway).await, 0);
+    assert_eq!(stuck_gauge(&gateway, &admin_key).await, 0);
     gateway.stop().await;
 }
 
