@@ -165,8 +165,8 @@ async fn clients_hanging_up_when_the_first_cancel_is_lost_never_push_backends_ab
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_that_ignores_cancels_keeps_its_slot_and_is_reported_stuck() {
     let db = database(LATE_SLEEP).await;
-    let (key, hash) = key("acme");
     let (admin_key, admin_hash) = key("admin");
+    let (key, hash) = key("acme");
     let gateway = Gateway::start(
         &config(
             &db,
