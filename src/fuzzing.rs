@@ -287,7 +287,7 @@ pub fn server_messages(data: &[u8]) {
                     .map(|r| Ok(r.map(|r| String::from_utf8_lossy(&buffer[r]).into_owned())))
                     .collect();
                 if let Ok(text) = text {
-                    registry.learn(&type_row(&text).into_iter().collect::<Vec<_>>());
+                    registry.learn(type_row(&text).as_slice());
                 }
             }
             Message::CommandComplete(body) => {
