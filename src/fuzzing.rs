@@ -23,7 +23,7 @@ use crate::api::error::ApiError;
 use crate::api::parse_json;
 use crate::api::query::{Limits, QueryRequest};
 use crate::api::transactions::BeginRequest;
-use crate::config::{Config, PostgresUrl, defaults};
+use crate::config::{Config, PostgresUrl, SessionReset, defaults};
 use crate::pg::encode::{RowEncoder, RowMode, ValueFormat};
 use crate::pg::error::DbError;
 use crate::pg::sql::SqlAnalysis;
@@ -131,6 +131,7 @@ pub fn request_decode(data: &[u8]) {
 const LIMITS: Limits = Limits {
     max_sql_bytes: 2048,
     statement_timeout_ms: defaults::STATEMENT_TIMEOUT_MS,
+    session_reset: SessionReset::Auto,
 };
 
 /// `/v1/query`, or with `in_transaction` `/v1/transactions/{id}/query`.
