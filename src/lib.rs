@@ -20,7 +20,7 @@
 //!
 //! [`config`] turns the TOML file (or environment) into a validated configuration once;
 //! [`dev`] runs the throwaway Postgres behind `sluice dev` and the tests; [`check`] is
-//! `sluice check`.
+//! `sluice check`. [`fuzzing`] is the entry surface of the fuzz targets in `fuzz/`, not an API.
 
 pub mod admission;
 pub mod allocator;
@@ -31,6 +31,8 @@ pub mod config;
 pub mod dev;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod panic;
 pub mod pg;

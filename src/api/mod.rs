@@ -11,7 +11,7 @@ pub mod memory;
 pub mod query;
 pub mod results;
 mod stream;
-mod transactions;
+pub(crate) mod transactions;
 
 use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;

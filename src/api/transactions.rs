@@ -45,11 +45,11 @@ pub fn call_error(call: &TransactionCall, error: ApiError) -> ApiError {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct BeginRequest {
-    isolation: Option<Isolation>,
-    read_only: Option<bool>,
-    deferrable: Option<bool>,
-    idle_timeout_ms: Option<u64>,
+pub(crate) struct BeginRequest {
+    pub(crate) isolation: Option<Isolation>,
+    pub(crate) read_only: Option<bool>,
+    pub(crate) deferrable: Option<bool>,
+    pub(crate) idle_timeout_ms: Option<u64>,
 }
 
 /// What a call on `/v1/transactions/{id}/…` does.

@@ -161,9 +161,14 @@ fn write_array(
     if raw.first() == Some(&b'[') {
         at = raw.iter().position(|&c| c == b'=')? + 1;
     }
-    write_array_level(out, element, delimiter, raw, &mut at, scratch)?;
+    write_array_level(out, element, delimiter, raw, &mut at, scratch, 1)?;
     (at == raw.len()).then_some(())
 }
+
+/// Postgres arrays have at most 6 dimensions (`MAXDIM`). Text nested deeper did not come from
+/// Postgres's array output, and following it would let a broken or hostile server choose how
+/// deep this recursion goes (a 2 MB value is enough to overflow a worker's stack).
+const MAX_ARRAY_DIMENSIONS: usize = 6;
 
 fn write_array_level(
     out: &mut Vec<u8>,
@@ -172,8 +177,9 @@ fn write_array_level(
     raw: &[u8],
     at: &mut usize,
     scratch: &mut Vec<u8>,
+    depth: usize,
 ) -> Option<()> {
-    if raw.get(*at) != Some(&b'{') {
+    if raw.get(*at) != Some(&b'{') || depth > MAX_ARRAY_DIMENSIONS {
         return None;
     }
     *at += 1;
@@ -185,7 +191,7 @@ fn write_array_level(
     }
     loop {
         match *raw.get(*at)? {
-            b'{' => write_array_level(out, element, delimiter, raw, at, scratch)?,
+            b'{' => write_array_level(out, element, delimiter, raw, at, scratch, depth + 1)?,
             b'"' => {
                 scratch.clear();
                 *at += 1;
@@ -352,6 +358,24 @@ mod tests {
     fn malformed_array_text_falls_back_to_a_string() {
         assert_eq!(typed(1007, "{1,2"), "\"{1,2\"");
         assert_eq!(typed(1007, "nonsense"), "\"nonsense\"");
+    }
+
+    #[test]
+    fn arrays_keep_postgres_six_dimensions() {
+        assert_eq!(typed(1007, "{{{{{{1}}}}}}"), "[[[[[[1]]]]]]");
+        assert_eq!(typed(1007, "{{{{{{{1}}}}}}}"), "\"{{{{{{{1}}}}}}}\"");
+    }
+
+    /// A server (broken, hostile, or a man in the middle without TLS) that sent an int4[]
+    /// value nested a million deep overflowed the stack: the array parser recursed once per
+    /// `{`. Deeper than Postgres's 6 dimensions is not an array literal: it is sent as text.
+    #[test]
+    fn server_array_nested_a_million_deep_does_not_overflow_the_stack() {
+        let depth = 1_000_000;
+        let raw = format!("{}1{}", "{".repeat(depth), "}".repeat(depth));
+        let encoded = typed(1007, &raw);
+        assert_eq!(encoded.len(), raw.len() + 2, "the text, as a JSON string");
+        assert!(encoded.starts_with("\"{{{{{{{"));
     }
 
     #[test]
