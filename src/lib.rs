@@ -21,6 +21,10 @@
 //! [`config`] turns the TOML file (or environment) into a validated configuration once;
 //! [`dev`] runs the throwaway Postgres behind `sluice dev` and the tests; [`check`] is
 //! `sluice check`. [`fuzzing`] is the entry surface of the fuzz targets in `fuzz/`, not an API.
+//! Around the request path: [`admission`] (rate limits, failed-auth limiter) runs in step 2,
+//! [`transactions`] keeps interactive transactions' connections between calls, [`metrics`]
+//! counts, [`tls`] serves HTTPS; [`allocator`] and [`panic`] are process set-up (malloc tuning
+//! and trimming, a panic hook that never logs request data).
 
 pub mod admission;
 pub mod allocator;
