@@ -28,7 +28,7 @@ use crate::pg::encode::{RowEncoder, RowMode, ValueFormat};
 use crate::pg::error::DbError;
 use crate::pg::sql::SqlAnalysis;
 use crate::pg::statement::{CommandTag, Field};
-use crate::pg::types::{self, PgType, TypeElement, TypeRegistry, TypeRow};
+use crate::pg::types::{self, PgType, TypeRegistry, TypeRow};
 
 /// `sql_lexer`: any text (bytes are converted lossily, as a client's JSON string could not hold
 /// invalid UTF-8 anyway). Statement spans must be ascending, disjoint, non-empty ranges on
@@ -288,7 +288,7 @@ pub fn server_messages(data: &[u8]) {
                     .map(|r| Ok(r.map(|r| String::from_utf8_lossy(&buffer[r]).into_owned())))
                     .collect();
                 if let Ok(text) = text {
-                    registry.learn(type_row(&text).as_slice());
+                    registry.learn(TypeRow::from_text(&text).as_slice());
                 }
             }
             Message::CommandComplete(body) => {
@@ -328,29 +328,6 @@ pub fn server_messages(data: &[u8]) {
             _ => {}
         }
     }
-}
-
-/// A row of `TYPE_LOOKUP_SQL` as `PgConnection::learn_types` reads it.
-fn type_row(row: &[Option<String>]) -> Option<TypeRow> {
-    let oid = |i: usize| row.get(i)?.as_deref()?.parse::<u32>().ok();
-    let element_oid = oid(3)?;
-    let element = (element_oid != 0).then(|| TypeElement {
-        oid: element_oid,
-        name: row.get(4).cloned().flatten().unwrap_or_default(),
-        delimiter: row
-            .get(5)
-            .cloned()
-            .flatten()
-            .and_then(|d| d.bytes().next())
-            .unwrap_or(b','),
-        base: oid(6).unwrap_or(element_oid),
-    });
-    Some(TypeRow {
-        oid: oid(0)?,
-        name: row.get(1)?.clone()?,
-        base: oid(2)?,
-        element,
-    })
 }
 
 fn assert_json(bytes: &[u8], what: &str) {

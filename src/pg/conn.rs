@@ -33,7 +33,7 @@ use super::params;
 use super::sql::{GATEWAY_STATEMENT_PREFIX, SessionEffect};
 use super::statement::{CommandTag, Field, Statement, StatementCache};
 use super::tls::{self, ChannelBindingMode, SslMode, TlsConnector};
-use super::types::{PgType, TYPE_LOOKUP_SQL, TypeElement, TypeRegistry, TypeRow};
+use super::types::{PgType, TYPE_LOOKUP_SQL, TypeRegistry, TypeRow};
 
 /// Where and how to connect.
 #[derive(Debug, Clone)]
@@ -1220,27 +1220,7 @@ impl PgConnection {
                 })?;
         let parsed: Vec<TypeRow> = rows
             .iter()
-            .filter_map(|row| {
-                let oid = |i: usize| row.get(i)?.as_deref()?.parse::<u32>().ok();
-                let element_oid = oid(3)?;
-                let element = (element_oid != 0).then(|| TypeElement {
-                    oid: element_oid,
-                    name: row.get(4).cloned().flatten().unwrap_or_default(),
-                    delimiter: row
-                        .get(5)
-                        .cloned()
-                        .flatten()
-                        .and_then(|d| d.bytes().next())
-                        .unwrap_or(b','),
-                    base: oid(6).unwrap_or(element_oid),
-                });
-                Some(TypeRow {
-                    oid: oid(0)?,
-                    name: row.get(1)?.clone()?,
-                    base: oid(2)?,
-                    element,
-                })
-            })
+            .filter_map(|row| TypeRow::from_text(row))
             .collect();
         registry.learn(&parsed);
         Ok(())

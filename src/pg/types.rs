@@ -137,6 +137,32 @@ pub struct TypeRow {
     pub element: Option<TypeElement>,
 }
 
+impl TypeRow {
+    /// A row of [`TYPE_LOOKUP_SQL`] as the server sent it in text; `None` when it is not one
+    /// (a missing or unparsable column: the type stays unknown and its values stay text).
+    pub fn from_text(row: &[Option<String>]) -> Option<TypeRow> {
+        let oid = |i: usize| row.get(i)?.as_deref()?.parse::<u32>().ok();
+        let element_oid = oid(3)?;
+        let element = (element_oid != 0).then(|| TypeElement {
+            oid: element_oid,
+            name: row.get(4).cloned().flatten().unwrap_or_default(),
+            delimiter: row
+                .get(5)
+                .cloned()
+                .flatten()
+                .and_then(|d| d.bytes().next())
+                .unwrap_or(b','),
+            base: oid(6).unwrap_or(element_oid),
+        });
+        Some(TypeRow {
+            oid: oid(0)?,
+            name: row.get(1)?.clone()?,
+            base: oid(2)?,
+            element,
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TypeElement {
     pub oid: Oid,
