@@ -400,9 +400,10 @@ def window_median(samples, field, t_end, width=30):
 def summarise(soak, args):
     minutes = []
     answered_fail = 0
-    totals = {}
+    totals, by_kind = {}, {}
     for t, kind, outcome in soak.outcomes:
         totals[outcome] = totals.get(outcome, 0) + 1
+        by_kind.setdefault(kind, {})[outcome] = by_kind.setdefault(kind, {}).get(outcome, 0) + 1
     for m in range(args.minutes):
         lo, hi = m * 60, (m + 1) * 60
         outs = {}
@@ -411,7 +412,7 @@ def summarise(soak, args):
                 outs[outcome] = outs.get(outcome, 0) + 1
         ss = [s for s in soak.samples if lo < s["t"] <= hi + (1e9 if m == args.minutes - 1 else 0)]
         bk = [s["backends"] for s in ss if s["backends"] is not None]
-        po = [s["pools"]["open"] + s["pools"]["connecting"] + s["pools"]["closing"] for s in ss if s["pools"]]
+        po = [s["pools"]["open"] for s in ss if s["pools"]]
         minutes.append({"minute": m + 1, "outcomes": outs, "rssKb": ss[-1]["rssKb"] if ss else None,
                         "fds": ss[-1]["fds"] if ss else None, "fdsMax": max((s["fds"] for s in ss), default=None),
                         "maxBackends": max(bk, default=None), "maxPoolHeld": max(po, default=None),
@@ -422,8 +423,8 @@ def summarise(soak, args):
     rss_w, rss_e = window_median(soak.samples, "rssKb", warm), window_median(soak.samples, "rssKb", end)
     fd_w, fd_e = window_median(soak.samples, "fds", warm), window_median(soak.samples, "fds", end)
     bk_all = [s["backends"] for s in soak.samples if s["backends"] is not None]
-    pool_all = [s["pools"]["open"] + s["pools"]["connecting"] + s["pools"]["closing"]
-                for s in soak.samples if s["pools"]]
+    # `open` is every slot held against the budget: connecting and closing ones included.
+    pool_all = [s["pools"]["open"] for s in soak.samples if s["pools"]]
     unanswered = {o: n for o, n in totals.items() if o in ("conn_error", "timeout")}
     no_retry = {o: n for o, n in totals.items() if o.endswith("_no_retry_after")}
     answered_fail = sum(unanswered.values()) + sum(no_retry.values())
@@ -439,12 +440,12 @@ def summarise(soak, args):
         (f"backends <= budget ({BUDGET}) at every sample", bool(bk_all) and max(bk_all) <= BUDGET,
          f"max {max(bk_all, default=None)} over {len(bk_all)} samples "
          f"({len(soak.samples) - len(bk_all)} samples without a reading, Postgres restarting); "
-         f"gateway's own count (open + connecting + closing) max {max(pool_all, default=None)}"),
+         f"gateway's own count (`open` in /v1/admin/pools) max {max(pool_all, default=None)}"),
         ("every request answered", answered_fail == 0 and len(soak.outcomes) > 0,
          f"{len(soak.outcomes)} requests, unanswered {unanswered or 0}, 503/429 without Retry-After "
          f"{no_retry or 0}, deliberate disconnects {totals.get('disconnected', 0)}"),
     ]
-    return {"minutes": minutes, "totals": totals, "criteria": criteria,
+    return {"minutes": minutes, "totals": totals, "byKind": by_kind, "criteria": criteria,
             "rssWarmKb": rss_w, "rssEndKb": rss_e, "fdsWarm": fd_w, "fdsEnd": fd_e}
 
 
@@ -459,10 +460,13 @@ def markdown(summary, soak, args, started):
     for name, ok, detail in summary["criteria"]:
         lines.append(f"- **{'PASS' if ok else 'FAIL'}** {name}: {detail}")
     lines += ["", "## Requests by outcome (total)", "",
-              ", ".join(f"{k}: {v:,}" for k, v in sorted(summary["totals"].items())), "",
+              ", ".join(f"{k}: {v:,}" for k, v in sorted(summary["totals"].items())), "", "By kind:", ""]
+    for kind, outs in sorted(summary["byKind"].items()):
+        lines.append(f"- {kind}: " + ", ".join(f"{k}: {v:,}" for k, v in sorted(outs.items())))
+    lines += ["",
               "## Per minute", "",
               "| min | requests | 2xx | other answers | unanswered | disconnected | RSS (MiB) | FDs (end / max) "
-              "| max backends | max held by gateway | events |",
+              "| max backends | max slots held (gateway) | events |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for m in summary["minutes"]:
         o = m["outcomes"]
@@ -543,7 +547,7 @@ def main():
         with open(out + ".json", "w") as f:
             json.dump({"started": started.isoformat(), "args": vars(args), "budget": BUDGET,
                        "criteria": [{"name": n, "pass": ok, "detail": d} for n, ok, d in summary["criteria"]],
-                       "totals": summary["totals"], "minutes": summary["minutes"], "events": soak.events,
+                       "totals": summary["totals"], "byKind": summary["byKind"], "minutes": summary["minutes"], "events": soak.events,
                        "samples": soak.samples}, f, indent=1)
         print(md)
         for name, ok, detail in summary["criteria"]:
