@@ -173,9 +173,12 @@ fn batch(body: &[u8], limits: Limits) -> Result<(), ApiError> {
                 return Err(ApiError::BadRequest("timeout 0".into()));
             }
             // Without a transaction the script runs statement by statement, sliced by span.
+            // Whitespace as Postgres's scanner knows it: other Unicode spaces (U+00A0, U+2000)
+            // are identifier characters to Postgres, so a span of them is a statement.
+            let postgres_space = |c: char| matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0c');
             for span in &analysis.statement_spans {
                 let statement = &script[span.clone()];
-                assert!(!statement.trim().is_empty());
+                assert!(!statement.trim_matches(postgres_space).is_empty());
             }
             Ok(())
         }
