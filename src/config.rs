@@ -525,7 +525,7 @@ impl RawServer {
             )? as u32,
             log_format: log_format.unwrap_or(LogFormat::Text),
             log_level: match log_level {
-                Some(level) if tracing_subscriber::EnvFilter::try_new(&level).is_err() => {
+                Some(level) if !is_log_filter(&level) => {
                     return Err(err(
                         "server.log_level",
                         format!(
@@ -803,6 +803,16 @@ fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
     })
 }
 
+/// Whether `filter` is a level or a `RUST_LOG`-style filter. Filters name targets, levels and
+/// fields, all ASCII; tracing-subscriber's directive parser panics on some multi-byte text
+/// (found by the `config` fuzz target), so anything else is refused before it gets there, and
+/// a panic in the parser all the same is a refusal, not a crash of the start or reload.
+fn is_log_filter(filter: &str) -> bool {
+    filter.is_ascii()
+        && std::panic::catch_unwind(|| tracing_subscriber::EnvFilter::try_new(filter).is_ok())
+            .unwrap_or(false)
+}
+
 fn at_least(key: &str, value: usize, minimum: usize) -> Result<usize, ConfigError> {
     if value < minimum {
         return Err(err(
@@ -1006,6 +1016,27 @@ mod tests {
         assert_eq!(tenant.max_transaction_connections, 19);
         assert_eq!(tenant.transaction_max, Duration::from_secs(30));
         assert_eq!(config.server.max_body_bytes, 1024 * 1024);
+    }
+
+    /// Found by the `config` fuzz target: tracing-subscriber's filter parser panicked on a
+    /// multi-byte character (`end byte index … is not a char boundary`), so a typo in
+    /// `log_level` crashed the start, or the reload that read it.
+    #[test]
+    fn a_log_level_with_multibyte_text_is_refused_not_a_panic() {
+        for level in [
+            "info\u{fffd}",
+            "  ent_timeout_m\u{fffd} = 149\u{fffd},4:1111",
+            "é=debug",
+        ] {
+            let toml = format!(
+                "[server]\nlog_level = {level:?}\n[[upstreams]]\nname = \"main\"\n\
+                 url = \"postgres://u:p@127.0.0.1/db\"\n[[tenants]]\nid = \"a\"\n\
+                 api_keys = [\"{KEY}\"]\n"
+            );
+            let error = config(&toml).unwrap_err().to_string();
+            assert!(error.starts_with("server.log_level"), "{error}");
+        }
+        assert!(is_log_filter("info,sluice::request=warn"));
     }
 
     #[test]
