@@ -91,6 +91,21 @@ pub(crate) enum Stream {
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
+impl Stream {
+    /// Shuts the socket down in both directions at once (a fault seam: the connection dies the
+    /// way a cut link does, without a Terminate).
+    fn shutdown_now(&self) {
+        let result = match self {
+            Stream::Tcp(s) => socket2::SockRef::from(s).shutdown(std::net::Shutdown::Both),
+            Stream::Unix(s) => socket2::SockRef::from(s).shutdown(std::net::Shutdown::Both),
+            Stream::Tls(s) => {
+                socket2::SockRef::from(s.get_ref().0).shutdown(std::net::Shutdown::Both)
+            }
+        };
+        let _ = result;
+    }
+}
+
 impl AsyncRead for Stream {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -1576,7 +1591,12 @@ impl PgConnection {
             return Ok(());
         }
         self.write_interrupted = true;
-        let result = self.stream.write_all(&self.write_buf).await;
+        let result = if super::faults::strikes(&self.cancel.target, super::faults::Fault::WriteCut)
+        {
+            self.write_cut().await
+        } else {
+            self.stream.write_all(&self.write_buf).await
+        };
         self.write_buf.clear();
         match result {
             Ok(()) => {
@@ -1588,6 +1608,18 @@ impl PgConnection {
                 Err(e)
             }
         }
+    }
+
+    /// [`Fault::WriteCut`](super::faults::Fault::WriteCut): half the pending bytes reach the
+    /// server, then the socket is shut down.
+    async fn write_cut(&mut self) -> io::Result<()> {
+        let half = self.write_buf.len().div_ceil(2);
+        self.stream.write_all(&self.write_buf[..half]).await?;
+        self.stream.shutdown_now();
+        Err(io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            "the socket closed in the middle of a message (injected fault)",
+        ))
     }
 
     /// The next message that concerns the current exchange; notices, notifications and
@@ -1665,7 +1697,14 @@ impl PgConnection {
                         "server closed the connection",
                     ));
                 }
-                Ok(_) => {}
+                Ok(read) => {
+                    if super::faults::strikes(&self.cancel.target, super::faults::Fault::ReadCut) {
+                        // Whatever message the last byte belonged to is now incomplete.
+                        let keep = self.read_buf.len() - read.min(1);
+                        self.read_buf.truncate(keep);
+                        self.stream.shutdown_now();
+                    }
+                }
                 Err(e) => {
                     self.broken = true;
                     return Err(e);

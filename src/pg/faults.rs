@@ -1,6 +1,6 @@
 //! A test-only seam that makes the real I/O path fail at chosen points, for one server (by
 //! port): a connection attempt refused, a cancel request lost on its way, a close whose
-//! backend never ends. Not a mock of Postgres: everything else runs against a real server.
+//! backend never ends, the socket closed in the middle of a message either way. Not a mock of Postgres: everything else runs against a real server.
 //! Compiled in for the crate's own tests and with the `fault-injection` feature; otherwise
 //! every check is a constant `false`.
 
@@ -12,6 +12,12 @@ pub enum Fault {
     CancelLost,
     /// Closing a connection never sees the server end the session while armed.
     CloseHangs,
+    /// The socket is shut down halfway through writing a request: the server receives a
+    /// truncated message, then end-of-file (a link or middlebox dying mid-write).
+    WriteCut,
+    /// The socket is shut down right after a read, and that read's last byte is dropped: the
+    /// gateway holds a truncated server message, then sees end-of-file.
+    ReadCut,
 }
 
 #[cfg(any(test, feature = "fault-injection"))]

@@ -867,4 +867,69 @@ mod fault_tests {
         let conn = upstream.checkout(0, Duration::from_secs(1)).await.unwrap();
         assert_eq!(conn.cancel_token().process_id(), pid, "the same session");
     }
+
+    /// Whether the server still has a backend with this process id.
+    async fn backend_alive(pid: i32) -> bool {
+        let (client, connection) = tokio_postgres::connect(&cluster().url, tokio_postgres::NoTls)
+            .await
+            .expect("observer connection");
+        tokio::spawn(connection);
+        client
+            .query_one(
+                "select count(*) from pg_stat_activity where pid = $1",
+                &[&pid],
+            )
+            .await
+            .expect("pg_stat_activity")
+            .get::<_, i64>(0)
+            == 1
+    }
+
+    /// Issue 12: the socket closes in the middle of a message, in either direction. The
+    /// statement fails as a lost connection, the connection is never reused, its slot comes
+    /// back only once the server has ended the backend, and the next check-out gets a fresh,
+    /// working session.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_socket_closed_mid_message_frees_its_slot_and_backend() {
+        let _turn = TURN.lock().await;
+        for fault in [Fault::WriteCut, Fault::ReadCut] {
+            let (upstream, port) = upstream(1);
+            let mut conn = upstream.checkout(0, Duration::from_secs(5)).await.unwrap();
+            let first = conn.cancel_token().process_id();
+            arm(port, fault, Some(1));
+            // A long row: the cut read holds part of a DataRow.
+            let result = conn
+                .fetch_text("select repeat('x', 200000), $1::int", &["7"])
+                .await;
+            disarm(port, fault);
+            assert!(result.is_err(), "{fault:?}: the statement must fail");
+            assert!(
+                conn.is_broken(),
+                "{fault:?}: the connection is known broken"
+            );
+            drop(conn);
+            until("the slot to come back", || upstream.status().open == 0).await;
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while backend_alive(first).await {
+                assert!(
+                    Instant::now() < deadline,
+                    "{fault:?}: the backend never ended"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let mut conn = upstream.checkout(0, Duration::from_secs(5)).await.unwrap();
+            assert_ne!(
+                conn.cancel_token().process_id(),
+                first,
+                "{fault:?}: a new session"
+            );
+            assert_eq!(
+                conn.fetch_text("select 1", &[]).await.unwrap()[0][0].as_deref(),
+                Some("1")
+            );
+            drop(conn);
+            upstream.close();
+            until("the upstream to close", || upstream.status().open == 0).await;
+        }
+    }
 }
