@@ -124,27 +124,64 @@ pub fn write_typed(out: &mut Vec<u8>, ty: &PgType, raw: &[u8], scratch: &mut Vec
     }
 }
 
+/// Text embedded in the response as it is (numbers, `json`) is checked first: Postgres's own
+/// output always passes, but a broken or hostile server (or a proxy in between) must not be able
+/// to break the response's JSON or inject members into it. What fails the check is sent as a
+/// JSON string, as every type without a rule is.
 fn write_scalar(out: &mut Vec<u8>, kind: &ValueKind, raw: &[u8]) {
     match kind {
         ValueKind::Bool => out.extend_from_slice(if raw == b"t" { b"true" } else { b"false" }),
-        ValueKind::Integer => out.extend_from_slice(raw),
-        ValueKind::Float => {
-            if raw
-                .first()
-                .is_some_and(|c| c.is_ascii_digit() || *c == b'-')
-                && raw.last().is_some_and(|c| c.is_ascii_digit())
-            {
-                out.extend_from_slice(raw);
-            } else {
-                // NaN, Infinity, -Infinity
-                write_json_string(out, raw);
-            }
+        // NaN, Infinity and -Infinity (floats) are not JSON numbers: strings.
+        ValueKind::Integer | ValueKind::Float if is_json_number(raw) => out.extend_from_slice(raw),
+        ValueKind::Json if is_json_text(raw) => out.extend_from_slice(raw),
+        ValueKind::Integer
+        | ValueKind::Float
+        | ValueKind::Json
+        | ValueKind::ExactString
+        | ValueKind::Text
+        | ValueKind::Array { .. } => write_json_string(out, raw),
+    }
+}
+
+/// RFC 8259's `number`: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
+fn is_json_number(raw: &[u8]) -> bool {
+    fn digits(raw: &[u8], at: &mut usize) -> usize {
+        let start = *at;
+        while raw.get(*at).is_some_and(u8::is_ascii_digit) {
+            *at += 1;
         }
-        ValueKind::Json => out.extend_from_slice(raw),
-        ValueKind::ExactString | ValueKind::Text | ValueKind::Array { .. } => {
-            write_json_string(out, raw)
+        *at - start
+    }
+    let mut at = usize::from(raw.first() == Some(&b'-'));
+    match raw.get(at) {
+        Some(b'0') => at += 1,
+        Some(b'1'..=b'9') => {
+            digits(raw, &mut at);
+        }
+        _ => return false,
+    }
+    if raw.get(at) == Some(&b'.') {
+        at += 1;
+        if digits(raw, &mut at) == 0 {
+            return false;
         }
     }
+    if matches!(raw.get(at), Some(b'e' | b'E')) {
+        at += 1;
+        if matches!(raw.get(at), Some(b'+' | b'-')) {
+            at += 1;
+        }
+        if digits(raw, &mut at) == 0 {
+            return false;
+        }
+    }
+    at == raw.len()
+}
+
+/// Whether `raw` is one complete JSON value. serde_json skips an ignored value iteratively, so
+/// nesting depth costs no stack.
+fn is_json_text(raw: &[u8]) -> bool {
+    serde_json::from_slice::<serde::de::IgnoredAny>(raw).is_ok()
 }
 
 /// Parses an array's text output (`{1,2}`, `{{"a b",NULL}}`, `[0:1]={…}`) into a JSON array,
@@ -358,6 +395,39 @@ mod tests {
     fn malformed_array_text_falls_back_to_a_string() {
         assert_eq!(typed(1007, "{1,2"), "\"{1,2\"");
         assert_eq!(typed(1007, "nonsense"), "\"nonsense\"");
+    }
+
+    /// A hostile server (or a man in the middle without TLS) controlled the response's JSON:
+    /// number and `json` text was embedded unchecked, so `1,"admin":true` in an int4 column
+    /// added a member to the row object. Text that is not what Postgres emits becomes a string.
+    #[test]
+    fn server_text_that_is_not_json_cannot_break_or_extend_the_response() {
+        assert_eq!(typed(23, "1,\"admin\":true"), "\"1,\\\"admin\\\":true\"");
+        assert_eq!(typed(23, ""), "\"\"");
+        assert_eq!(typed(23, "01"), "\"01\"");
+        assert_eq!(typed(701, "1,2,3"), "\"1,2,3\"");
+        assert_eq!(typed(701, "1-2"), "\"1-2\"");
+        assert_eq!(typed(701, "1e-05"), "1e-05");
+        assert_eq!(typed(701, "-0"), "-0");
+        assert_eq!(
+            typed(3802, "{\"a\": 1}, \"b\": 2"),
+            "\"{\\\"a\\\": 1}, \\\"b\\\": 2\""
+        );
+        assert_eq!(typed(114, "[1, 2] "), "[1, 2] ");
+        assert_eq!(typed(1007, "{1,2x}"), "[1,\"2x\"]");
+        // The check does not recurse (serde_json skips values with its own stack): a
+        // document nested a million deep is checked, not a stack overflow.
+        let deep = format!("{}{}", "[".repeat(1_000_000), "]".repeat(1_000_000));
+        assert_eq!(typed(3802, &deep), deep);
+        assert!(typed(3802, &deep[1..]).starts_with("\"[[["));
+        for valid in ["0", "-1", "12.5", "1E9", "2e+3", "1.0e-2"] {
+            assert!(is_json_number(valid.as_bytes()), "{valid}");
+        }
+        for invalid in [
+            "", "-", "+1", ".5", "1.", "1e", "1e+", "00", "NaN", "0x10", "1 ",
+        ] {
+            assert!(!is_json_number(invalid.as_bytes()), "{invalid}");
+        }
     }
 
     #[test]
