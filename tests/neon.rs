@@ -755,3 +755,29 @@ async fn sql_requests_are_counted_and_routed_as_sql() {
     }
     gateway.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_keeps_the_response_limit_and_the_statement_timeout() {
+    let db = database("").await;
+    let (key, hash) = key("acme");
+    let toml = config(&db, &hash, "statement_timeout_ms = 300", "")
+        .replace("[server]", "[server]\nmax_response_bytes = 4096");
+    let gateway = Gateway::start(&toml).await;
+    let cs = connection_string("acme", &key, &db);
+    let headers = [("neon-connection-string", cs.as_str())];
+    let large = sql(
+        &gateway,
+        &headers,
+        &json!({"query": "select repeat('x', 100) from generate_series(1, 100)"}),
+    )
+    .await;
+    let body = assert_neon_error(&large, StatusCode::PAYLOAD_TOO_LARGE, "response_too_large");
+    assert_eq!(body["limit"], 4096);
+    let slow = sql(&gateway, &headers, &json!({"query": "select pg_sleep(5)"})).await;
+    let body = assert_neon_error(&slow, StatusCode::BAD_REQUEST, "database");
+    assert_eq!(body["code"], "57014");
+    // The connection is fine afterwards.
+    let next = sql(&gateway, &headers, &json!({"query": "select 1 as one"})).await;
+    assert_eq!(next.json()["rows"], json!([{"one": 1}]));
+    gateway.stop().await;
+}
