@@ -164,13 +164,7 @@ async fn batch(
             b"{\"results\":[]}".to_vec(),
         ));
     }
-    let requests: Vec<StatementRequest<'_>> = queries
-        .iter()
-        .map(|query| StatementRequest {
-            sql: Cow::Borrowed(query.query.as_ref()),
-            params: query.params.clone(),
-        })
-        .collect();
+    let requests = statement_requests(queries);
     let (statements, timeout) =
         check_statements(&requests, None, Limits::of(ctx, tenant)).map_err(neon_words)?;
     let array_modes: Vec<bool> = queries
@@ -238,6 +232,17 @@ async fn batch(
     Ok(response)
 }
 
+/// The queries as `/v1/batch` statements, for its checks.
+fn statement_requests<'a>(queries: &'a [QueryData<'_>]) -> Vec<StatementRequest<'a>> {
+    queries
+        .iter()
+        .map(|query| StatementRequest {
+            sql: Cow::Borrowed(query.query.as_ref()),
+            params: query.params.clone(),
+        })
+        .collect()
+}
+
 /// The shared checks name `/v1/*`'s fields; a Neon client sent `query` and `queries`.
 fn neon_words(error: ApiError) -> ApiError {
     match error {
@@ -261,13 +266,7 @@ pub fn decode(body: &[u8], limits: Limits) -> Result<(), ApiError> {
         }
         Request::Batch(queries) if queries.is_empty() => Ok(()),
         Request::Batch(queries) => {
-            let requests: Vec<StatementRequest<'_>> = queries
-                .iter()
-                .map(|query| StatementRequest {
-                    sql: Cow::Borrowed(query.query.as_ref()),
-                    params: query.params.clone(),
-                })
-                .collect();
+            let requests = statement_requests(&queries);
             check_statements(&requests, None, limits).map(drop)
         }
     }
