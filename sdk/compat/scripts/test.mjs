@@ -10,6 +10,13 @@ import { resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 
+// Prisma 7 needs Node.js 20.19+ (or 22.12+); say so instead of failing obscurely.
+const [major, minor] = process.versions.node.split('.').map(Number);
+if (major < 20 || (major === 20 && minor < 19) || (major === 22 && minor < 12) || major === 21 || major === 23) {
+  console.error(`Node.js ${process.version} is too old for Prisma 7: these tests need 20.19+, 22.12+ or 24+.`);
+  process.exit(1);
+}
+
 const root = fileURLToPath(new URL('..', import.meta.url));
 process.chdir(root);
 const bin = resolve(process.env.SLUICE_BIN ?? '../../target/debug/sluice');
