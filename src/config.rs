@@ -959,7 +959,7 @@ fn split_host_port(hostport: &str) -> Result<(String, u16), String> {
     Ok((percent_decode(&host)?, port))
 }
 
-fn percent_decode(text: &str) -> Result<String, String> {
+pub(crate) fn percent_decode(text: &str) -> Result<String, String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -102,7 +102,8 @@ pub fn params(data: &[u8]) {
     }
 }
 
-/// `request_decode`: the same bytes as the body of every route, decoded and validated as the
+/// `request_decode`: the same bytes as the body of every route (and as `/sql`'s connection
+/// string), decoded and validated as the
 /// handlers do before they touch a connection. Whatever the bytes, the answer is a value or a
 /// client error (4xx) — never a panic, never a 5xx.
 pub fn request_decode(data: &[u8]) {
@@ -113,6 +114,7 @@ pub fn request_decode(data: &[u8]) {
         query(data, LIMITS, true),
         transaction_batch(data, LIMITS),
         transaction_end(data),
+        crate::api::neon::decode(data, LIMITS),
     ] {
         if let Err(error) = result {
             assert!(
@@ -123,6 +125,10 @@ pub fn request_decode(data: &[u8]) {
             );
             let _ = error.to_json();
         }
+    }
+    // The same bytes as a `Neon-Connection-String` header.
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = crate::api::neon::request::ConnectionString::parse(text);
     }
 }
 

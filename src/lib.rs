@@ -25,6 +25,9 @@
 //! [`transactions`] keeps interactive transactions' connections between calls, [`metrics`]
 //! counts, [`tls`] serves HTTPS; [`allocator`] and [`panic`] are process set-up (malloc tuning
 //! and trimming, a panic hook that never logs request data).
+//!
+//! `POST /sql` ([`api::neon`]) is Neon's SQL-over-HTTP protocol on the same path: only the
+//! credentials' place, the request's shape and the response's differ.
 
 pub mod admission;
 pub mod allocator;

@@ -8,6 +8,7 @@ pub mod body;
 pub mod error;
 mod health;
 pub mod memory;
+pub mod neon;
 pub mod query;
 pub mod results;
 mod stream;
@@ -379,8 +380,11 @@ pub async fn handle<B: RequestBody>(
     let _in_flight = InFlight(&app.in_flight);
     let request_id = request_id(request.headers());
     let generation = app.generation();
-    let (parts, incoming) = request.into_parts();
+    let (mut parts, incoming) = request.into_parts();
     let route = Route::of(parts.uri.path(), surface);
+    if route == Route::Sql {
+        neon::adopt_connection_string_key(&mut parts.headers);
+    }
     let mut ctx = RequestContext {
         app: &app,
         generation: &generation,
@@ -406,7 +410,12 @@ pub async fn handle<B: RequestBody>(
         Err(error) => {
             let kind = error.kind();
             let detail = error.log_detail().map(str::to_owned);
-            (error.into_response(), kind, detail)
+            let response = if route == Route::Sql {
+                neon::error_response(error)
+            } else {
+                error.into_response()
+            };
+            (response, kind, detail)
         }
     };
     // The body was dropped with the handler; the lease now covers the response until it is
@@ -480,6 +489,8 @@ enum Route<'p> {
     Batch,
     Begin,
     Transaction(&'p str, transactions::Action),
+    /// Neon's protocol (`POST /sql`).
+    Sql,
     AdminPools,
     AdminReload,
     NotFound,
@@ -499,6 +510,7 @@ impl<'p> Route<'p> {
             (_, "/v1/query") => Route::Query,
             (_, "/v1/batch") => Route::Batch,
             (_, "/v1/transactions") => Route::Begin,
+            (_, "/sql") => Route::Sql,
             (_, "/v1/admin/pools") => Route::AdminPools,
             (_, "/v1/admin/reload") => Route::AdminReload,
             _ => {
@@ -533,6 +545,7 @@ impl<'p> Route<'p> {
             Route::Transaction(_, transactions::Action::Batch) => "transaction_batch",
             Route::Transaction(_, transactions::Action::Commit) => "transaction_commit",
             Route::Transaction(_, transactions::Action::Rollback) => "transaction_rollback",
+            Route::Sql => "sql",
             Route::AdminPools => "admin_pools",
             Route::AdminReload => "admin_reload",
             Route::NotFound => "not_found",
@@ -543,7 +556,7 @@ impl<'p> Route<'p> {
     fn is_api(self) -> bool {
         matches!(
             self,
-            Route::Query | Route::Batch | Route::Begin | Route::Transaction(..)
+            Route::Query | Route::Batch | Route::Begin | Route::Transaction(..) | Route::Sql
         )
     }
 
@@ -592,6 +605,7 @@ async fn dispatch<B: RequestBody>(
             admin::reload(ctx).await
         }
         Route::NotFound => Err(ApiError::NotFound),
+        Route::Sql => neon::handle(ctx, incoming).await,
         Route::Query | Route::Batch | Route::Begin | Route::Transaction(..) => {
             // Authenticate (and admit) before reading the body: an unauthenticated or
             // rate-limited client costs no more than its headers.
@@ -746,6 +760,7 @@ pub fn decode_request(path: &str, body: &[u8]) -> Result<(), String> {
                 .map(drop),
                 (None, None) => Ok(()),
             }),
+        "/sql" => neon::decode(body, limits),
         _ => Ok(()),
     };
     checked.map_err(message)

@@ -31,7 +31,7 @@ use tokio::net::{TcpStream, UnixStream};
 use super::error::{ConnectError, DbError, QueryError};
 use super::params;
 use super::sql::{GATEWAY_STATEMENT_PREFIX, SessionEffect};
-use super::statement::{CommandTag, Field, Statement, StatementCache};
+use super::statement::{ColumnSource, CommandTag, Field, Statement, StatementCache};
 use super::tls::{self, ChannelBindingMode, SslMode, TlsConnector};
 use super::types::{PgType, TYPE_LOOKUP_SQL, TypeRegistry, TypeRow};
 
@@ -167,8 +167,9 @@ pub struct QueryOptions<'a> {
     pub types: &'a TypeRegistry,
 }
 
-/// A statement as Describe reports it: parameter type OIDs, and result columns (name, OID).
-type Description = (Vec<u32>, Vec<(String, u32)>);
+/// A statement as Describe reports it: parameter type OIDs, and result columns (name, OID,
+/// where the column comes from).
+type Description = (Vec<u32>, Vec<(String, u32, ColumnSource)>);
 
 /// See [`PgConnection::checkpoint`].
 #[derive(Clone, Copy)]
@@ -836,7 +837,13 @@ impl PgConnection {
                     let mut columns = Vec::new();
                     let mut fields = body.fields();
                     while let Some(field) = fields.next().map_err(|e| (described.len(), lost(e)))? {
-                        columns.push((field.name().to_owned(), field.type_oid()));
+                        let source = ColumnSource {
+                            table_oid: field.table_oid(),
+                            column_id: field.column_id(),
+                            type_size: field.type_size(),
+                            type_modifier: field.type_modifier(),
+                        };
+                        columns.push((field.name().to_owned(), field.type_oid(), source));
                     }
                     described.extend(current.take().map(|(params, _)| (params, columns)));
                 }
@@ -876,7 +883,7 @@ impl PgConnection {
                 params
                     .iter()
                     .copied()
-                    .chain(columns.iter().map(|(_, oid)| *oid))
+                    .chain(columns.iter().map(|(_, oid, _)| *oid))
             })
             .filter(|oid| options.types.get(*oid).is_none())
             .collect();
@@ -900,7 +907,7 @@ impl PgConnection {
                 params: params.into_iter().map(resolve).collect(),
                 fields: columns
                     .into_iter()
-                    .map(|(name, oid)| Field::new(name, resolve(oid)))
+                    .map(|(name, oid, source)| Field::new(name, resolve(oid)).with_source(source))
                     .collect(),
             });
             for evicted in self.statements.insert(sql, statement.clone()) {

@@ -19,6 +19,6 @@ pub use conn::{
 pub use encode::{RowEncoder, RowMode, ValueFormat};
 pub use error::{ConnectError, DbError, QueryError};
 pub use sql::{SessionEffect, SqlAnalysis};
-pub use statement::{CommandTag, Field, Statement};
+pub use statement::{ColumnSource, CommandTag, Field, Statement};
 pub use tls::{SslMode, TlsConnector};
 pub use types::TypeRegistry;

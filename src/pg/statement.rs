@@ -14,6 +14,18 @@ pub struct Field {
     pub ty: Arc<PgType>,
     /// `"name":`, escaped once so object rows are written without re-escaping keys.
     pub json_key: Box<[u8]>,
+    /// Where the column comes from and its declared size, as RowDescription tells: only
+    /// Neon's protocol (`POST /sql`) reports them.
+    pub source: ColumnSource,
+}
+
+/// RowDescription's other facts about a column (zero when it is not a table's column).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ColumnSource {
+    pub table_oid: u32,
+    pub column_id: i16,
+    pub type_size: i16,
+    pub type_modifier: i32,
 }
 
 impl Field {
@@ -25,7 +37,12 @@ impl Field {
             name,
             ty,
             json_key: json_key.into_boxed_slice(),
+            source: ColumnSource::default(),
         }
+    }
+
+    pub fn with_source(self, source: ColumnSource) -> Field {
+        Field { source, ..self }
     }
 }
 

@@ -1,0 +1,273 @@
+//! `POST /sql`: Neon's SQL-over-HTTP protocol, so `@neondatabase/serverless`'s `neon()` and the
+//! ORMs built on it (`drizzle-orm/neon-http`, Prisma's `PrismaNeonHttp`) work against sluice with
+//! only their endpoint changed. It is a second face on the same machinery as `/v1/query` and
+//! `/v1/batch`: the same authentication (the connection string's password is the tenant's API
+//! key), rate limit, pool checkout and queue, statement checks, pipelined batch in one
+//! transaction, hygiene and cancel-on-disconnect. Only the shapes differ: Neon's headers and body
+//! in ([`request`]), Neon's results and error bodies out ([`response`]).
+
+pub mod request;
+pub mod response;
+
+use std::borrow::Cow;
+use std::time::Instant;
+
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+
+use self::request::{ConnectionString, Options, Payload, QueryData, Request};
+use self::response::NeonWriter;
+use super::batch::{Isolation, StatementRequest, begin_sql, check_statements, pipeline_error};
+use super::body::Body;
+use super::error::ApiError;
+use super::query::{Limits, check_statement};
+use super::{RequestBody, RequestContext, Tenant};
+use crate::pg::{QueryOptions, SessionEffect};
+
+pub use self::response::error_response;
+
+/// Called before anything reads the credentials: when a request to `/sql` has no
+/// `Authorization` header, the password of its `Neon-Connection-String` becomes its bearer key.
+/// `/sql` is then authenticated by the very path every other route takes (key hashing, the
+/// failed-authentication limiter, and whatever else that path learns), not by a copy of it.
+pub fn adopt_connection_string_key(headers: &mut HeaderMap) {
+    if headers.contains_key(http::header::AUTHORIZATION) {
+        return;
+    }
+    let Ok(Some(ConnectionString {
+        password: Some(password),
+        ..
+    })) = ConnectionString::of(headers)
+    else {
+        return;
+    };
+    if let Ok(mut value) = HeaderValue::from_str(&format!("Bearer {password}")) {
+        value.set_sensitive(true);
+        headers.insert(http::header::AUTHORIZATION, value);
+    }
+}
+
+pub async fn handle<B: RequestBody>(
+    ctx: &mut RequestContext<'_>,
+    incoming: B,
+) -> Result<Response<Body>, ApiError> {
+    let options = Options::of(ctx.headers)?;
+    let connection = ConnectionString::of(ctx.headers)?;
+    // Authenticate (and admit) before reading the body, as every route does.
+    let tenant = ctx.tenant()?;
+    if let Some(connection) = &connection {
+        check_connection_string(ctx, &tenant, connection)?;
+    }
+    let body = super::read_body(ctx, incoming).await?;
+    let payload: Payload = super::parse_json(&body)?;
+    match payload.into_request()? {
+        Request::Single(query) => single(ctx, &tenant, options, &query).await,
+        Request::Batch(queries) => batch(ctx, &tenant, options, &queries).await,
+    }
+}
+
+/// The connection string must name the tenant whose key its password is, and the tenant's
+/// database. With an `Authorization` header of its own the client's user name is not a tenant's
+/// (Neon's JWT clients put a role there) and is not checked.
+fn check_connection_string(
+    ctx: &RequestContext<'_>,
+    tenant: &Tenant,
+    connection: &ConnectionString,
+) -> Result<(), ApiError> {
+    let id = &tenant.config.id;
+    let by_password = connection.password.as_ref().is_some_and(|password| {
+        ctx.headers
+            .get(http::header::AUTHORIZATION)
+            .is_some_and(|value| value.as_bytes() == format!("Bearer {password}").as_bytes())
+    });
+    if by_password && connection.user != *id {
+        return Err(ApiError::Forbidden(format!(
+            "the connection string's user is \"{}\" but its password is the API key of tenant \
+             \"{id}\": write postgresql://{id}:<api key>@<host>/<database>",
+            connection.user
+        )));
+    }
+    let upstream = &ctx.generation.config.upstreams[tenant.config.upstream];
+    let expected = tenant
+        .config
+        .database
+        .as_deref()
+        .unwrap_or(&upstream.database);
+    match &connection.database {
+        Some(database) if database != expected => Err(ApiError::Forbidden(format!(
+            "the connection string names database \"{database}\"; tenant \"{id}\" uses database \
+             \"{expected}\""
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// One statement, as `/v1/query` runs it.
+async fn single(
+    ctx: &mut RequestContext<'_>,
+    tenant: &Tenant,
+    options: Options,
+    query: &QueryData<'_>,
+) -> Result<Response<Body>, ApiError> {
+    let prepared = check_statement(&query.query, &query.params, None, Limits::of(ctx, tenant))
+        .map_err(neon_words)?;
+    let array_modes = [query.array_mode.unwrap_or(options.array_mode)];
+    let waited = Instant::now();
+    let mut conn = tenant.pool.checkout().await?;
+    ctx.log.queue_wait = Some(waited.elapsed());
+    let executed = Instant::now();
+    let query_options = QueryOptions {
+        statement_timeout_ms: prepared.statement_timeout_ms,
+        session_effect: prepared.analysis.session_effect,
+        types: tenant.pool.types(),
+    };
+    let mut out = Vec::with_capacity(256);
+    let mut writer = NeonWriter::new(
+        &mut out,
+        options.raw_text,
+        &array_modes,
+        ctx.max_response_bytes,
+    );
+    tracing::debug!(target: "sluice::sql", tenant = %tenant.config.id, sql = prepared.sql, "statement");
+    let result = async {
+        let mut rows = conn
+            .query(prepared.sql, prepared.params, &query_options)
+            .await?;
+        writer.begin(0, &rows.statement());
+        while let Some(row) = rows.next().await? {
+            writer.row(&row).map_err(|e| ApiError::ConnectionLost {
+                reason: format!("malformed row from the server: {e}"),
+            })?;
+        }
+        let tag = rows.finish().await?;
+        writer.check_size()?;
+        writer.end(&tag);
+        Ok::<_, ApiError>(writer.total_rows)
+    }
+    .await;
+    ctx.log.exec = Some(executed.elapsed());
+    drop(conn);
+    ctx.log.rows = result?;
+    Ok(Body::json_bytes(StatusCode::OK, out))
+}
+
+/// A batch: one transaction with the `Neon-Batch-*` modes, pipelined as `/v1/batch` runs it.
+async fn batch(
+    ctx: &mut RequestContext<'_>,
+    tenant: &Tenant,
+    options: Options,
+    queries: &[QueryData<'_>],
+) -> Result<Response<Body>, ApiError> {
+    if queries.is_empty() {
+        // Neon answers an empty transaction with no results; there is nothing to run.
+        return Ok(Body::json_bytes(
+            StatusCode::OK,
+            b"{\"results\":[]}".to_vec(),
+        ));
+    }
+    let requests = statement_requests(queries);
+    let (statements, timeout) =
+        check_statements(&requests, None, Limits::of(ctx, tenant)).map_err(neon_words)?;
+    let array_modes: Vec<bool> = queries
+        .iter()
+        .map(|query| query.array_mode.unwrap_or(options.array_mode))
+        .collect();
+    let begin = begin_sql(
+        options.isolation,
+        options.read_only.then_some(true),
+        options.deferrable.then_some(true),
+    );
+    let query_options = QueryOptions {
+        statement_timeout_ms: timeout,
+        session_effect: statements
+            .iter()
+            .map(|s| s.session_effect)
+            .max()
+            .unwrap_or(SessionEffect::None),
+        types: tenant.pool.types(),
+    };
+    for statement in &statements {
+        tracing::debug!(target: "sluice::sql", tenant = %tenant.config.id, sql = statement.sql, "statement");
+    }
+    let waited = Instant::now();
+    let mut conn = tenant.pool.checkout().await?;
+    ctx.log.queue_wait = Some(waited.elapsed());
+    let executed = Instant::now();
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"{\"results\":[");
+    let mut writer = NeonWriter::new(
+        &mut out,
+        options.raw_text,
+        &array_modes,
+        ctx.max_response_bytes,
+    );
+    let result = conn
+        .pipeline(&statements, Some(&begin), &query_options, &mut writer)
+        .await
+        .map_err(pipeline_error)
+        .and_then(|_| writer.check_size().map(|()| writer.total_rows));
+    ctx.log.exec = Some(executed.elapsed());
+    drop(conn);
+    ctx.log.rows = result?;
+    out.extend_from_slice(b"]}");
+    let mut response = Body::json_bytes(StatusCode::OK, out);
+    // Neon echoes the modes it applied.
+    let headers = response.headers_mut();
+    if options.read_only {
+        headers.insert(request::READ_ONLY, HeaderValue::from_static("true"));
+    }
+    if options.deferrable {
+        headers.insert(request::DEFERRABLE, HeaderValue::from_static("true"));
+    }
+    if let Some(isolation) = options.isolation {
+        headers.insert(
+            request::ISOLATION_LEVEL,
+            HeaderValue::from_static(match isolation {
+                Isolation::Serializable => "Serializable",
+                Isolation::RepeatableRead => "RepeatableRead",
+                Isolation::ReadCommitted => "ReadCommitted",
+                Isolation::ReadUncommitted => "ReadUncommitted",
+            }),
+        );
+    }
+    Ok(response)
+}
+
+/// The queries as `/v1/batch` statements, for its checks.
+fn statement_requests<'a>(queries: &'a [QueryData<'_>]) -> Vec<StatementRequest<'a>> {
+    queries
+        .iter()
+        .map(|query| StatementRequest {
+            sql: Cow::Borrowed(query.query.as_ref()),
+            params: query.params.clone(),
+        })
+        .collect()
+}
+
+/// The shared checks name `/v1/*`'s fields; a Neon client sent `query` and `queries`.
+fn neon_words(error: ApiError) -> ApiError {
+    match error {
+        ApiError::BadRequest(message) => ApiError::BadRequest(
+            message
+                .replacen("statements[", "queries[", 1)
+                .replace("`sql`", "`query`"),
+        ),
+        other => other,
+    }
+}
+
+/// Decodes and checks a `/sql` body as the route does before it uses a connection (the
+/// default limits standing in for a tenant's), for fuzzing the decoder.
+#[doc(hidden)]
+pub fn decode(body: &[u8], limits: Limits) -> Result<(), ApiError> {
+    let payload: Payload = super::parse_json(body)?;
+    match payload.into_request()? {
+        Request::Single(query) => {
+            check_statement(&query.query, &query.params, None, limits).map(drop)
+        }
+        Request::Batch(queries) if queries.is_empty() => Ok(()),
+        Request::Batch(queries) => {
+            let requests = statement_requests(&queries);
+            check_statements(&requests, None, limits).map(drop)
+        }
+    }
+}
