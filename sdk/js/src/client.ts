@@ -43,6 +43,19 @@ export interface Sql extends SqlTag<ClientBatchOptions> {
    * they were made, and are never retried: retry the whole transaction instead.
    */
   transaction<T>(fn: (tx: Transaction) => T | PromiseLike<T>, options?: TransactionOptions): Promise<T>;
+  /**
+   * A multi-statement script without parameters (migrations), in one transaction unless
+   * `transaction: false` (for `CREATE INDEX CONCURRENTLY`). Never retried after a network error.
+   */
+  script(text: string, options?: ScriptOptions): Promise<void>;
+}
+
+export interface ScriptOptions {
+  /** `false` runs the statements without a transaction around them. */
+  transaction?: boolean;
+  signal?: AbortSignal;
+  /** The client gives up after this many ms. */
+  timeoutMs?: number;
 }
 
 export function createClient(options: ClientOptions): Sql {
@@ -72,6 +85,9 @@ export function createClient(options: ClientOptions): Sql {
     enqueue: (task) => task(),
   }) as Sql;
   client.transaction = (fn, options = {}) => transaction(gateway, defaults, fn, options);
+  client.script = async (script, { transaction, signal, timeoutMs } = {}) => {
+    await post(gateway, '/v1/batch', { script, transaction }, { signals: [signal], deadlineMs: timeoutMs, retry: true });
+  };
   return client;
 }
 

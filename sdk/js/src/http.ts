@@ -35,6 +35,15 @@ export interface Call {
   idempotent?: boolean;
   /** For the error: the statement's text. */
   query?: string;
+  /** Ask for NDJSON and resolve to the open `Streamed` response instead of its JSON. */
+  stream?: boolean;
+}
+
+/** An NDJSON response whose body is still arriving; `done()` ends the request and its listeners. */
+export interface Streamed {
+  body: ReadableStream<Uint8Array>;
+  requestId?: string;
+  done(): void;
 }
 
 export async function post(gateway: Gateway, path: string, body: unknown, call: Call): Promise<any> {
@@ -66,6 +75,13 @@ async function send(gateway: Gateway, path: string, payload: string | undefined,
   const abort = () => controller.abort();
   const timer = call.deadlineMs === undefined ? undefined : setTimeout(() => ((timedOut = true), abort()), call.deadlineMs);
   for (const signal of call.signals) signal?.addEventListener('abort', abort);
+  // A stream's response outlives this function: its reader cleans up, through `done`.
+  let open = false;
+  const done = () => {
+    clearTimeout(timer);
+    for (const signal of call.signals) signal?.removeEventListener('abort', abort);
+    controller.abort();
+  };
   // Why the request ended early, once it has.
   const cancelled = (cause: unknown) => {
     const signal = call.signals.find((s) => s?.aborted);
@@ -75,7 +91,8 @@ async function send(gateway: Gateway, path: string, payload: string | undefined,
   try {
     const early = cancelled(undefined);
     if (early) throw early;
-    const headers = payload === undefined ? gateway.headers : { ...gateway.headers, 'content-type': 'application/json' };
+    let headers = payload === undefined ? gateway.headers : { ...gateway.headers, 'content-type': 'application/json' };
+    if (call.stream) headers = { ...headers, accept: 'application/x-ndjson' };
     let response: Response;
     try {
       response = await gateway.fetch(gateway.url + path, { method: 'POST', headers, body: payload, signal: controller.signal });
@@ -84,6 +101,10 @@ async function send(gateway: Gateway, path: string, payload: string | undefined,
     }
     const requestId = response.headers.get('x-request-id');
     const fields = requestId ? { status: response.status, requestId } : { status: response.status };
+    if (call.stream && response.ok && response.body) {
+      open = true;
+      return { body: response.body, requestId: requestId ?? undefined, done } satisfies Streamed;
+    }
     let text: string;
     try {
       text = await response.text();
@@ -104,8 +125,10 @@ async function send(gateway: Gateway, path: string, payload: string | undefined,
     const retryAfter = parseRetryAfter(response.headers.get('retry-after')) ?? (retryAfterMs === undefined ? undefined : retryAfterMs / 1000);
     throw new SluiceError(error.kind, error.message, retryAfter === undefined ? { ...rest, ...fields } : { ...rest, ...fields, retryAfter });
   } finally {
-    clearTimeout(timer);
-    for (const signal of call.signals) signal?.removeEventListener('abort', abort);
+    if (!open) {
+      clearTimeout(timer);
+      for (const signal of call.signals) signal?.removeEventListener('abort', abort);
+    }
   }
 }
 

@@ -98,6 +98,8 @@ export function makeSql(scope: Scope): SqlTag<ClientBatchOptions> {
   };
 
   sql.batch = async (queries: readonly Query<unknown>[], options: ClientBatchOptions = {}) => {
+    // Nothing to run (a migrator with nothing pending): the gateway would refuse an empty list.
+    if (!queries.length) return [];
     const statements = queries.map(toStatement);
     return scope
       .enqueue(() =>
