@@ -1,7 +1,7 @@
 // The package's main entry: the client, its error class, and the types of its API.
 
 export { createClient, type ClientOptions, type Sql, type Transaction, type ScriptOptions, type TransactionOptions } from './client.js';
-export { SluiceError, type ErrorKind } from './error.js';
+export { SluiceError, isSluiceError, type ErrorKind } from './error.js';
 export type { RetryOptions } from './http.js';
 // Types only: a fragment made any other way than by the template, `id` or `unsafe` would be a
 // second, unnamed way to put raw text into SQL.

@@ -46,8 +46,17 @@ export class Fragment {
   ) {}
 }
 
-/** Runs a query (or a batch) where it belongs: the client's `/v1/query`, or a transaction. */
-export type Runner = (query: Query<any>) => Promise<any>;
+/**
+ * Runs a query where it belongs: the client's `/v1/query`, or a transaction's; with `stream`,
+ * as NDJSON, row by row.
+ */
+export interface Runner {
+  (query: Query<any>): Promise<any>;
+  (query: Query<any>, stream: true): AsyncGenerator<any, void, undefined>;
+}
+
+/** The row type of a query's result. */
+export type RowOf<R> = R extends readonly (infer T)[] ? T : R extends FullResult<infer T> ? T : never;
 
 /**
  * A statement that runs when it is awaited (`await`, `.then`), once: awaiting it again gives the
@@ -69,6 +78,16 @@ export class Query<R = Row[]> implements PromiseLike<R> {
   ): Promise<A | B> {
     this.#result ??= this.runner(this);
     return this.#result.then(onfulfilled, onrejected);
+  }
+
+  /**
+   * The rows one at a time, as the gateway streams them (NDJSON, without `max_response_bytes`):
+   * `for await (const row of sql`…`.stream())`. Read slowly and the query slows; `break`,
+   * `return()` or the query's `signal` cancel the statement; a failure part way through throws
+   * the `SluiceError` from the stream's last line.
+   */
+  stream(): AsyncGenerator<RowOf<R>, void, undefined> {
+    return this.runner(this, true);
   }
 
   catch<B = never>(onrejected?: ((reason: any) => B | PromiseLike<B>) | null): Promise<R | B> {
