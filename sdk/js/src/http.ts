@@ -4,6 +4,7 @@
 // the request idempotent.
 
 import { SluiceError } from './error.js';
+import type { AbortSignalLike, BodyLike, FetchLike, ResponseLike } from './web.js';
 
 export interface RetryOptions {
   /** Sends at most this many times, the first included (default 3). */
@@ -20,13 +21,13 @@ export interface RetryOptions {
 export interface Gateway {
   url: string;
   headers: Record<string, string>;
-  fetch: typeof fetch;
+  fetch: FetchLike;
   retry: Required<RetryOptions> | false;
 }
 
 export interface Call {
   /** Any of these aborting aborts the request. */
-  signals: (AbortSignal | undefined)[];
+  signals: (AbortSignalLike | undefined)[];
   /** The client's own deadline for one send, in ms. */
   deadlineMs?: number;
   /** Retry on 429/503; false inside a transaction's callback. */
@@ -41,7 +42,7 @@ export interface Call {
 
 /** An NDJSON response whose body is still arriving; `done()` ends the request and its listeners. */
 export interface Streamed {
-  body: ReadableStream<Uint8Array>;
+  body: BodyLike;
   requestId?: string;
   done(): void;
 }
@@ -93,7 +94,7 @@ async function send(gateway: Gateway, path: string, payload: string | undefined,
     if (early) throw early;
     let headers = payload === undefined ? gateway.headers : { ...gateway.headers, 'content-type': 'application/json' };
     if (call.stream) headers = { ...headers, accept: 'application/x-ndjson' };
-    let response: Response;
+    let response: ResponseLike;
     try {
       response = await gateway.fetch(gateway.url + path, { method: 'POST', headers, body: payload, signal: controller.signal });
     } catch (error) {
@@ -141,21 +142,21 @@ function parseRetryAfter(header: string | null): number | undefined {
   return Number.isNaN(at) ? undefined : Math.max(0, (at - Date.now()) / 1000);
 }
 
-function sleep(ms: number, signals: (AbortSignal | undefined)[]): Promise<void> {
+function sleep(ms: number, signals: (AbortSignalLike | undefined)[]): Promise<void> {
   return new Promise((resolve, reject) => {
     const done = () => {
       clearTimeout(timer);
       for (const signal of signals) signal?.removeEventListener('abort', stop);
     };
-    const stop = (event: Event) => {
+    const stop = () => {
       done();
-      reject(aborted(event.target as AbortSignal));
+      reject(aborted(signals.find((signal) => signal?.aborted)!));
     };
     const timer = setTimeout(() => (done(), resolve()), ms);
     for (const signal of signals) signal?.addEventListener('abort', stop);
   });
 }
 
-export function aborted(signal: AbortSignal): SluiceError {
+export function aborted(signal: AbortSignalLike): SluiceError {
   return new SluiceError('aborted', 'the request was aborted', { cause: signal.reason });
 }

@@ -4,6 +4,7 @@
 // when the outermost statement is compiled, so fragments nest freely.
 
 import { encodeParam, type Field, type ParseOptions } from './values.js';
+import type { AbortSignalLike } from './web.js';
 
 /** A row as an object keyed by column name, when no row type is given. */
 export type Row = Record<string, any>;
@@ -14,7 +15,7 @@ export interface QueryOptions extends ParseOptions {
   /** Statement timeout sent to the gateway (never above the tenant's maximum); the client gives up one second after it. */
   timeoutMs?: number;
   /** Aborting cancels the request, and with it the statement on the server. */
-  signal?: AbortSignal;
+  signal?: AbortSignalLike;
   /** Resolve to `{ rows, fields, command, rowCount }` instead of the rows alone. */
   fullResults?: boolean;
   /** Safe to run twice: retry it after a network error too (see README, "Retries"). */

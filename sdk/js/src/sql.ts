@@ -6,13 +6,14 @@ import { SluiceError } from './error.js';
 import { aborted, post, type Call, type Gateway, type Streamed } from './http.js';
 import { Fragment, Query, id, toStatement, type FullResult, type QueryOptions, type Row, type Runner } from './query.js';
 import { parserFor, type Field } from './values.js';
+import type { AbortSignalLike } from './web.js';
 
 export type Isolation = 'read uncommitted' | 'read committed' | 'repeatable read' | 'serializable';
 
 export interface BatchOptions {
   /** Aborting cancels the request, and with it the running statement, so the batch rolls back. */
-  signal?: AbortSignal;
-  /** The client gives up after this many ms. */
+  signal?: AbortSignalLike;
+  /** Each statement's timeout on the server (never above the tenant's maximum), as for a query; the client gives up a second later. Defaults to the client's `timeoutMs`. */
   timeoutMs?: number;
   /** Safe to run twice: retry it after a network error too. Defaults to `readOnly`. */
   idempotent?: boolean;
@@ -58,7 +59,7 @@ export interface Scope {
   /** Extra body fields of `batch` from its options. */
   batchFields(options: ClientBatchOptions): object;
   /** A transaction's signal; aborting it aborts every call of the scope. */
-  signal?: AbortSignal;
+  signal?: AbortSignalLike;
   /** Serialises a transaction's calls, and refuses them once it has ended. */
   enqueue<T>(task: () => Promise<T>): Promise<T>;
 }
@@ -93,26 +94,39 @@ export function makeSql(scope: Scope): SqlTag<ClientBatchOptions> {
   };
 
   sql.query = (source: string | Query<unknown> | Fragment, params?: any, options?: QueryOptions) => {
-    if (typeof source === 'string') return new Query({ sql: source, params: params ?? [] }, options ?? {}, run);
+    if (typeof source === 'string') {
+      // An options object in the params' place would otherwise be bound as parameters, or lost.
+      if (params != null && !Array.isArray(params)) {
+        throw new TypeError('sql.query(text, params, options): `params` is an array (or null); options go third');
+      }
+      return new Query({ sql: source, params: params ?? [] }, options ?? {}, run);
+    }
+    if (!(source instanceof Query || source instanceof Fragment)) {
+      throw new TypeError('sql.query takes SQL text, or a query built with the sql template');
+    }
+    if (Array.isArray(params) || options !== undefined) {
+      throw new TypeError('sql.query(query, options): a template query has its parameters already; pass only options');
+    }
     // A query again, with these options.
-    if (source instanceof Query) return new Query(source.source, params ?? {}, run);
-    if (!(source instanceof Fragment)) throw new TypeError('sql.query takes SQL text, or a query built with the sql template');
-    return new Query(source, params ?? {}, run);
+    return new Query(source instanceof Query ? source.source : source, params ?? {}, run);
   };
 
   sql.batch = async (queries: readonly Query<unknown>[], options: ClientBatchOptions = {}) => {
     // Nothing to run (a migrator with nothing pending): the gateway would refuse an empty list.
     if (!queries.length) return [];
     const statements = queries.map(toStatement);
+    const timeoutMs = options.timeoutMs ?? scope.defaults.timeoutMs;
     return scope
       .enqueue(() =>
         post(
           scope.gateway,
           scope.path + '/batch',
-          { statements, ...scope.batchFields(options) },
+          // Rows as arrays everywhere (object rows would merge columns of the same name), and
+          // `timeoutMs` as for a query: the statements' timeout, the client's deadline a second later.
+          { statements, rowMode: 'array', timeoutMs, ...scope.batchFields(options) },
           {
             signals: [options.signal, scope.signal],
-            deadlineMs: options.timeoutMs,
+            deadlineMs: timeoutMs === undefined ? undefined : timeoutMs + 1000,
             retry: scope.retry,
             idempotent: options.idempotent ?? options.readOnly,
           },
@@ -131,7 +145,7 @@ function withDefaults(defaults: QueryOptions, options: QueryOptions): QueryOptio
   return { ...defaults, ...options, types: { ...defaults.types, ...options.types } };
 }
 
-/** A statement's result as the gateway sends it: rows as arrays (or objects, from a transaction's batch). */
+/** A statement's result as the gateway sends it: rows as arrays (objects only from an older gateway). */
 interface StatementResult {
   fields: Field[];
   rows: unknown[][] | Row[];

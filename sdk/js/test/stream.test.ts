@@ -68,7 +68,7 @@ describe('streaming', () => {
   test('a paused reader holds the query back; break after 10 rows cancels the statement', async () => {
     const marker = 'stream_break_' + Math.random().toString(36).slice(2);
     // The marker is in the statement's text (a comment), where pg_stat_activity shows it.
-    const rows = sql`select g from generate_series(1, 100000000) g ${sql.unsafe(`/* ${marker} */`)}`.stream();
+    const rows = sql`select generate_series(1, 100000000) as g ${sql.unsafe(`/* ${marker} */`)}`.stream();
     let n = 0;
     for await (const row of rows) {
       void row;
@@ -88,7 +88,7 @@ describe('streaming', () => {
     const controller = new AbortController();
     let n = 0;
     const error = await (async () => {
-      for await (const row of sql.query(sql`select g from generate_series(1, 100000000) g ${sql.unsafe(`/* ${marker} */`)}`, { signal: controller.signal }).stream()) {
+      for await (const row of sql.query(sql`select generate_series(1, 100000000) as g ${sql.unsafe(`/* ${marker} */`)}`, { signal: controller.signal }).stream()) {
         void row;
         if (++n === 5) {
           await until('the statement to show in pg_stat_activity', async () => (await running(marker)).length === 1);
