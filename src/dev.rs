@@ -417,8 +417,9 @@ pub struct DevOptions {
     pub tls: bool,
 }
 
-/// `sluice dev`: a throwaway Postgres with a demo table, a gateway with a demo tenant in
-/// front of it, a ready-to-paste `curl`; everything removed when `shutdown` completes.
+/// `sluice dev`: a throwaway Postgres with the tables the READMEs' examples use (`demo`,
+/// `users`, `orders`), a gateway with a demo tenant in front of it, `export` lines and a
+/// ready-to-paste `curl`; everything removed when `shutdown` completes.
 pub async fn run(
     options: DevOptions,
     shutdown: impl std::future::Future<Output = ()>,
@@ -525,7 +526,15 @@ async fn seed_demo(postgres: &TempPostgres) -> Result<(), String> {
         "create table demo (id int primary key, name text not null, born date, tags text[]);
          insert into demo values (1, 'ada', '1815-12-10', '{math,engines}'),
                                  (2, 'grace', '1906-12-09', '{cobol,navy}'),
-                                 (3, 'edsger', '1930-05-11', '{algorithms}');",
+                                 (3, 'edsger', '1930-05-11', '{algorithms}');
+         create table users (id serial primary key, name text not null, email text unique,
+                             active boolean not null default true, credit numeric not null default 100,
+                             orders int not null default 0, last_seen timestamptz not null default now());
+         insert into users (name, email) values ('ada', 'ada@example.com'),
+                                                ('grace', 'grace@example.com'),
+                                                ('edsger', 'edsger@example.com');
+         create table orders (id serial primary key, user_id int not null references users,
+                              created_at timestamptz not null default now());",
     )
     .await
     .map_err(|e| e.to_string())?;
@@ -550,6 +559,12 @@ fn print_welcome(
   API key    {api_key}        (tenant "demo")
   admin key  {admin_key}
   Postgres   {database}   (direct, for psql)
+  tables     demo, users, orders (the READMEs' examples use them)
+
+For the SDK and the READMEs' examples, in your shell:
+
+  export SLUICE_URL={url}
+  export SLUICE_API_KEY={api_key}
 
 Try it:
 

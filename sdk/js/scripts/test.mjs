@@ -19,6 +19,14 @@ try {
 }
 
 rmSync('.test-build', { recursive: true, force: true });
+// Prisma's client for test/prisma.test.ts. The `prisma-client` generator needs no engine, but the
+// CLI fetches its schema engine (for migrations, unused here) at start unless
+// PRISMA_SCHEMA_ENGINE_BINARY names one: any executable will do for `generate`, which never runs it.
+const generate = spawnSync(process.execPath, ['node_modules/prisma/build/index.js', 'generate', '--schema', 'test/prisma/schema.prisma'], {
+  stdio: 'inherit',
+  env: { PRISMA_SCHEMA_ENGINE_BINARY: process.execPath, PRISMA_HIDE_UPDATE_MESSAGE: '1', ...process.env },
+});
+if (generate.status !== 0) process.exit(generate.status ?? 1);
 const tsc = spawnSync(process.execPath, ['node_modules/typescript/bin/tsc', '-p', 'test'], { stdio: 'inherit' });
 if (tsc.status !== 0) process.exit(tsc.status ?? 1);
 

@@ -6,6 +6,7 @@ import { SluiceError } from './error.js';
 import { aborted, post, type Gateway, type RetryOptions } from './http.js';
 import { makeSql, type BatchOptions, type ClientBatchOptions, type Isolation, type SqlTag } from './sql.js';
 import type { ParseOptions } from './values.js';
+import type { AbortSignalLike, FetchLike } from './web.js';
 
 export interface ClientOptions extends ParseOptions {
   /** The gateway's base URL, e.g. `https://sluice.example.com`. */
@@ -13,7 +14,7 @@ export interface ClientOptions extends ParseOptions {
   /** The tenant's API key, sent as `Authorization: Bearer …`. */
   apiKey: string;
   /** A `fetch` to use instead of the global one (tests, tracing, a custom agent). */
-  fetch?: typeof fetch;
+  fetch?: FetchLike;
   /** Extra headers for every request (`x-request-id` is echoed back by the gateway). */
   headers?: Record<string, string>;
   /** Default statement timeout of every query, in ms. */
@@ -29,7 +30,7 @@ export interface TransactionOptions {
   /** The gateway rolls the transaction back when it sits idle this long (default 5000 ms). */
   idleTimeoutMs?: number;
   /** Aborting cancels the running statement and rolls the transaction back. */
-  signal?: AbortSignal;
+  signal?: AbortSignalLike;
 }
 
 /** The `tx` of `sql.transaction(async (tx) => …)`: the same template, its calls inside the transaction. */
@@ -43,6 +44,19 @@ export interface Sql extends SqlTag<ClientBatchOptions> {
    * they were made, and are never retried: retry the whole transaction instead.
    */
   transaction<T>(fn: (tx: Transaction) => T | PromiseLike<T>, options?: TransactionOptions): Promise<T>;
+  /**
+   * A multi-statement script without parameters (migrations), in one transaction unless
+   * `transaction: false` (for `CREATE INDEX CONCURRENTLY`). Never retried after a network error.
+   */
+  script(text: string, options?: ScriptOptions): Promise<void>;
+}
+
+export interface ScriptOptions {
+  /** `false` runs the statements without a transaction around them. */
+  transaction?: boolean;
+  signal?: AbortSignalLike;
+  /** The client gives up after this many ms. */
+  timeoutMs?: number;
 }
 
 export function createClient(options: ClientOptions): Sql {
@@ -68,10 +82,13 @@ export function createClient(options: ClientOptions): Sql {
     defaults,
     path: '/v1',
     retry: true,
-    batchFields: ({ isolation, readOnly, deferrable }) => ({ isolation, readOnly, deferrable, rowMode: 'array' }),
+    batchFields: ({ isolation, readOnly, deferrable }) => ({ isolation, readOnly, deferrable }),
     enqueue: (task) => task(),
   }) as Sql;
   client.transaction = (fn, options = {}) => transaction(gateway, defaults, fn, options);
+  client.script = async (script, { transaction, signal, timeoutMs } = {}) => {
+    await post(gateway, '/v1/batch', { script, transaction }, { signals: [signal], deadlineMs: timeoutMs, retry: true });
+  };
   return client;
 }
 
@@ -95,13 +112,16 @@ async function transaction<T>(
   };
   const tx = makeSql({ gateway, defaults, path, retry: false, batchFields: () => ({}), signal, enqueue });
   let result: T;
+  const abort = signal && rejectOnAbort(signal);
   try {
-    result = await (signal ? Promise.race([fn(tx), rejectOnAbort(signal)]) : fn(tx));
+    result = await (abort ? Promise.race([fn(tx), abort.promise]) : fn(tx));
     if (signal?.aborted) throw aborted(signal);
   } catch (error) {
     open = false;
     await tail.then(() => rollback(gateway, path));
     throw error;
+  } finally {
+    abort?.dispose();
   }
   open = false;
   // COMMIT did not run on a 429/503 either. The caller's signal no longer applies: past this
@@ -131,9 +151,15 @@ async function rollback(gateway: Gateway, path: string): Promise<void> {
   }
 }
 
-function rejectOnAbort(signal: AbortSignal): Promise<never> {
-  return new Promise((_, reject) => {
-    if (signal.aborted) reject(aborted(signal));
-    signal.addEventListener('abort', () => reject(aborted(signal)), { once: true });
+/** Rejects when `signal` aborts; `dispose` removes the listener, so a long-lived signal keeps none. */
+function rejectOnAbort(signal: AbortSignalLike): { promise: Promise<never>; dispose(): void } {
+  let listener!: () => void;
+  const promise = new Promise<never>((_, reject) => {
+    listener = () => reject(aborted(signal));
+    if (signal.aborted) listener();
+    else signal.addEventListener('abort', listener, { once: true });
   });
+  // The race may be decided by `fn`; an abort after that has nobody to tell.
+  promise.catch(() => {});
+  return { promise, dispose: () => signal.removeEventListener('abort', listener) };
 }

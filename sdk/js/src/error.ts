@@ -39,7 +39,23 @@ export type ErrorKind =
   // A newer gateway may add kinds; they arrive as they are.
   | (string & {});
 
+/** Marks a SluiceError from any copy of the SDK: its ESM and CJS builds, or two installed versions. */
+const BRAND = Symbol.for('@sluice/client.SluiceError');
+
+/**
+ * Whether `value` is a `SluiceError`, whichever copy of the SDK made it (`instanceof
+ * SluiceError` says the same, through `Symbol.hasInstance`).
+ */
+export function isSluiceError(value: unknown): value is SluiceError {
+  return typeof value === 'object' && value !== null && (value as Record<symbol, unknown>)[BRAND] === true;
+}
+
 export class SluiceError extends Error {
+  /** `instanceof` by brand, not by class: an error thrown by the CJS build is an instance of the ESM class. */
+  static override [Symbol.hasInstance](value: unknown): boolean {
+    return isSluiceError(value);
+  }
+
   declare kind: ErrorKind;
   /** The HTTP status; absent when no response arrived. */
   declare status?: number;
@@ -79,6 +95,7 @@ export class SluiceError extends Error {
 
   constructor(kind: ErrorKind, message: string, fields?: object) {
     super(message);
+    Object.defineProperty(this, BRAND, { value: true });
     this.name = 'SluiceError';
     Object.assign(this, fields);
     this.kind = kind;

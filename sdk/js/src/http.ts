@@ -4,6 +4,7 @@
 // the request idempotent.
 
 import { SluiceError } from './error.js';
+import type { AbortSignalLike, BodyLike, FetchLike, ResponseLike } from './web.js';
 
 export interface RetryOptions {
   /** Sends at most this many times, the first included (default 3). */
@@ -20,13 +21,13 @@ export interface RetryOptions {
 export interface Gateway {
   url: string;
   headers: Record<string, string>;
-  fetch: typeof fetch;
+  fetch: FetchLike;
   retry: Required<RetryOptions> | false;
 }
 
 export interface Call {
   /** Any of these aborting aborts the request. */
-  signals: (AbortSignal | undefined)[];
+  signals: (AbortSignalLike | undefined)[];
   /** The client's own deadline for one send, in ms. */
   deadlineMs?: number;
   /** Retry on 429/503; false inside a transaction's callback. */
@@ -35,6 +36,15 @@ export interface Call {
   idempotent?: boolean;
   /** For the error: the statement's text. */
   query?: string;
+  /** Ask for NDJSON and resolve to the open `Streamed` response instead of its JSON. */
+  stream?: boolean;
+}
+
+/** An NDJSON response whose body is still arriving; `done()` ends the request and its listeners. */
+export interface Streamed {
+  body: BodyLike;
+  requestId?: string;
+  done(): void;
 }
 
 export async function post(gateway: Gateway, path: string, body: unknown, call: Call): Promise<any> {
@@ -66,6 +76,13 @@ async function send(gateway: Gateway, path: string, payload: string | undefined,
   const abort = () => controller.abort();
   const timer = call.deadlineMs === undefined ? undefined : setTimeout(() => ((timedOut = true), abort()), call.deadlineMs);
   for (const signal of call.signals) signal?.addEventListener('abort', abort);
+  // A stream's response outlives this function: its reader cleans up, through `done`.
+  let open = false;
+  const done = () => {
+    clearTimeout(timer);
+    for (const signal of call.signals) signal?.removeEventListener('abort', abort);
+    controller.abort();
+  };
   // Why the request ended early, once it has.
   const cancelled = (cause: unknown) => {
     const signal = call.signals.find((s) => s?.aborted);
@@ -75,8 +92,9 @@ async function send(gateway: Gateway, path: string, payload: string | undefined,
   try {
     const early = cancelled(undefined);
     if (early) throw early;
-    const headers = payload === undefined ? gateway.headers : { ...gateway.headers, 'content-type': 'application/json' };
-    let response: Response;
+    let headers = payload === undefined ? gateway.headers : { ...gateway.headers, 'content-type': 'application/json' };
+    if (call.stream) headers = { ...headers, accept: 'application/x-ndjson' };
+    let response: ResponseLike;
     try {
       response = await gateway.fetch(gateway.url + path, { method: 'POST', headers, body: payload, signal: controller.signal });
     } catch (error) {
@@ -84,6 +102,10 @@ async function send(gateway: Gateway, path: string, payload: string | undefined,
     }
     const requestId = response.headers.get('x-request-id');
     const fields = requestId ? { status: response.status, requestId } : { status: response.status };
+    if (call.stream && response.ok && response.body) {
+      open = true;
+      return { body: response.body, requestId: requestId ?? undefined, done } satisfies Streamed;
+    }
     let text: string;
     try {
       text = await response.text();
@@ -104,8 +126,10 @@ async function send(gateway: Gateway, path: string, payload: string | undefined,
     const retryAfter = parseRetryAfter(response.headers.get('retry-after')) ?? (retryAfterMs === undefined ? undefined : retryAfterMs / 1000);
     throw new SluiceError(error.kind, error.message, retryAfter === undefined ? { ...rest, ...fields } : { ...rest, ...fields, retryAfter });
   } finally {
-    clearTimeout(timer);
-    for (const signal of call.signals) signal?.removeEventListener('abort', abort);
+    if (!open) {
+      clearTimeout(timer);
+      for (const signal of call.signals) signal?.removeEventListener('abort', abort);
+    }
   }
 }
 
@@ -118,21 +142,21 @@ function parseRetryAfter(header: string | null): number | undefined {
   return Number.isNaN(at) ? undefined : Math.max(0, (at - Date.now()) / 1000);
 }
 
-function sleep(ms: number, signals: (AbortSignal | undefined)[]): Promise<void> {
+function sleep(ms: number, signals: (AbortSignalLike | undefined)[]): Promise<void> {
   return new Promise((resolve, reject) => {
     const done = () => {
       clearTimeout(timer);
       for (const signal of signals) signal?.removeEventListener('abort', stop);
     };
-    const stop = (event: Event) => {
+    const stop = () => {
       done();
-      reject(aborted(event.target as AbortSignal));
+      reject(aborted(signals.find((signal) => signal?.aborted)!));
     };
     const timer = setTimeout(() => (done(), resolve()), ms);
     for (const signal of signals) signal?.addEventListener('abort', stop);
   });
 }
 
-export function aborted(signal: AbortSignal): SluiceError {
+export function aborted(signal: AbortSignalLike): SluiceError {
   return new SluiceError('aborted', 'the request was aborted', { cause: signal.reason });
 }

@@ -2,6 +2,7 @@
 // driver that sends each compiled query through a sluice client. Kysely's transactions become
 // sluice interactive transactions; outside one, a "connection" is only the client, since every
 // statement is its own HTTP call (session state such as SET does not carry over between them).
+// `.stream()` reads the gateway's NDJSON stream, in or out of a transaction.
 
 import { PostgresAdapter, PostgresIntrospector, PostgresQueryCompiler } from 'kysely';
 import type {
@@ -143,7 +144,16 @@ class SluiceConnection implements DatabaseConnection {
     return { rows, numAffectedRows: changed ? BigInt(rowCount) : undefined };
   }
 
-  async *streamQuery<R>(): AsyncIterableIterator<QueryResult<R>> {
-    throw new Error('the sluice dialect does not stream results; use execute() (results are limited by max_response_bytes)');
+  /** Kysely's `.stream(chunkSize)`: the query's NDJSON stream, `chunkSize` rows at a time. */
+  async *streamQuery<R>(compiled: CompiledQuery, chunkSize = 100): AsyncIterableIterator<QueryResult<R>> {
+    let rows: R[] = [];
+    for await (const row of (this.#tx ?? this.client).query<R>(compiled.sql, compiled.parameters).stream()) {
+      rows.push(row);
+      if (rows.length >= chunkSize) {
+        yield { rows };
+        rows = [];
+      }
+    }
+    if (rows.length) yield { rows };
   }
 }

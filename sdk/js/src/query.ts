@@ -4,6 +4,7 @@
 // when the outermost statement is compiled, so fragments nest freely.
 
 import { encodeParam, type Field, type ParseOptions } from './values.js';
+import type { AbortSignalLike } from './web.js';
 
 /** A row as an object keyed by column name, when no row type is given. */
 export type Row = Record<string, any>;
@@ -14,7 +15,7 @@ export interface QueryOptions extends ParseOptions {
   /** Statement timeout sent to the gateway (never above the tenant's maximum); the client gives up one second after it. */
   timeoutMs?: number;
   /** Aborting cancels the request, and with it the statement on the server. */
-  signal?: AbortSignal;
+  signal?: AbortSignalLike;
   /** Resolve to `{ rows, fields, command, rowCount }` instead of the rows alone. */
   fullResults?: boolean;
   /** Safe to run twice: retry it after a network error too (see README, "Retries"). */
@@ -46,8 +47,17 @@ export class Fragment {
   ) {}
 }
 
-/** Runs a query (or a batch) where it belongs: the client's `/v1/query`, or a transaction. */
-export type Runner = (query: Query<any>) => Promise<any>;
+/**
+ * Runs a query where it belongs: the client's `/v1/query`, or a transaction's; with `stream`,
+ * as NDJSON, row by row.
+ */
+export interface Runner {
+  (query: Query<any>): Promise<any>;
+  (query: Query<any>, stream: true): AsyncGenerator<any, void, undefined>;
+}
+
+/** The row type of a query's result. */
+export type RowOf<R> = R extends readonly (infer T)[] ? T : R extends FullResult<infer T> ? T : never;
 
 /**
  * A statement that runs when it is awaited (`await`, `.then`), once: awaiting it again gives the
@@ -69,6 +79,16 @@ export class Query<R = Row[]> implements PromiseLike<R> {
   ): Promise<A | B> {
     this.#result ??= this.runner(this);
     return this.#result.then(onfulfilled, onrejected);
+  }
+
+  /**
+   * The rows one at a time, as the gateway streams them (NDJSON, without `max_response_bytes`):
+   * `for await (const row of sql`…`.stream())`. Read slowly and the query slows; `break`,
+   * `return()` or the query's `signal` cancel the statement; a failure part way through throws
+   * the `SluiceError` from the stream's last line.
+   */
+  stream(): AsyncGenerator<RowOf<R>, void, undefined> {
+    return this.runner(this, true);
   }
 
   catch<B = never>(onrejected?: ((reason: any) => B | PromiseLike<B>) | null): Promise<R | B> {

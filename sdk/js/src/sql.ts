@@ -2,16 +2,18 @@
 // attached. The client and each transaction get one, differing only in where their statements go
 // (`Scope`): the client's routes with retries, or a transaction's routes, one call at a time.
 
-import { post, type Gateway } from './http.js';
-import { Fragment, Query, id, toStatement, type FullResult, type QueryOptions, type Row } from './query.js';
+import { SluiceError } from './error.js';
+import { aborted, post, type Call, type Gateway, type Streamed } from './http.js';
+import { Fragment, Query, id, toStatement, type FullResult, type QueryOptions, type Row, type Runner } from './query.js';
 import { parserFor, type Field } from './values.js';
+import type { AbortSignalLike } from './web.js';
 
 export type Isolation = 'read uncommitted' | 'read committed' | 'repeatable read' | 'serializable';
 
 export interface BatchOptions {
   /** Aborting cancels the request, and with it the running statement, so the batch rolls back. */
-  signal?: AbortSignal;
-  /** The client gives up after this many ms. */
+  signal?: AbortSignalLike;
+  /** Each statement's timeout on the server (never above the tenant's maximum), as for a query; the client gives up a second later. Defaults to the client's `timeoutMs`. */
   timeoutMs?: number;
   /** Safe to run twice: retry it after a network error too. Defaults to `readOnly`. */
   idempotent?: boolean;
@@ -57,27 +59,29 @@ export interface Scope {
   /** Extra body fields of `batch` from its options. */
   batchFields(options: ClientBatchOptions): object;
   /** A transaction's signal; aborting it aborts every call of the scope. */
-  signal?: AbortSignal;
+  signal?: AbortSignalLike;
   /** Serialises a transaction's calls, and refuses them once it has ended. */
   enqueue<T>(task: () => Promise<T>): Promise<T>;
 }
 
 export function makeSql(scope: Scope): SqlTag<ClientBatchOptions> {
-  const run = async (query: Query<unknown>) => {
+  const run = ((query: Query<unknown>, stream?: true) => {
     const options = withDefaults(scope.defaults, query.options);
     const { sql, params } = toStatement(query);
     const body = { sql, params, rowMode: 'array', timeoutMs: options.timeoutMs };
+    const call = {
+      signals: [options.signal, scope.signal],
+      retry: scope.retry,
+      idempotent: options.idempotent,
+      query: sql,
+    };
+    if (stream) return streamRows(scope, body, call, options);
+    // The client's own deadline: a second after the statement's.
     const deadlineMs = options.timeoutMs === undefined ? undefined : options.timeoutMs + 1000;
-    return scope.enqueue(() =>
-      post(scope.gateway, scope.path + '/query', body, {
-        signals: [options.signal, scope.signal],
-        deadlineMs,
-        retry: scope.retry,
-        idempotent: options.idempotent,
-        query: sql,
-      }),
-    ).then((result) => shape(result, options));
-  };
+    return scope
+      .enqueue(() => post(scope.gateway, scope.path + '/query', body, { ...call, deadlineMs }))
+      .then((result) => shape(result, options));
+  }) as Runner;
 
   const sql = (strings: TemplateStringsArray, ...values: unknown[]) => {
     if (!Array.isArray(strings) || !('raw' in strings)) {
@@ -90,24 +94,39 @@ export function makeSql(scope: Scope): SqlTag<ClientBatchOptions> {
   };
 
   sql.query = (source: string | Query<unknown> | Fragment, params?: any, options?: QueryOptions) => {
-    if (typeof source === 'string') return new Query({ sql: source, params: params ?? [] }, options ?? {}, run);
+    if (typeof source === 'string') {
+      // An options object in the params' place would otherwise be bound as parameters, or lost.
+      if (params != null && !Array.isArray(params)) {
+        throw new TypeError('sql.query(text, params, options): `params` is an array (or null); options go third');
+      }
+      return new Query({ sql: source, params: params ?? [] }, options ?? {}, run);
+    }
+    if (!(source instanceof Query || source instanceof Fragment)) {
+      throw new TypeError('sql.query takes SQL text, or a query built with the sql template');
+    }
+    if (Array.isArray(params) || options !== undefined) {
+      throw new TypeError('sql.query(query, options): a template query has its parameters already; pass only options');
+    }
     // A query again, with these options.
-    if (source instanceof Query) return new Query(source.source, params ?? {}, run);
-    if (!(source instanceof Fragment)) throw new TypeError('sql.query takes SQL text, or a query built with the sql template');
-    return new Query(source, params ?? {}, run);
+    return new Query(source instanceof Query ? source.source : source, params ?? {}, run);
   };
 
   sql.batch = async (queries: readonly Query<unknown>[], options: ClientBatchOptions = {}) => {
+    // Nothing to run (a migrator with nothing pending): the gateway would refuse an empty list.
+    if (!queries.length) return [];
     const statements = queries.map(toStatement);
+    const timeoutMs = options.timeoutMs ?? scope.defaults.timeoutMs;
     return scope
       .enqueue(() =>
         post(
           scope.gateway,
           scope.path + '/batch',
-          { statements, ...scope.batchFields(options) },
+          // Rows as arrays everywhere (object rows would merge columns of the same name), and
+          // `timeoutMs` as for a query: the statements' timeout, the client's deadline a second later.
+          { statements, rowMode: 'array', timeoutMs, ...scope.batchFields(options) },
           {
             signals: [options.signal, scope.signal],
-            deadlineMs: options.timeoutMs,
+            deadlineMs: timeoutMs === undefined ? undefined : timeoutMs + 1000,
             retry: scope.retry,
             idempotent: options.idempotent ?? options.readOnly,
           },
@@ -126,7 +145,7 @@ function withDefaults(defaults: QueryOptions, options: QueryOptions): QueryOptio
   return { ...defaults, ...options, types: { ...defaults.types, ...options.types } };
 }
 
-/** A statement's result as the gateway sends it: rows as arrays (or objects, from a transaction's batch). */
+/** A statement's result as the gateway sends it: rows as arrays (objects only from an older gateway). */
 interface StatementResult {
   fields: Field[];
   rows: unknown[][] | Row[];
@@ -135,14 +154,82 @@ interface StatementResult {
 }
 
 function shape({ fields, rows, command, rowCount }: StatementResult, options: QueryOptions): unknown {
+  const parsed = rows.map(rowShaper(fields, options));
+  return options.fullResults ? { rows: parsed, fields, command, rowCount } : parsed;
+}
+
+/** One row as the gateway sent it (an array, or an object from a transaction's batch) to what the caller gets. */
+function rowShaper(fields: Field[], options: QueryOptions): (row: unknown[] | Row) => unknown {
   const parsers = fields.map((field) => parserFor(field, options));
-  const parsed = rows.map((row) => {
+  return (row) => {
     const values = Array.isArray(row) ? row : fields.map((field) => row[field.name]);
     parsers.forEach((parse, i) => {
       if (parse && values[i] !== null) values[i] = parse(values[i]);
     });
     // fromEntries defines properties, so a column named __proto__ stays a plain key.
     return options.rowMode === 'array' ? values : Object.fromEntries(fields.map((field, i) => [field.name, values[i]]));
-  });
-  return options.fullResults ? { rows: parsed, fields, command, rowCount } : parsed;
+  };
+}
+
+/**
+ * A query's rows over NDJSON (API.md, "Large results"): `{"fields"}`, one array per row, then
+ * `{"command", "rowCount"}` or `{"error"}`. Bytes are read only as rows are asked for, so a slow
+ * consumer holds the gateway back instead of piling rows up here. In a transaction, the stream
+ * holds the transaction's queue until it ends: its next call waits for it.
+ */
+async function* streamRows(scope: Scope, body: object, call: Call, options: QueryOptions): AsyncGenerator<unknown, void, undefined> {
+  let opened!: (streamed: Streamed) => void;
+  let failed!: (error: unknown) => void;
+  const open = new Promise<Streamed>((resolve, reject) => ((opened = resolve), (failed = reject)));
+  let close!: () => void;
+  const closed = new Promise<void>((resolve) => (close = resolve));
+  scope
+    .enqueue(() =>
+      post(scope.gateway, scope.path + '/query', body, { ...call, stream: true }).then((streamed: Streamed) => {
+        opened(streamed);
+        return closed;
+      }),
+    )
+    .catch(failed);
+  const streamed = await open;
+  const reader = streamed.body.getReader();
+  const decoder = new TextDecoder();
+  let shapeRow: ((row: unknown[]) => unknown) | undefined;
+  let buffer = '';
+  let last: any;
+  try {
+    for (;;) {
+      let chunk: { done: boolean; value?: Uint8Array };
+      try {
+        chunk = await reader.read();
+      } catch (cause) {
+        const signal = call.signals.find((s) => s?.aborted);
+        throw signal ? aborted(signal) : new SluiceError('connection_lost', 'the stream broke off', { cause, requestId: streamed.requestId });
+      }
+      if (chunk.done) break;
+      buffer += decoder.decode(chunk.value, { stream: true });
+      let start = 0;
+      for (let end; (end = buffer.indexOf('\n', start)) >= 0; start = end + 1) {
+        if (end === start) continue;
+        const line = JSON.parse(buffer.slice(start, end));
+        if (Array.isArray(line)) {
+          yield shapeRow!(line);
+        } else if (line.fields) {
+          shapeRow = rowShaper(line.fields, options);
+        } else {
+          last = line;
+        }
+      }
+      buffer = buffer.slice(start);
+    }
+    if (last?.error) {
+      const { kind, message, ...fields } = last.error;
+      throw new SluiceError(kind, message, { ...fields, status: 200, requestId: streamed.requestId, query: call.query });
+    }
+    if (!last) throw new SluiceError('connection_lost', 'the stream ended without its last line', { requestId: streamed.requestId });
+  } finally {
+    // Ends the request: after a `break`, the gateway sees the client go and cancels the statement.
+    streamed.done();
+    close();
+  }
 }

@@ -1,14 +1,21 @@
-// Real Drizzle queries through the gateway: the pg-proxy callback, db.batch, and transactions
-// through sql.transaction.
+// Real Drizzle queries through the gateway with the session-based driver: every column type,
+// relational queries, db.batch, db.transaction (commit, rollback, savepoints, isolation), migrate;
+// and the 0.1 pg-proxy entry point, kept for existing code.
 
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { SluiceError } from '@sluice/client';
 import { drizzle, drizzleCallback } from '@sluice/client/drizzle';
+import { migrate } from '@sluice/client/drizzle/migrator';
+import { drizzle as drizzleProxy } from '@sluice/client/drizzle-proxy';
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { migrate as proxyMigrate } from 'drizzle-orm/pg-proxy/migrator';
 import { asc, eq, relations, sql as dsql } from 'drizzle-orm';
 import { drizzle as pgProxy } from 'drizzle-orm/pg-proxy';
 import { bigint, date, integer, jsonb, numeric, pgTable, serial, text, timestamp } from 'drizzle-orm/pg-core';
-import { client, recordingFetch } from './harness.js';
+import { client, recordingFetch, tableName } from './harness.js';
 
 const sql = client();
 // Literal names: Drizzle's relation types are keyed by them.
@@ -96,7 +103,8 @@ describe('drizzle', () => {
     const updated = await db.update(users).set({ balance: '1.5' }).where(eq(users.id, grace.id)).returning({ balance: users.balance });
     assert.deepEqual(updated, [{ balance: '1.5' }]);
     const raw = await db.execute(dsql`select ${grace.id}::int as id, count(*)::int as n from ${posts} where ${posts.userId} = ${grace.id}`);
-    assert.deepEqual(raw, [{ id: grace.id, n: 2 }]);
+    assert.deepEqual(raw.rows, [{ id: grace.id, n: 2 }]);
+    assert.equal(raw.command, 'SELECT');
     await db.delete(posts).where(eq(posts.userId, grace.id));
     assert.deepEqual(await db.select().from(posts).where(eq(posts.userId, grace.id)), []);
   });
@@ -173,5 +181,137 @@ describe('drizzle', () => {
       })
       .catch(() => {});
     assert.deepEqual(await db.select().from(users).where(eq(users.name, 'never')), []);
+  });
+
+  test('db.transaction commits, and rolls back when the callback throws', async () => {
+    const { fetch, sent } = recordingFetch();
+    const txdb = drizzle(client({ fetch }), { schema });
+    const id = await txdb.transaction(async (tx) => {
+      const [row] = await tx.insert(users).values({ name: 'committed' }).returning({ id: users.id });
+      const [seen] = await tx.select().from(users).where(eq(users.id, row.id));
+      assert.equal(seen.name, 'committed');
+      return row.id;
+    });
+    assert.ok(sent.some((s) => /\/v1\/transactions$/.test(s.url)));
+    assert.ok(sent.some((s) => /\/commit$/.test(s.url)));
+    assert.equal((await db.select().from(users).where(eq(users.id, id))).length, 1);
+    const error = await db
+      .transaction(async (tx) => {
+        await tx.insert(users).values({ name: 'rolled back by throw' });
+        throw new Error('boom');
+      })
+      .catch((e) => e);
+    assert.equal(error.message, 'boom');
+    assert.deepEqual(await db.select().from(users).where(eq(users.name, 'rolled back by throw')), []);
+    // tx.rollback() throws drizzle's TransactionRollbackError, which rolls back too.
+    await db
+      .transaction(async (tx) => {
+        await tx.insert(users).values({ name: 'rolled back by tx.rollback' });
+        tx.rollback();
+      })
+      .catch(() => {});
+    assert.deepEqual(await db.select().from(users).where(eq(users.name, 'rolled back by tx.rollback')), []);
+  });
+
+  test('nested tx.transaction is a savepoint', async () => {
+    await db.transaction(async (tx) => {
+      await tx.insert(users).values({ name: 'outer' });
+      await tx
+        .transaction(async (inner) => {
+          await inner.insert(users).values({ name: 'inner rolled back' });
+          throw new Error('inner');
+        })
+        .catch(() => {});
+      await tx.transaction(async (inner) => {
+        await inner.insert(users).values({ name: 'inner kept' });
+        await inner.transaction(async (deeper) => {
+          await deeper.insert(users).values({ name: 'deeper kept' });
+        });
+      });
+    });
+    const names = (await db.select({ name: users.name }).from(users)).map((r) => r.name);
+    assert.ok(names.includes('outer'));
+    assert.ok(names.includes('inner kept'));
+    assert.ok(names.includes('deeper kept'));
+    assert.ok(!names.includes('inner rolled back'));
+  });
+
+  test('db.transaction passes isolationLevel and accessMode to the gateway', async () => {
+    const { fetch, sent } = recordingFetch();
+    const txdb = drizzle(client({ fetch }), { schema });
+    const level = await txdb.transaction(
+      async (tx) => (await tx.execute<{ level: string }>(dsql`select current_setting('transaction_isolation') as level`)).rows[0].level,
+      { isolationLevel: 'serializable', accessMode: 'read only' },
+    );
+    assert.equal(level, 'serializable');
+    assert.deepEqual(sent[0].body, { isolation: 'serializable', readOnly: true });
+    const error = await txdb
+      .transaction((tx) => tx.insert(users).values({ name: 'read only' }), { accessMode: 'read only' })
+      .catch((e) => e);
+    assert.equal((error instanceof SluiceError ? error : error.cause).code, '25006'); // read_only_sql_transaction
+  });
+
+  test('db.batch inside a transaction, and relational queries in it', async () => {
+    await db.transaction(async (tx) => {
+      const [inserted, found] = await tx.batch([
+        tx.insert(users).values({ name: 'batched in tx' }).returning(),
+        tx.query.users.findMany({ where: eq(users.name, 'batched in tx') }),
+      ]);
+      assert.equal(inserted[0].name, 'batched in tx');
+      assert.equal(found.length, 1);
+    });
+  });
+
+  test('migrate applies pending migrations once and is a no-op on an up-to-date database', async () => {
+    const folder = mkdtempSync(join(tmpdir(), 'sluice-drizzle-migrations-'));
+    const table = tableName('drizzle_migrated');
+    const migrationsSchema = tableName('drizzle_meta');
+    mkdirSync(join(folder, 'meta'));
+    writeFileSync(
+      join(folder, 'meta', '_journal.json'),
+      JSON.stringify({ version: '7', dialect: 'postgresql', entries: [{ idx: 0, version: '7', when: 1700000000000, tag: '0000_init', breakpoints: true }] }),
+    );
+    writeFileSync(
+      join(folder, '0000_init.sql'),
+      `CREATE TABLE "${table}" (id int primary key);\n--> statement-breakpoint\nINSERT INTO "${table}" VALUES (1); INSERT INTO "${table}" VALUES (2);`,
+    );
+    const { fetch, sent } = recordingFetch();
+    const migrating = drizzle(client({ fetch }));
+    await migrate(migrating, { migrationsFolder: folder, migrationsSchema });
+    assert.deepEqual(await sql`select id from ${sql.id(table)} order by id`, [{ id: 1 }, { id: 2 }]);
+    const first = sent.length;
+    await migrate(migrating, { migrationsFolder: folder, migrationsSchema });
+    // Only the bookkeeping (create if not exists, select the last): no migration script, no error.
+    assert.equal(sent.length, first + 2);
+    assert.match(sent.at(-1)!.body.sql, /^select created_at/);
+    assert.deepEqual(await sql`select count(*)::int as n from ${sql.id(table)}`, [{ n: 2 }]);
+    await sql`drop table ${sql.id(table)}`;
+    await sql`drop schema ${sql.id(migrationsSchema)} cascade`;
+  });
+
+  test('pg-proxy migrator rerun on an up-to-date database (statements is empty)', async () => {
+    const folder = mkdtempSync(join(tmpdir(), 'sluice-drizzle-proxy-migrations-'));
+    const table = tableName('drizzle_proxy_migrated');
+    mkdirSync(join(folder, 'meta'));
+    writeFileSync(
+      join(folder, 'meta', '_journal.json'),
+      JSON.stringify({ version: '7', dialect: 'postgresql', entries: [{ idx: 0, version: '7', when: 1700000000001, tag: '0000_init', breakpoints: true }] }),
+    );
+    writeFileSync(join(folder, '0000_init.sql'), `CREATE TABLE "${table}" (id int primary key);`);
+    const proxied = drizzleProxy(sql);
+    // The README's 0.1 recipe: the migrator's statements as one batch.
+    const run = () => proxyMigrate(proxied, (queries) => sql.batch(queries.map((q) => sql.unsafe(q))).then(() => {}), { migrationsFolder: folder });
+    await run();
+    await run();
+    assert.deepEqual(await sql`select count(*)::int as n from ${sql.id(table)}`, [{ n: 0 }]);
+    await sql`drop table ${sql.id(table)}`;
+  });
+
+  test('the 0.1 pg-proxy entry point still works', async () => {
+    const proxied = drizzleProxy(sql, { schema });
+    const rows = await proxied.select({ name: users.name }).from(users).where(eq(users.name, 'ada'));
+    assert.deepEqual(rows, [{ name: 'ada' }]);
+    const raw = await proxied.execute(dsql`select 1 as one`);
+    assert.deepEqual(raw, [{ one: 1 }]);
   });
 });

@@ -121,10 +121,4 @@ describe('kysely', () => {
     const names = await db.selectFrom(people).select('name').where('name', 'in', ['kept', 'dropped']).execute();
     assert.deepEqual(names, [{ name: 'kept' }]);
   });
-
-  test('streaming is refused clearly', async () => {
-    await assert.rejects(async () => {
-      for await (const row of db.selectFrom(people).selectAll().stream()) void row;
-    }, /does not stream/);
-  });
 });

@@ -26,6 +26,9 @@ describe('package', () => {
     const cjs = require('@sluice/client');
     assert.equal(typeof cjs.createClient, 'function');
     assert.equal(typeof require('@sluice/client/drizzle').drizzle, 'function');
+    assert.equal(typeof require('@sluice/client/drizzle/migrator').migrate, 'function');
+    assert.equal(typeof require('@sluice/client/drizzle-proxy').drizzle, 'function');
+    assert.equal(typeof require('@sluice/client/prisma').PrismaSluice, 'function');
     assert.equal(typeof require('@sluice/client/kysely').SluiceDialect, 'function');
     assert.throws(() => cjs.createClient({}), /`url` is missing/);
     assert.equal(require('@sluice/client/package.json').sideEffects, false);
@@ -33,7 +36,7 @@ describe('package', () => {
 
   test('the adapters use the core entry, not a copy of it', () => {
     for (const format of ['esm', 'cjs']) {
-      for (const entry of ['drizzle.js', 'kysely.js']) {
+      for (const entry of ['drizzle.js', 'drizzle-proxy.js', 'drizzle-migrator.js', 'kysely.js', 'prisma.js']) {
         const code = readFileSync(new URL(`${format}/${entry}`, dist), 'utf8');
         assert.doesNotMatch(code, /class SluiceError|function makeSql/, `${format}/${entry} bundles the core`);
       }
@@ -41,9 +44,10 @@ describe('package', () => {
   });
 
   test('no Node built-ins: the same code runs on Workers, Deno, Bun and edge runtimes', () => {
+    // drizzle-migrator.js reads migration files, through drizzle-orm's reader: Node only, by nature.
     const builtins = /(?:from\s*|require\(\s*|import\(\s*)["'](?:node:|fs|path|http|https|net|tls|crypto|stream|buffer|events|os|url|util|zlib|child_process)["'/]/;
     for (const format of ['esm', 'cjs']) {
-      for (const file of readdirSync(new URL(format + '/', dist)).filter((f) => f.endsWith('.js'))) {
+      for (const file of readdirSync(new URL(format + '/', dist)).filter((f) => f.endsWith('.js') && f !== 'drizzle-migrator.js')) {
         assert.doesNotMatch(readFileSync(new URL(`${format}/${file}`, dist), 'utf8'), builtins, `${format}/${file}`);
       }
     }
