@@ -32,11 +32,13 @@ pub mod api;
 pub mod auth;
 pub mod check;
 pub mod config;
+pub mod cors;
 pub mod dev;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod jwt;
 pub mod metrics;
 pub mod panic;
 pub mod pg;

@@ -82,7 +82,11 @@ pub async fn begin(
         None => tenant.config.transaction_idle_timeout,
     };
     let options = BeginOptions {
-        begin_sql: begin_sql(request.isolation, request.read_only, request.deferrable),
+        // The end user's role and claims are fixed here, for the whole transaction.
+        begin_sql: super::end_user::begin_for(
+            tenant.end_user.as_ref(),
+            &begin_sql(request.isolation, request.read_only, request.deferrable),
+        ),
         idle_timeout,
     };
     let waited = Instant::now();
