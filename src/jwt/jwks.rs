@@ -237,13 +237,16 @@ where
             .map(|body| body.to_bytes())
             .map_err(|e| format!("reading the body: {e}"))
     };
-    // The connection is driven here, not in a spawned task: it ends with this function.
+    // The connection is driven here, not in a spawned task: it ends with this function. It
+    // may finish (the server closed it) before the body is read out; its failures reach the
+    // exchange as errors, so only the exchange decides.
+    let drive = async move {
+        let _ = connection.await;
+        std::future::pending::<()>().await
+    };
     tokio::select! {
         result = exchange => result,
-        ended = connection => Err(match ended {
-            Ok(()) => "the server closed the connection".to_owned(),
-            Err(e) => e.to_string(),
-        }),
+        () = drive => unreachable!("pending forever"),
     }
 }
 
