@@ -55,7 +55,13 @@ async fn two_tenants() -> (Gateway, String, String) {
 async fn preflights_are_answered_for_every_route_from_an_allowed_origin() {
     let (gateway, _, _) = two_tenants().await;
     let c = &gateway.client;
-    for path in ["/v1/query", "/v1/batch", "/v1/transactions", "/v1/transactions/x/query", "/sql"] {
+    for path in [
+        "/v1/query",
+        "/v1/batch",
+        "/v1/transactions",
+        "/v1/transactions/x/query",
+        "/sql",
+    ] {
         let reply = preflight(c, path, APP).await;
         assert_eq!(reply.status, 204, "{path}: {}", reply.text);
         assert_eq!(header(&reply, "access-control-allow-origin"), Some(APP));
@@ -72,7 +78,11 @@ async fn preflights_are_answered_for_every_route_from_an_allowed_origin() {
         ] {
             assert!(allowed.contains(name), "{name} in {allowed}");
         }
-        assert!(header(&reply, "access-control-allow-methods").unwrap().contains("POST"));
+        assert!(
+            header(&reply, "access-control-allow-methods")
+                .unwrap()
+                .contains("POST")
+        );
         // The smaller of the tenants' max ages (acme 120, beta the default 600).
         assert_eq!(header(&reply, "access-control-max-age"), Some("120"));
         assert!(header(&reply, "vary").unwrap().contains("origin"));
@@ -88,7 +98,13 @@ async fn a_disallowed_origin_gets_a_clear_403() {
     let c = &gateway.client;
     let reply = preflight(c, "/v1/query", "http://evil.test").await;
     assert_status(&reply, StatusCode::FORBIDDEN, "forbidden");
-    assert!(reply.text.contains("origin http://evil.test is not allowed"), "{}", reply.text);
+    assert!(
+        reply
+            .text
+            .contains("origin http://evil.test is not allowed"),
+        "{}",
+        reply.text
+    );
     assert_eq!(header(&reply, "access-control-allow-origin"), None);
 
     // The real request from an origin only the *other* tenant allows: refused by its own
@@ -107,7 +123,10 @@ async fn a_disallowed_origin_gets_a_clear_403() {
         .await;
     assert_status(&cross, StatusCode::FORBIDDEN, "forbidden");
     assert!(cross.text.contains("cors.origins"), "{}", cross.text);
-    assert_eq!(header(&cross, "access-control-allow-origin"), Some(OTHER_APP));
+    assert_eq!(
+        header(&cross, "access-control-allow-origin"),
+        Some(OTHER_APP)
+    );
     // Its own tenant's origin: allowed, with the headers a page may read exposed.
     let own = c
         .request(
@@ -124,7 +143,10 @@ async fn a_disallowed_origin_gets_a_clear_403() {
     assert_eq!(own.status, 200, "{}", own.text);
     assert_eq!(header(&own, "access-control-allow-origin"), Some(OTHER_APP));
     let exposed = header(&own, "access-control-expose-headers").unwrap();
-    assert!(exposed.contains("x-request-id") && exposed.contains("retry-after"), "{exposed}");
+    assert!(
+        exposed.contains("x-request-id") && exposed.contains("retry-after"),
+        "{exposed}"
+    );
     // Servers send no Origin: nothing changes for them.
     let server = c.query(&acme, "select 1", json!([])).await;
     assert_eq!(server.status, 200);
@@ -146,10 +168,18 @@ async fn star_is_refused_for_a_tenant_with_api_keys() {
         .await
         .err()
         .expect("refused");
-    assert!(error.contains("only for a tenant that uses JWT auth alone"), "{error}");
-    let error = Gateway::try_start(&config(&db, &hash, "cors = { origins = [\"https://a.test/\"] }", ""))
-        .await
-        .err()
-        .expect("refused");
+    assert!(
+        error.contains("only for a tenant that uses JWT auth alone"),
+        "{error}"
+    );
+    let error = Gateway::try_start(&config(
+        &db,
+        &hash,
+        "cors = { origins = [\"https://a.test/\"] }",
+        "",
+    ))
+    .await
+    .err()
+    .expect("refused");
     assert!(error.contains("is not an origin"), "{error}");
 }
