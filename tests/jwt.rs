@@ -308,6 +308,14 @@ async fn an_end_user_leaves_no_role_or_claims_behind_for_the_next_user() {
     let pid = |reply: &Reply| reply.rows()[0][0].as_i64().unwrap();
     let first = pid(&as_user(c, &bob, "select pg_backend_pid()").await);
 
+    // The session hygiene must hold even where the DBA did not take set_config from end
+    // users (see the README): give it back to app_user for the escapes.
+    let admin = direct(&db).await;
+    let set_config = "function pg_catalog.set_config(text, text, boolean)";
+    admin
+        .batch_execute(&format!("grant execute on {set_config} to app_user"))
+        .await
+        .unwrap();
     let escapes = [
         "reset role",
         "set role postgres",
@@ -333,15 +341,50 @@ async fn an_end_user_leaves_no_role_or_claims_behind_for_the_next_user() {
             assert_eq!(row[3].as_i64().unwrap(), first, "one connection throughout");
         }
     }
-    // Inside the request, leaving the role only reaches the authenticator: no data.
-    let fallen = c
-        .post(
-            "/v1/batch",
-            &alice,
-            &json!({ "statements": [{ "sql": "reset role" }, { "sql": "select * from notes" }] }),
-        )
-        .await;
-    assert!(fallen.text.contains("permission denied"), "{}", fallen.text);
+    admin
+        .batch_execute(&format!("revoke execute on {set_config} from app_user"))
+        .await
+        .unwrap();
+    // Within her own request, alice cannot become bob either: SET, RESET and DO are
+    // refused, and set_config is not hers to call, directly or through SQL a function runs.
+    let forgeries = [
+        (
+            r#"set local request.jwt.claims = '{"sub":"bob"}'"#,
+            "forbidden",
+        ),
+        ("reset role", "forbidden"),
+        ("do $$ begin perform 1; end $$", "forbidden"),
+        (
+            r#"select set_config('request.jwt.claims', '{"sub":"bob"}', true)"#,
+            "permission denied",
+        ),
+        (
+            r#"select query_to_xml('select set_config(''request.jwt.claims'', ''{"sub":"bob"}'', true)', true, false, '')"#,
+            "permission denied",
+        ),
+        (
+            r#"select query_to_xml('set local request.jwt.claims = ''{"sub":"bob"}''', true, false, '')"#,
+            "",
+        ),
+    ];
+    for (forgery, refusal) in forgeries {
+        let reply = c
+            .post(
+                "/v1/batch",
+                &alice,
+                &json!({ "rowMode": "array", "statements": [
+                    { "sql": forgery },
+                    { "sql": "select owner from notes" },
+                ]}),
+            )
+            .await;
+        if reply.status == 200 {
+            let rows = &reply.json()["results"][1]["rows"];
+            assert_eq!(rows, &json!([["alice"]]), "{forgery}: {}", reply.text);
+        } else {
+            assert!(reply.text.contains(refusal), "{forgery}: {}", reply.text);
+        }
+    }
     // And the tenant's API key afterwards: the authenticator, with no claims.
     let by_key = as_user(
         c,

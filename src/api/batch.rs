@@ -174,6 +174,9 @@ pub async fn handle(
             }
             let (statements, timeout) =
                 check_statements(statements, request.timeout_ms, Limits::of(ctx, tenant))?;
+            for statement in &statements {
+                super::end_user::check_sql(tenant, statement.sql)?;
+            }
             let begin = super::end_user::begin_for(
                 tenant.end_user.as_ref(),
                 &begin_sql(request.isolation, request.read_only, request.deferrable),

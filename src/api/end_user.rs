@@ -8,8 +8,10 @@ use std::sync::Arc;
 
 use http::HeaderMap;
 
-use super::Generation;
+use super::error::ApiError;
+use super::{Generation, Tenant};
 use crate::jwt::{Identity, Unverified, route};
+use crate::pg::SqlAnalysis;
 
 /// What the request's credentials say about an end user.
 #[derive(Debug, Clone, Default)]
@@ -105,4 +107,30 @@ pub fn begin_for(identity: Option<&Arc<Identity>>, begin: &str) -> String {
         Some(identity) => identity.begin_sql(begin),
         None => begin.to_owned(),
     }
+}
+
+/// Statements an end user may not send: they would change the role or settings the gateway
+/// set for the request (`SET ROLE`, `RESET ROLE`, `SET request.jwt.claims`, a `DO` block that
+/// runs them). `set_config()` is kept from end users by privileges instead (see the README's
+/// authenticator setup: EXECUTE on it is revoked from PUBLIC), which also covers SQL run
+/// indirectly (`query_to_xml`, functions).
+const REFUSED_LEADING: &[&str] = &["SET", "RESET", "DO"];
+
+/// For an end user's request, refuses SQL that would change its role or claims (see
+/// [`REFUSED_LEADING`]); every statement of `sql` is looked at. API-key requests pass.
+pub fn check_sql(tenant: &Tenant, sql: &str) -> Result<(), ApiError> {
+    if tenant.end_user.is_none() {
+        return Ok(());
+    }
+    let analysis = SqlAnalysis::of(sql);
+    for span in &analysis.statement_spans {
+        let leading = SqlAnalysis::of(&sql[span.clone()]).leading_keyword;
+        if REFUSED_LEADING.contains(&leading.as_str()) {
+            return Err(ApiError::Forbidden(format!(
+                "{leading} is not available to an end user's token: the gateway sets the \
+                 request's role and claims (statement timeouts go in `timeoutMs`)"
+            )));
+        }
+    }
+    Ok(())
 }

@@ -169,6 +169,7 @@ pub async fn handle(
     let request: QueryRequest = super::parse_json(body)?;
     let prepared = request.check(Limits::of(ctx, tenant))?;
     if let Some(identity) = &tenant.end_user {
+        super::end_user::check_sql(tenant, prepared.sql)?;
         if super::stream::wants_ndjson(ctx.headers) {
             return Err(ApiError::BadRequest(super::end_user::NO_STREAMING.into()));
         }

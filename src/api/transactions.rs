@@ -116,6 +116,7 @@ pub async fn call(
         Action::Query => {
             let request: QueryRequest = super::parse_json(body)?;
             let prepared = request.check(Limits::of(ctx, tenant))?;
+            super::end_user::check_sql(tenant, prepared.sql)?;
             if prepared.analysis.transaction_control {
                 return Err(ApiError::BadRequest(
                     "end the transaction with /commit or /rollback; savepoints are fine".into(),
@@ -162,6 +163,9 @@ pub async fn call(
             }
             let (statements, timeout) =
                 check_statements(statements, request.timeout_ms, Limits::of(ctx, tenant))?;
+            for statement in &statements {
+                super::end_user::check_sql(tenant, statement.sql)?;
+            }
             let transaction = transactions.get(id, tenant)?;
             let mut call = transactions.call(&transaction)?;
             let executed = Instant::now();

@@ -244,13 +244,14 @@ impl Identity {
     pub fn begin_sql(&self, begin: &str) -> String {
         let mut sql = String::with_capacity(begin.len() + self.claims.len() + 160);
         sql.push_str(begin);
-        sql.push_str("; SET LOCAL ROLE ");
-        push_identifier(&mut sql, &self.role);
+        // The claims first, as the authenticator: end-user roles may have no EXECUTE on
+        // set_config (so they cannot rewrite their claims).
         sql.push_str("; SELECT pg_catalog.set_config('request.jwt.claims', ");
         push_literal(&mut sql, &self.claims);
         sql.push_str(", true), pg_catalog.set_config('request.jwt.claim.sub', ");
         push_literal(&mut sql, self.subject.as_deref().unwrap_or(""));
-        sql.push_str(", true)");
+        sql.push_str(", true); SET LOCAL ROLE ");
+        push_identifier(&mut sql, &self.role);
         sql
     }
 }
@@ -437,9 +438,9 @@ mod tests {
         };
         assert_eq!(
             identity.begin_sql("BEGIN"),
-            "BEGIN; SET LOCAL ROLE \"we\"\"ird\"; SELECT pg_catalog.set_config('request.jwt.claims', \
+            "BEGIN; SELECT pg_catalog.set_config('request.jwt.claims', \
              '{\"sub\":\"o''brien\"}', true), pg_catalog.set_config('request.jwt.claim.sub', \
-             'o''brien', true)"
+             'o''brien', true); SET LOCAL ROLE \"we\"\"ird\""
         );
     }
 

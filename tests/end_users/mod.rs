@@ -180,6 +180,9 @@ pub async fn rls_database() -> String {
           using (owner = current_setting('request.jwt.claims', true)::jsonb ->> 'sub')
           with check (owner = current_setting('request.jwt.claims', true)::jsonb ->> 'sub');
         create policy public_notes on notes for select to web_anon using (owner = 'public');
+        -- End users must not rewrite their claims: set_config is the authenticator's only.
+        revoke execute on function pg_catalog.set_config(text, text, boolean) from public;
+        grant execute on function pg_catalog.set_config(text, text, boolean) to authenticator;
         insert into notes (owner, body) values ('alice', 'alice 1'), ('bob', 'bob 1'), ('public', 'hello');
     ";
     // Once per binary (and its cluster): tests run in parallel.
