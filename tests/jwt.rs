@@ -461,5 +461,41 @@ async fn added_latency_of_jwt_auth() {
         }
         println!("{name}: {:?} per request", started.elapsed() / N);
     }
+    // Verification alone, in this process (no HTTP, no Postgres).
+    let jwks_file =
+        std::env::temp_dir().join(format!("sluice-jwks-{}.json", rand::random::<u64>()));
+    std::fs::write(
+        &jwks_file,
+        json!({ "keys": [&rsa.jwk, &es.jwk] }).to_string(),
+    )
+    .unwrap();
+    let policy = sluice::jwt::RawJwt {
+        issuer: ISSUER.into(),
+        audience: AUDIENCE.into(),
+        jwks_file: Some(jwks_file.clone()),
+        jwks_url: None,
+        secret_file: None,
+        algorithms: Some(vec!["RS256".into(), "ES256".into()]),
+        role_claim: None,
+        allowed_roles: vec!["app_user".into()],
+        anonymous_role: None,
+        leeway_s: None,
+        jwks_refresh_s: None,
+        jwks_cooldown_ms: None,
+    }
+    .validate("jwt", std::path::Path::new("."))
+    .unwrap();
+    let _ = std::fs::remove_file(&jwks_file);
+    let cache = sluice::jwt::KeyCache::default();
+    for (name, token) in [("RS256", &rs_token), ("ES256", &es_token)] {
+        let started = Instant::now();
+        for _ in 0..N {
+            policy.verify(token, &cache).await.unwrap();
+        }
+        println!(
+            "{name} verification alone: {:?} per token",
+            started.elapsed() / N
+        );
+    }
     gateway.stop().await;
 }
