@@ -334,6 +334,10 @@ pub struct RequestContext<'r> {
     pub memory: Option<MemoryLease>,
     /// An end user's token, verified before routing (see [`end_user`]).
     pub end_user: end_user::EndUser,
+    /// Set by a route that runs end users' statements as their role and claims
+    /// (`end_user::begin_for`, `end_user::check_sql`); other routes refuse their tokens rather
+    /// than run them as the tenant's login role.
+    pub accepts_end_users: bool,
 }
 
 impl RequestContext<'_> {
@@ -342,6 +346,13 @@ impl RequestContext<'_> {
     pub fn tenant(&mut self) -> Result<Tenant, ApiError> {
         let (principal, end_user) = match &self.end_user {
             end_user::EndUser::NotApplicable => (self.principal()?, None),
+            end_user::EndUser::Verified { .. } if !self.accepts_end_users => {
+                return Err(ApiError::Forbidden(
+                    "this route does not take end users' tokens: use /v1/query, /v1/batch or \
+                     /v1/transactions"
+                        .into(),
+                ));
+            }
             end_user::EndUser::Verified { tenant, identity } => {
                 (Principal::Tenant(*tenant), Some(identity.clone()))
             }
@@ -479,6 +490,7 @@ pub async fn handle<B: RequestBody>(
         log: RequestLog::default(),
         memory: Some(app.memory.lease()),
         end_user,
+        accepts_end_users: false,
     };
     // A panic is a bug, but it must cost one request, not the connection or the process: the
     // client gets `internal`, and the hook (crate::panic) logs where it happened without the
@@ -686,6 +698,7 @@ async fn dispatch<B: RequestBody>(
         Route::Query | Route::Batch | Route::Begin | Route::Transaction(..) => {
             // Authenticate (and admit) before reading the body: an unauthenticated or
             // rate-limited client costs no more than its headers.
+            ctx.accepts_end_users = true;
             let tenant = ctx.tenant()?;
             let body = read_body(ctx, incoming).await?;
             #[cfg(feature = "fault-injection")]
