@@ -2,6 +2,7 @@
 //! header, so no page could call the gateway.
 
 mod common;
+mod end_users;
 
 use common::*;
 use http::{Method, StatusCode};
@@ -182,4 +183,43 @@ async fn star_is_refused_for_a_tenant_with_api_keys() {
     .err()
     .expect("refused");
     assert!(error.contains("is not an origin"), "{error}");
+}
+
+/// A JWT-only tenant may allow every origin: an anonymous page anywhere reads what
+/// `anonymous_role` may.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn star_serves_any_origin_for_a_jwt_only_tenant() {
+    let rsa = end_users::rs256("r1");
+    let jwks_file =
+        std::env::temp_dir().join(format!("sluice-cors-{}.json", rand::random::<u64>()));
+    std::fs::write(&jwks_file, json!({ "keys": [&rsa.jwk] }).to_string()).unwrap();
+    let db = end_users::rls_database().await;
+    let jwt = end_users::jwt_tenant("https://unused.example/jwks", "").replace(
+        "jwks_url = \"https://unused.example/jwks\"",
+        &format!("jwks_file = {:?}", jwks_file.display().to_string()),
+    );
+    let (_, hash) = key("acme");
+    let toml = config(
+        &db,
+        &hash,
+        &format!("{jwt}\ncors = {{ origins = [\"*\"] }}"),
+        "",
+    )
+    .replace(&format!("api_keys = [\"{hash}\"]"), "api_keys = []");
+    let gateway = Gateway::start(&toml).await;
+    let c = &gateway.client;
+    let origin = "https://anywhere.example";
+    assert_eq!(preflight(c, "/v1/query", origin).await.status, 204);
+    let reply = c
+        .request(
+            Method::POST,
+            "/v1/query",
+            &[("origin", origin), ("content-type", "application/json")],
+            json!({ "sql": "select owner from notes", "rowMode": "array" }).to_string(),
+        )
+        .await;
+    assert_eq!(reply.rows(), [json!(["public"])], "{}", reply.text);
+    assert_eq!(header(&reply, "access-control-allow-origin"), Some(origin));
+    let _ = std::fs::remove_file(&jwks_file);
+    gateway.stop().await;
 }
