@@ -141,6 +141,15 @@ async fn row_level_security_separates_two_users_and_the_anonymous_role() {
         )
         .await;
     assert_eq!(owners(&inside), ["alice"]);
+    // Bound to alice: bob's token (same tenant) does not find it.
+    let foreign = c
+        .post(
+            &format!("/v1/transactions/{id}/query"),
+            &bob,
+            &json!({ "sql": "select owner from notes" }),
+        )
+        .await;
+    assert_status(&foreign, StatusCode::NOT_FOUND, "transaction_not_found");
     let commit = c
         .post(&format!("/v1/transactions/{id}/commit"), &alice, &json!({}))
         .await;
