@@ -450,25 +450,41 @@ async fn added_latency_of_jwt_auth() {
     let jwks = JwksServer::start(&[&rsa.jwk, &es.jwk]).await;
     let db = rls_database().await;
     let (key, hash) = key("acme");
-    let gateway = Gateway::start(&config(&db, &hash, &jwt_tenant(&jwks.url, ""), "")).await;
+    // One connection, so its backend's CPU time is the statements' and nothing else's.
+    let tenant = format!("pool_size = 1\n{}", jwt_tenant(&jwks.url, ""));
+    let gateway = Gateway::start(&config(&db, &hash, &tenant, "")).await;
     let c = &gateway.client;
     let rs_token = mint(&rsa, &claims("alice", "app_user"));
     let es_token = mint(&es, &claims("alice", "app_user"));
-    let sql = "select 1";
-    const N: u32 = 500;
-    for (name, credential) in [
-        ("api key", &key),
-        ("RS256", &rs_token),
-        ("ES256", &es_token),
+    let sql = "select pg_backend_pid()";
+    const N: u32 = 2000;
+    let backend: i32 = c.query(&key, sql, json!([])).await.json()["rows"][0]["pg_backend_pid"]
+        .as_i64()
+        .unwrap() as i32;
+    println!("(wall-clock is noisy on a shared machine; CPU times are the numbers to read)");
+    // The API key's batch of one statement is the fair comparison for the transaction part:
+    // an end user's query runs as BEGIN, role and claims, the statement, COMMIT.
+    let batch = json!({ "statements": [{ "sql": sql }] });
+    let query = json!({ "sql": sql });
+    for (name, credential, path, body) in [
+        ("api key, /v1/query", &key, "/v1/query", &query),
+        ("api key, /v1/batch", &key, "/v1/batch", &batch),
+        ("RS256, /v1/query", &rs_token, "/v1/query", &query),
+        ("ES256, /v1/query", &es_token, "/v1/query", &query),
     ] {
         for _ in 0..50 {
-            assert_eq!(c.query(credential, sql, json!([])).await.status, 200);
+            assert_eq!(c.post(path, credential, body).await.status, 200);
         }
-        let started = Instant::now();
+        let (wall, process, postgres) = (Instant::now(), process_cpu(), backend_cpu(backend));
         for _ in 0..N {
-            c.query(credential, sql, json!([])).await;
+            c.post(path, credential, body).await;
         }
-        println!("{name}: {:?} per request", started.elapsed() / N);
+        println!(
+            "{name}: per request {:?} wall, {:?} CPU in this process (gateway + client), {:?} CPU in the Postgres backend",
+            wall.elapsed() / N,
+            (process_cpu() - process) / N,
+            (backend_cpu(backend) - postgres) / N,
+        );
     }
     // Verification alone, in this process (no HTTP, no Postgres).
     let jwks_file =
@@ -497,14 +513,32 @@ async fn added_latency_of_jwt_auth() {
     let _ = std::fs::remove_file(&jwks_file);
     let cache = sluice::jwt::KeyCache::default();
     for (name, token) in [("RS256", &rs_token), ("ES256", &es_token)] {
-        let started = Instant::now();
+        let started = process_cpu();
         for _ in 0..N {
             policy.verify(token, &cache).await.unwrap();
         }
         println!(
-            "{name} verification alone: {:?} per token",
-            started.elapsed() / N
+            "{name} verification alone: {:?} CPU per token",
+            (process_cpu() - started) / N
         );
     }
     gateway.stop().await;
+}
+
+/// CPU time of this process so far (user + system).
+fn process_cpu() -> Duration {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage fills the struct it is given.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
+
+/// CPU time of a Postgres backend so far, from /proc (user + system, in clock ticks).
+fn backend_cpu(pid: i32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_nanos(ticks * 1_000_000_000 / per_second)
 }
