@@ -451,7 +451,10 @@ async fn added_latency_of_jwt_auth() {
     let db = rls_database().await;
     let (key, hash) = key("acme");
     // One connection, so its backend's CPU time is the statements' and nothing else's.
-    let tenant = format!("pool_size = 1\n{}", jwt_tenant(&jwks.url, ""));
+    let tenant = format!(
+        "pool_size = 1\nrate_per_second = 100000\nburst = 100000\n{}",
+        jwt_tenant(&jwks.url, "")
+    );
     let gateway = Gateway::start(&config(&db, &hash, &tenant, "")).await;
     let c = &gateway.client;
     let rs_token = mint(&rsa, &claims("alice", "app_user"));
