@@ -9,6 +9,9 @@
 //!   happens to be right cannot be told from one that is wrong — until the limit recovers.
 //!   IPv6 addresses count by /64 (one host's whole prefix). Memory stays bounded: stale
 //!   entries are dropped, and past [`MAX_TRACKED_ADDRESSES`] new addresses share one budget.
+//! - Per end user: `rate_per_second_per_subject`, keyed by the token's `sub` (a digest of it,
+//!   so memory per subject is fixed whatever the claim's length), after the tenant's limit.
+//!   Bounded like the addresses: past [`MAX_TRACKED_SUBJECTS`] new subjects share one budget.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -153,6 +156,52 @@ impl AuthFailures {
     }
 }
 
+/// Subjects tracked individually before new ones share one budget.
+pub const MAX_TRACKED_SUBJECTS: usize = 65_536;
+
+/// Requests per end user (token subject) of one tenant.
+pub struct SubjectRates {
+    limiter: DefaultKeyedRateLimiter<[u8; 16]>,
+    clock: DefaultClock,
+    /// When stale subjects were last swept out (a sweep walks them all).
+    // std Mutex: held for a comparison, never across an await.
+    last_sweep: Mutex<Instant>,
+}
+
+impl SubjectRates {
+    pub fn new(rate_per_second: u32) -> SubjectRates {
+        let rate = NonZeroU32::new(rate_per_second).unwrap_or(NonZeroU32::MIN);
+        SubjectRates {
+            // A burst of one second's worth: a page load's handful of parallel queries passes.
+            limiter: DefaultKeyedRateLimiter::keyed(Quota::per_second(rate)),
+            clock: DefaultClock::default(),
+            last_sweep: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// `Err(wait)` when `subject` is over its rate.
+    pub fn check(&self, subject: &str) -> Result<(), Duration> {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(subject.as_bytes());
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&digest[..16]);
+        if self.limiter.len() >= MAX_TRACKED_SUBJECTS {
+            let mut last = self.last_sweep.lock().unwrap_or_else(|e| e.into_inner());
+            if last.elapsed() >= Duration::from_secs(1) {
+                *last = Instant::now();
+                self.limiter.retain_recent();
+                self.limiter.shrink_to_fit();
+            }
+            if self.limiter.len() >= MAX_TRACKED_SUBJECTS {
+                key = [0xff; 16];
+            }
+        }
+        self.limiter
+            .check_key(&key)
+            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +233,16 @@ mod tests {
         assert!(wait <= Duration::from_secs(20));
         assert!(failures.blocked_for(attacker).is_some());
         assert_eq!(failures.blocked_for(neighbour), None);
+    }
+
+    #[test]
+    fn each_subject_has_its_own_rate() {
+        let rates = SubjectRates::new(2);
+        assert!(rates.check("alice").is_ok());
+        assert!(rates.check("alice").is_ok());
+        let wait = rates.check("alice").unwrap_err();
+        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1));
+        assert!(rates.check("bob").is_ok());
     }
 
     #[test]

@@ -120,6 +120,17 @@ impl KeyStore {
     }
 }
 
+/// The credential of an `Authorization: Bearer …` header, if it is text.
+pub fn bearer_token(header: &[u8]) -> Option<&str> {
+    std::str::from_utf8(strip_bearer(header)?).ok()
+}
+
+/// Whether a bearer credential is a JWT (`header.payload.signature`) rather than an API key
+/// (API keys have no dots: `sluice key` makes them URL-safe base64).
+pub fn looks_like_jwt(credential: &str) -> bool {
+    credential.bytes().filter(|c| *c == b'.').count() == 2
+}
+
 fn strip_bearer(header: &[u8]) -> Option<&[u8]> {
     let (scheme, rest) = header.split_at_checked(6)?;
     if !scheme.eq_ignore_ascii_case(b"bearer") {

@@ -131,6 +131,12 @@ pub struct TenantConfig {
     /// Session settings sent at connection start (DateStyle, TimeZone, … overrides).
     pub settings: BTreeMap<String, String>,
     pub session_reset: SessionReset,
+    /// Browser origins allowed to call with this tenant's credentials (`cors`).
+    pub cors: Option<crate::cors::CorsPolicy>,
+    /// End users' tokens (`jwt`): role and claims per request.
+    pub jwt: Option<Arc<crate::jwt::JwtConfig>>,
+    /// Requests per second per token subject (`sub`), on top of `rate_per_second`.
+    pub rate_per_second_per_subject: Option<u32>,
 }
 
 /// A configuration that cannot be used, with the key and the problem.
@@ -223,6 +229,9 @@ struct RawTenant {
     settings: BTreeMap<String, String>,
     #[serde(default)]
     session_reset: SessionReset,
+    cors: Option<crate::cors::RawCors>,
+    jwt: Option<crate::jwt::RawJwt>,
+    rate_per_second_per_subject: Option<u32>,
 }
 
 /// The defaults of API.md's configuration section.
@@ -333,6 +342,9 @@ impl Config {
                 transaction_max_ms: None,
                 settings: BTreeMap::new(),
                 session_reset: SessionReset::default(),
+                cors: None,
+                jwt: None,
+                rate_per_second_per_subject: None,
             }],
         };
         raw.validate(Path::new("."))
@@ -387,7 +399,7 @@ impl RawConfig {
                     format!("\"{}\" is used twice", tenant.id),
                 ));
             }
-            let tenant = tenant.validate(&key, &upstreams)?;
+            let tenant = tenant.validate(&key, &upstreams, base)?;
             for api_key in &tenant.api_keys {
                 if let Some(owner) = keys.insert(*api_key, format!("tenants[{i}] ({})", tenant.id))
                 {
@@ -603,6 +615,7 @@ impl RawTenant {
         self,
         key: &str,
         upstreams: &[UpstreamConfig],
+        base: &Path,
     ) -> Result<TenantConfig, ConfigError> {
         let RawTenant {
             id,
@@ -623,6 +636,9 @@ impl RawTenant {
             transaction_max_ms,
             settings,
             session_reset,
+            cors,
+            jwt,
+            rate_per_second_per_subject,
         } = self;
         check_identifier(&format!("{key}.id"), &id)?;
         let upstream = match upstream {
@@ -643,10 +659,25 @@ impl RawTenant {
                 ));
             }
         };
-        if api_keys.is_empty() {
+        if api_keys.is_empty() && jwt.is_none() {
             return Err(err(
                 format!("{key}.api_keys"),
-                "a tenant needs at least one key (run `sluice key`)",
+                "a tenant needs at least one key (run `sluice key`) or a jwt table",
+            ));
+        }
+        let jwt_only = api_keys.is_empty();
+        let jwt = jwt
+            .map(|jwt| jwt.validate(&format!("{key}.jwt"), base).map(Arc::new))
+            .transpose()
+            .map_err(ConfigError)?;
+        let cors = cors
+            .map(|cors| cors.validate(&format!("{key}.cors"), jwt_only))
+            .transpose()
+            .map_err(ConfigError)?;
+        if rate_per_second_per_subject == Some(0) {
+            return Err(err(
+                format!("{key}.rate_per_second_per_subject"),
+                "must be at least 1",
             ));
         }
         let api_keys = api_keys
@@ -763,6 +794,9 @@ impl RawTenant {
             transaction_max,
             settings,
             session_reset,
+            cors,
+            jwt,
+            rate_per_second_per_subject,
         })
     }
 }

@@ -21,6 +21,9 @@
 //! [`config`] turns the TOML file (or environment) into a validated configuration once;
 //! [`dev`] runs the throwaway Postgres behind `sluice dev` and the tests; [`check`] is
 //! `sluice check`. [`fuzzing`] is the entry surface of the fuzz targets in `fuzz/`, not an API.
+//! Browsers and end users: [`cors`] holds the tenants' allowed origins (answered ahead of
+//! routing in `api::cors`), and [`jwt`] verifies end users' tokens in step 2, whose role and
+//! claims then open each request's transaction.
 //! Around the request path: [`admission`] (rate limits, failed-auth limiter) runs in step 2,
 //! [`transactions`] keeps interactive transactions' connections between calls, [`metrics`]
 //! counts, [`tls`] serves HTTPS; [`allocator`] and [`panic`] are process set-up (malloc tuning
@@ -35,11 +38,13 @@ pub mod api;
 pub mod auth;
 pub mod check;
 pub mod config;
+pub mod cors;
 pub mod dev;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod jwt;
 pub mod metrics;
 pub mod panic;
 pub mod pg;

@@ -1,8 +1,9 @@
 //! Interactive transactions over HTTP: the registry of open ones, each pinning one pooled
 //! connection of its tenant (so it counts against the upstream budget like any connection).
 //!
-//! - An id is 192 random bits (`tx_…`), bound to its tenant: any other tenant's key is told
-//!   it does not exist. Ids are never logged in full.
+//! - An id is 192 random bits (`tx_…`), bound to its tenant (and to the end user whose token
+//!   began it): any other tenant's key, or another end user, is told it does not exist. Ids
+//!   are never logged in full.
 //! - One call at a time: a transaction's connection sits behind an async mutex, and a second
 //!   call finds it locked (`transaction_busy`).
 //! - A watcher task per transaction rolls it back when it sits idle longer than its idle
@@ -73,6 +74,9 @@ pub struct Transactions {
 pub struct OpenTransaction {
     id: Arc<str>,
     tenant: Arc<str>,
+    /// The end user who began it (role and subject), if a token did: only the same end user's
+    /// calls find it, as only its tenant's do.
+    end_user: Option<(String, Option<String>)>,
     /// `None` once the transaction has ended.
     conn: Arc<tokio::sync::Mutex<Option<Checkout>>>,
     cancel: CancelToken,
@@ -114,6 +118,14 @@ impl Drop for Slot {
 
 /// How many transactions `tenant` may have open: never every connection of its pool, so
 /// one-shot queries always find one.
+/// Who calls, beyond the tenant: an end user's role and subject.
+fn caller(tenant: &Tenant) -> Option<(String, Option<String>)> {
+    tenant
+        .end_user
+        .as_ref()
+        .map(|identity| (identity.role.clone(), identity.subject.clone()))
+}
+
 fn transaction_capacity(tenant: &TenantConfig) -> usize {
     tenant
         .max_transactions
@@ -181,6 +193,7 @@ impl Transactions {
         let transaction = Arc::new(OpenTransaction {
             id: new_id().into(),
             tenant: tenant.config.id.as_str().into(),
+            end_user: caller(tenant),
             cancel: conn.cancel_token(),
             conn: Arc::new(tokio::sync::Mutex::new(Some(conn))),
             idle_timeout: options.idle_timeout,
@@ -250,7 +263,12 @@ impl Transactions {
             .get(id)
             .cloned();
         match found {
-            Some(transaction) if *transaction.tenant == *tenant.config.id => Ok(transaction),
+            Some(transaction)
+                if *transaction.tenant == *tenant.config.id
+                    && transaction.end_user == caller(tenant) =>
+            {
+                Ok(transaction)
+            }
             Some(_) => Err(TransactionError::NotFound { expired: false }),
             None => Err(TransactionError::NotFound {
                 expired: self.was_expired(id, &tenant.config.id),

@@ -174,7 +174,13 @@ pub async fn handle(
             }
             let (statements, timeout) =
                 check_statements(statements, request.timeout_ms, Limits::of(ctx, tenant))?;
-            let begin = begin_sql(request.isolation, request.read_only, request.deferrable);
+            for statement in &statements {
+                super::end_user::check_sql(tenant, statement.sql)?;
+            }
+            let begin = super::end_user::begin_for(
+                tenant.end_user.as_ref(),
+                &begin_sql(request.isolation, request.read_only, request.deferrable),
+            );
             let waited = Instant::now();
             let mut conn = tenant.pool.checkout().await?;
             ctx.log.queue_wait = Some(waited.elapsed());
@@ -197,6 +203,11 @@ pub async fn handle(
         }
         (None, Some(script)) => {
             let transaction = request.transaction.unwrap_or(true);
+            if !transaction && tenant.end_user.is_some() {
+                return Err(ApiError::BadRequest(
+                    super::end_user::NEEDS_TRANSACTION.into(),
+                ));
+            }
             if has_modes && !transaction {
                 return Err(ApiError::BadRequest(
                     "`isolation`, `readOnly` and `deferrable` need `transaction`".into(),
@@ -221,7 +232,10 @@ pub async fn handle(
                 conn.retire();
             }
             let result = if transaction {
-                let begin = begin_sql(request.isolation, request.read_only, request.deferrable);
+                let begin = super::end_user::begin_for(
+                    tenant.end_user.as_ref(),
+                    &begin_sql(request.isolation, request.read_only, request.deferrable),
+                );
                 conn.script(script, Some(&begin), timeout).await
             } else {
                 run_one_by_one(&mut conn, script, &analysis, timeout).await

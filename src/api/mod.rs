@@ -5,6 +5,8 @@
 mod admin;
 pub mod batch;
 pub mod body;
+pub mod cors;
+pub mod end_user;
 pub mod error;
 mod health;
 pub mod memory;
@@ -32,7 +34,7 @@ use tokio_util::task::TaskTracker;
 use self::body::Body;
 use self::error::ApiError;
 use self::memory::{MEMORY_WAIT, MemoryBudget, MemoryLease};
-use crate::admission::{AuthFailures, TenantRate};
+use crate::admission::{AuthFailures, SubjectRates, TenantRate};
 use crate::auth::{KeyStore, Principal};
 use crate::config::{Config, TenantConfig};
 use crate::metrics::Metrics;
@@ -89,6 +91,13 @@ pub struct Generation {
     /// Each tenant's request rate, by tenant index.
     pub rates: Vec<Arc<TenantRate>>,
     pub auth_failures: Arc<AuthFailures>,
+    /// Every tenant's CORS origins together, for preflights.
+    pub cors: crate::cors::CorsUnion,
+    /// Each tenant's JWKS cache, by tenant index (kept across reloads that leave the tenant's
+    /// `jwt` table as it was).
+    pub jwt_keys: Vec<Arc<crate::jwt::KeyCache>>,
+    /// Each tenant's per-subject rates, when it sets `rate_per_second_per_subject`.
+    pub subject_rates: Vec<Option<Arc<SubjectRates>>>,
 }
 
 impl Generation {
@@ -144,12 +153,43 @@ impl Generation {
             .filter(|p| p.config.server.auth_failures_per_minute == per_minute)
             .map(|p| p.auth_failures.clone())
             .unwrap_or_else(|| Arc::new(AuthFailures::new(per_minute)));
+        let cors =
+            crate::cors::CorsUnion::new(config.tenants.iter().filter_map(|t| t.cors.as_ref()));
+        let previous_tenant = |tenant: &TenantConfig| {
+            let p = previous?;
+            let index = p.config.tenant_index(&tenant.id)?;
+            Some((p, index))
+        };
+        let jwt_keys = config
+            .tenants
+            .iter()
+            .map(|tenant| {
+                previous_tenant(tenant)
+                    .filter(|(p, i)| p.config.tenants[*i].jwt == tenant.jwt)
+                    .map(|(p, i)| p.jwt_keys[i].clone())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let subject_rates = config
+            .tenants
+            .iter()
+            .map(|tenant| {
+                let rate = tenant.rate_per_second_per_subject?;
+                let kept = previous_tenant(tenant)
+                    .filter(|(p, i)| p.config.tenants[*i].rate_per_second_per_subject == Some(rate))
+                    .and_then(|(p, i)| p.subject_rates[i].clone());
+                Some(kept.unwrap_or_else(|| Arc::new(SubjectRates::new(rate))))
+            })
+            .collect();
         Generation {
             config,
             keys,
             pools,
             rates,
             auth_failures,
+            cors,
+            jwt_keys,
+            subject_rates,
         }
     }
 }
@@ -160,6 +200,9 @@ pub struct Tenant {
     pub index: usize,
     pub config: Arc<TenantConfig>,
     pub pool: TenantPool,
+    /// The end user the request acts for (a verified token, or the anonymous role): its
+    /// statements run in a gateway-owned transaction as that role, with its claims.
+    pub end_user: Option<Arc<crate::jwt::Identity>>,
 }
 
 impl App {
@@ -290,15 +333,39 @@ pub struct RequestContext<'r> {
     pub log: RequestLog,
     /// What this request holds of the gateway's memory budget: its body, then its response.
     pub memory: Option<MemoryLease>,
+    /// An end user's token, verified before routing (see [`end_user`]).
+    pub end_user: end_user::EndUser,
+    /// Set by a route that runs end users' statements as their role and claims
+    /// (`end_user::begin_for`, `end_user::check_sql`); other routes refuse their tokens rather
+    /// than run them as the tenant's login role.
+    pub accepts_end_users: bool,
 }
 
 impl RequestContext<'_> {
     /// The tenant whose key the request carries, admitted under its rate limit; admin keys
     /// are not tenants.
     pub fn tenant(&mut self) -> Result<Tenant, ApiError> {
-        match self.principal()? {
+        let (principal, end_user) = match &self.end_user {
+            end_user::EndUser::NotApplicable => (self.principal()?, None),
+            end_user::EndUser::Verified { .. } if !self.accepts_end_users => {
+                return Err(ApiError::Forbidden(
+                    "this route does not take end users' tokens: use /v1/query, /v1/batch or \
+                     /v1/transactions"
+                        .into(),
+                ));
+            }
+            end_user::EndUser::Verified { tenant, identity } => {
+                (Principal::Tenant(*tenant), Some(identity.clone()))
+            }
+            end_user::EndUser::Refused(reason) => {
+                self.app.metrics.auth_failures.inc();
+                return Err(ApiError::Unauthorized(reason.clone()));
+            }
+        };
+        match principal {
             Principal::Tenant(index) => {
                 let config = self.generation.config.tenants[index].clone();
+                cors::check_origin(self.headers, &config)?;
                 self.log.tenant = Some(config.id.clone());
                 if let Err(retry_after) = self.generation.rates[index].check() {
                     let label = crate::metrics::TenantLabel {
@@ -310,10 +377,26 @@ impl RequestContext<'_> {
                         reason: "the tenant's request rate limit is exceeded; retry after Retry-After",
                     });
                 }
+                if let (Some(rates), Some(subject)) = (
+                    &self.generation.subject_rates[index],
+                    end_user.as_ref().and_then(|e| e.subject.as_deref()),
+                ) && let Err(retry_after) = rates.check(subject)
+                {
+                    let label = crate::metrics::TenantLabel {
+                        tenant: config.id.clone(),
+                    };
+                    self.app.metrics.rate_limited.get_or_create(&label).inc();
+                    return Err(ApiError::RateLimited {
+                        retry_after,
+                        reason: "the end user's request rate limit (rate_per_second_per_subject) \
+                                 is exceeded; retry after Retry-After",
+                    });
+                }
                 Ok(Tenant {
                     index,
                     config,
                     pool: self.generation.pools.tenant(index).clone(),
+                    end_user,
                 })
             }
             Principal::Admin => Err(ApiError::Forbidden(
@@ -382,9 +465,26 @@ pub async fn handle<B: RequestBody>(
     let generation = app.generation();
     let (mut parts, incoming) = request.into_parts();
     let route = Route::of(parts.uri.path(), surface);
+    if let Some(mut response) = cors::preflight(&generation.cors, &parts.method, &parts.headers) {
+        cors::decorate(&generation.cors, &parts.headers, response.headers_mut());
+        response
+            .headers_mut()
+            .insert("x-request-id", request_id.clone());
+        return response;
+    }
     if route == Route::Sql {
         neon::adopt_connection_string_key(&mut parts.headers);
     }
+    // Every route but the gateway's own (probes, metrics, admin) may be a tenant's, including
+    // routes added later: an end user's token is checked before routing.
+    let end_user = match route {
+        Route::Healthz
+        | Route::Readyz
+        | Route::Metrics { .. }
+        | Route::AdminPools
+        | Route::AdminReload => end_user::EndUser::NotApplicable,
+        _ => end_user::authenticate(&generation, &parts.headers).await,
+    };
     let mut ctx = RequestContext {
         app: &app,
         generation: &generation,
@@ -393,6 +493,8 @@ pub async fn handle<B: RequestBody>(
         max_response_bytes: generation.config.server.max_response_bytes,
         log: RequestLog::default(),
         memory: Some(app.memory.lease()),
+        end_user,
+        accepts_end_users: false,
     };
     // A panic is a bug, but it must cost one request, not the connection or the process: the
     // client gets `internal`, and the hook (crate::panic) logs where it happened without the
@@ -426,6 +528,7 @@ pub async fn handle<B: RequestBody>(
     response
         .headers_mut()
         .insert("x-request-id", request_id.clone());
+    cors::decorate(&generation.cors, &parts.headers, response.headers_mut());
     if parts.version == http::Version::HTTP_11 {
         // The gateway closes connections idle longer than the header read timeout; saying so
         // lets clients (undici, Node's fetch) retire them first instead of sending a request
@@ -609,6 +712,7 @@ async fn dispatch<B: RequestBody>(
         Route::Query | Route::Batch | Route::Begin | Route::Transaction(..) => {
             // Authenticate (and admit) before reading the body: an unauthenticated or
             // rate-limited client costs no more than its headers.
+            ctx.accepts_end_users = true;
             let tenant = ctx.tenant()?;
             let body = read_body(ctx, incoming).await?;
             #[cfg(feature = "fault-injection")]

@@ -168,6 +168,14 @@ pub async fn handle(
 ) -> Result<http::Response<Body>, ApiError> {
     let request: QueryRequest = super::parse_json(body)?;
     let prepared = request.check(Limits::of(ctx, tenant))?;
+    if let Some(identity) = &tenant.end_user {
+        super::end_user::check_sql(tenant, prepared.sql)?;
+        if super::stream::wants_ndjson(ctx.headers) {
+            return Err(ApiError::BadRequest(super::end_user::NO_STREAMING.into()));
+        }
+        let begin = identity.begin_sql("BEGIN");
+        return run_as_end_user(ctx, tenant, &request, &prepared, &begin).await;
+    }
     if super::stream::wants_ndjson(ctx.headers) {
         let waited = Instant::now();
         let conn = tenant.pool.checkout().await?;
@@ -202,6 +210,54 @@ pub async fn handle(
     let summary = result?;
     ctx.log.rows = summary.rows;
     out.push(b'}');
+    Ok(Body::json_bytes(StatusCode::OK, out))
+}
+
+/// An end user's statement: pipelined behind `begin` (`BEGIN`, the role and the claims) and
+/// followed by `COMMIT`, all in one round trip; the result is written as a lone statement's.
+async fn run_as_end_user(
+    ctx: &mut RequestContext<'_>,
+    tenant: &Tenant,
+    request: &QueryRequest<'_>,
+    prepared: &PreparedRequest<'_>,
+    begin: &str,
+) -> Result<http::Response<Body>, ApiError> {
+    let statement = [crate::pg::PipelineStatement {
+        sql: prepared.sql,
+        params: prepared.params,
+        session_effect: prepared.analysis.session_effect,
+    }];
+    let options = QueryOptions {
+        statement_timeout_ms: prepared.statement_timeout_ms,
+        session_effect: prepared.analysis.session_effect,
+        types: tenant.pool.types(),
+    };
+    tracing::debug!(target: "sluice::sql", tenant = %tenant.config.id, sql = prepared.sql, "statement");
+    let waited = Instant::now();
+    let mut conn = tenant.pool.checkout().await?;
+    ctx.log.queue_wait = Some(waited.elapsed());
+    let executed = Instant::now();
+    let mut out = Vec::with_capacity(256);
+    let mut writer = ResultWriter::new(
+        &mut out,
+        request.row_mode,
+        request.types,
+        ctx.max_response_bytes,
+    );
+    let result = conn
+        .pipeline(&statement, Some(begin), &options, &mut writer)
+        .await;
+    ctx.log.exec = Some(executed.elapsed());
+    drop(conn);
+    result.map_err(|failure| {
+        // One statement: its error is the request's, with no index to name.
+        super::batch::pipeline_error(crate::pg::PipelineError {
+            statement_index: None,
+            error: failure.error,
+        })
+    })?;
+    writer.check_size()?;
+    ctx.log.rows = writer.total_rows;
     Ok(Body::json_bytes(StatusCode::OK, out))
 }
 

@@ -82,7 +82,11 @@ pub async fn begin(
         None => tenant.config.transaction_idle_timeout,
     };
     let options = BeginOptions {
-        begin_sql: begin_sql(request.isolation, request.read_only, request.deferrable),
+        // The end user's role and claims are fixed here, for the whole transaction.
+        begin_sql: super::end_user::begin_for(
+            tenant.end_user.as_ref(),
+            &begin_sql(request.isolation, request.read_only, request.deferrable),
+        ),
         idle_timeout,
     };
     let waited = Instant::now();
@@ -112,6 +116,7 @@ pub async fn call(
         Action::Query => {
             let request: QueryRequest = super::parse_json(body)?;
             let prepared = request.check(Limits::of(ctx, tenant))?;
+            super::end_user::check_sql(tenant, prepared.sql)?;
             if prepared.analysis.transaction_control {
                 return Err(ApiError::BadRequest(
                     "end the transaction with /commit or /rollback; savepoints are fine".into(),
@@ -158,6 +163,9 @@ pub async fn call(
             }
             let (statements, timeout) =
                 check_statements(statements, request.timeout_ms, Limits::of(ctx, tenant))?;
+            for statement in &statements {
+                super::end_user::check_sql(tenant, statement.sql)?;
+            }
             let transaction = transactions.get(id, tenant)?;
             let mut call = transactions.call(&transaction)?;
             let executed = Instant::now();

@@ -11,8 +11,14 @@ import type { AbortSignalLike, FetchLike } from './web.js';
 export interface ClientOptions extends ParseOptions {
   /** The gateway's base URL, e.g. `https://sluice.example.com`. */
   url: string;
-  /** The tenant's API key, sent as `Authorization: Bearer …`. */
-  apiKey: string;
+  /** The tenant's API key, sent as `Authorization: Bearer …`. A server secret: never in a browser. */
+  apiKey?: string;
+  /**
+   * Instead of `apiKey`: an end user's JWT, or a function returning one (called before every
+   * request, so it can cache and refresh; called again once when the gateway answers 401).
+   * Sent as `Authorization: Bearer …`; the tenant's `jwt` table decides the Postgres role.
+   */
+  authToken?: string | (() => string | Promise<string>);
   /** A `fetch` to use instead of the global one (tests, tracing, a custom agent). */
   fetch?: FetchLike;
   /** Extra headers for every request (`x-request-id` is echoed back by the gateway). */
@@ -60,9 +66,9 @@ export interface ScriptOptions {
 }
 
 export function createClient(options: ClientOptions): Sql {
-  const { url, apiKey, fetch: customFetch, headers, retry, ...defaults } = options ?? ({} as ClientOptions);
+  const { url, apiKey, authToken, fetch: customFetch, headers, retry, ...defaults } = options ?? ({} as ClientOptions);
   if (!url) throw new TypeError('createClient: `url` is missing (the gateway URL, e.g. process.env.SLUICE_URL)');
-  if (!apiKey) throw new TypeError('createClient: `apiKey` is missing (the tenant API key, e.g. process.env.SLUICE_API_KEY)');
+  if (!apiKey && !authToken) throw new TypeError('createClient: `apiKey` is missing (the tenant API key, e.g. process.env.SLUICE_API_KEY; or `authToken`, an end user JWT)');
   let base: string;
   try {
     base = new URL(url).href.replace(/\/+$/, '');
@@ -71,7 +77,8 @@ export function createClient(options: ClientOptions): Sql {
   }
   const gateway: Gateway = {
     url: base,
-    headers: { ...headers, authorization: `Bearer ${apiKey}` },
+    headers: authToken ? { ...headers } : { ...headers, authorization: `Bearer ${apiKey}` },
+    authToken,
     // The global is read at call time and called bare: Cloudflare Workers reject a fetch called
     // as a method of another object.
     fetch: customFetch ?? ((input, init) => fetch(input, init)),

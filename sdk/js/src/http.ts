@@ -23,6 +23,8 @@ export interface Gateway {
   headers: Record<string, string>;
   fetch: FetchLike;
   retry: Required<RetryOptions> | false;
+  /** An end user's token (a JWT), asked for before every request; see `ClientOptions.authToken`. */
+  authToken?: string | (() => string | Promise<string>);
 }
 
 export interface Call {
@@ -51,11 +53,19 @@ export async function post(gateway: Gateway, path: string, body: unknown, call: 
   const payload = body === undefined ? undefined : JSON.stringify(body);
   const policy = call.retry && gateway.retry;
   const started = Date.now();
+  let refreshed = false;
   for (let attempt = 1; ; attempt++) {
     try {
       return await send(gateway, path, payload, call);
     } catch (error) {
       const failure = error as SluiceError;
+      // A token that expired between two calls: ask the provider again, once. The gateway
+      // refused before running anything, so this is safe even inside a transaction.
+      if (failure.status === 401 && typeof gateway.authToken === 'function' && !refreshed) {
+        refreshed = true;
+        attempt--;
+        continue;
+      }
       failure.attempts = attempt;
       if (call.query) failure.query = call.query;
       // A 429/503 from something other than the gateway (a proxy's page) promises nothing.
@@ -94,11 +104,17 @@ async function send(gateway: Gateway, path: string, payload: string | undefined,
     if (early) throw early;
     let headers = payload === undefined ? gateway.headers : { ...gateway.headers, 'content-type': 'application/json' };
     if (call.stream) headers = { ...headers, accept: 'application/x-ndjson' };
+    if (gateway.authToken !== undefined) {
+      const token = typeof gateway.authToken === 'function' ? await gateway.authToken() : gateway.authToken;
+      headers = { ...headers, authorization: `Bearer ${token}` };
+    }
     let response: ResponseLike;
     try {
       response = await gateway.fetch(gateway.url + path, { method: 'POST', headers, body: payload, signal: controller.signal });
     } catch (error) {
-      throw cancelled(error) ?? new SluiceError('network', `could not reach the gateway: ${(error as Error)?.message}`, { cause: error });
+      // A browser reports a CORS refusal as a bare network failure ("Failed to fetch").
+      const cors = typeof document === 'undefined' ? '' : " (in a browser this is often CORS: the page's origin must be in the tenant's cors.origins)";
+      throw cancelled(error) ?? new SluiceError('network', `could not reach the gateway: ${(error as Error)?.message}${cors}`, { cause: error });
     }
     const requestId = response.headers.get('x-request-id');
     const fields = requestId ? { status: response.status, requestId } : { status: response.status };

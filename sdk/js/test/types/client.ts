@@ -78,8 +78,8 @@ export async function rows() {
 export async function refusals() {
   // @ts-expect-error: sql is a tagged template, not a function of a string.
   sql('select 1');
-  // @ts-expect-error: url and apiKey are required.
-  createClient({ url: 'http://127.0.0.1:8080' });
+  // @ts-expect-error: url is required (and apiKey or authToken, checked when called).
+  createClient({ apiKey: 'k' });
   // @ts-expect-error: isolation levels are Postgres's.
   await sql.batch([], { isolation: 'snapshot' });
   // @ts-expect-error: a transaction's batch has no isolation of its own.
