@@ -165,6 +165,80 @@ async fn row_level_security_separates_two_users_and_the_anonymous_role() {
     gateway.stop().await;
 }
 
+/// `POST /sql` (Neon's protocol) takes an end user's token as `/v1` does: the Neon driver
+/// sends it in `Authorization` next to a connection string naming the database. Before, the
+/// route refused end users' tokens (403) even though every other tenant route took them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_neon_sql_route_runs_end_users_under_their_role_and_claims() {
+    let rsa = rs256("r1");
+    let jwks = JwksServer::start(&[&rsa.jwk]).await;
+    let db = rls_database().await;
+    let (_key, hash) = key("acme");
+    let gateway = Gateway::start(&config(&db, &hash, &jwt_tenant(&jwks.url, ""), "")).await;
+    let c = &gateway.client;
+    let alice = mint(&rsa, &claims("alice", "app_user"));
+    let bob = mint(&rsa, &claims("bob", "app_user"));
+    let connection = format!("postgresql://app_user@gateway.example/{db}");
+    let sql = |token: &str, body: Value| {
+        let auth = format!("Bearer {token}");
+        let connection = connection.clone();
+        async move {
+            c.request(
+                Method::POST,
+                "/sql",
+                &[
+                    ("authorization", auth.as_str()),
+                    ("neon-connection-string", connection.as_str()),
+                    ("neon-array-mode", "true"),
+                    ("content-type", "application/json"),
+                ],
+                body.to_string(),
+            )
+            .await
+        }
+    };
+    let select = json!({ "query": "select distinct owner from notes", "params": [] });
+    for (token, owner) in [(&alice, "alice"), (&bob, "bob")] {
+        let reply = sql(token, select.clone()).await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        assert_eq!(reply.json()["rows"], json!([[owner]]), "{}", reply.text);
+    }
+    // A batch: one transaction, under the user's role and claims.
+    let batch = sql(
+        &bob,
+        json!({ "queries": [
+            { "query": "insert into notes (body) values ('bob via sql')", "params": [] },
+            { "query": "select current_user::text, current_setting('request.jwt.claim.sub', true)", "params": [] },
+        ]}),
+    )
+    .await;
+    assert_eq!(batch.status, 200, "{}", batch.text);
+    assert_eq!(
+        batch.json()["results"][1]["rows"],
+        json!([["app_user", "bob"]]),
+        "{}",
+        batch.text
+    );
+    // The escape hatches are closed here too.
+    let escape = sql(&alice, json!({ "query": "reset role", "params": [] })).await;
+    assert_eq!(escape.status, 403, "{}", escape.text);
+    // And the database check still applies to a token.
+    let wrong = c
+        .request(
+            Method::POST,
+            "/sql",
+            &[
+                ("authorization", format!("Bearer {alice}").as_str()),
+                ("neon-connection-string", "postgresql://app_user@h/otherdb"),
+                ("content-type", "application/json"),
+            ],
+            select.to_string(),
+        )
+        .await;
+    assert_eq!(wrong.status, 403, "{}", wrong.text);
+    gateway.stop().await;
+}
+
 /// Each refused token is `unauthorized` and names its problem.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_tokens_say_why() {

@@ -52,7 +52,10 @@ pub async fn handle<B: RequestBody>(
 ) -> Result<Response<Body>, ApiError> {
     let options = Options::of(ctx.headers)?;
     let connection = ConnectionString::of(ctx.headers)?;
-    // Authenticate (and admit) before reading the body, as every route does.
+    // Authenticate (and admit) before reading the body, as every route does. An end user's
+    // token works here as on `/v1`: each statement runs inside a gateway-owned transaction that
+    // sets the role and claims.
+    ctx.accepts_end_users = true;
     let tenant = ctx.tenant()?;
     if let Some(connection) = &connection {
         check_connection_string(ctx, &tenant, connection)?;
@@ -111,6 +114,10 @@ async fn single(
     let prepared = check_statement(&query.query, &query.params, None, Limits::of(ctx, tenant))
         .map_err(neon_words)?;
     let array_modes = [query.array_mode.unwrap_or(options.array_mode)];
+    if let Some(identity) = &tenant.end_user {
+        super::end_user::check_sql(tenant, prepared.sql)?;
+        return single_as_end_user(ctx, tenant, options, &prepared, &array_modes, identity).await;
+    }
     let waited = Instant::now();
     let mut conn = tenant.pool.checkout().await?;
     ctx.log.queue_wait = Some(waited.elapsed());
@@ -150,6 +157,56 @@ async fn single(
     Ok(Body::json_bytes(StatusCode::OK, out))
 }
 
+/// An end user's statement: pipelined behind `BEGIN`, the role and the claims, followed by
+/// `COMMIT`, in one round trip (as `/v1/query` runs it); the result is a lone statement's.
+async fn single_as_end_user(
+    ctx: &mut RequestContext<'_>,
+    tenant: &Tenant,
+    options: Options,
+    prepared: &crate::api::query::PreparedRequest<'_>,
+    array_modes: &[bool],
+    identity: &crate::jwt::Identity,
+) -> Result<Response<Body>, ApiError> {
+    let statement = [crate::pg::PipelineStatement {
+        sql: prepared.sql,
+        params: prepared.params,
+        session_effect: prepared.analysis.session_effect,
+    }];
+    let query_options = QueryOptions {
+        statement_timeout_ms: prepared.statement_timeout_ms,
+        session_effect: prepared.analysis.session_effect,
+        types: tenant.pool.types(),
+    };
+    let begin = identity.begin_sql("BEGIN");
+    tracing::debug!(target: "sluice::sql", tenant = %tenant.config.id, sql = prepared.sql, "statement");
+    let waited = Instant::now();
+    let mut conn = tenant.pool.checkout().await?;
+    ctx.log.queue_wait = Some(waited.elapsed());
+    let executed = Instant::now();
+    let mut out = Vec::with_capacity(256);
+    let mut writer = NeonWriter::new(
+        &mut out,
+        options.raw_text,
+        array_modes,
+        ctx.max_response_bytes,
+    );
+    let result = conn
+        .pipeline(&statement, Some(&begin), &query_options, &mut writer)
+        .await
+        .map_err(|failure| {
+            // One statement: its error is the request's, with no index to name.
+            pipeline_error(crate::pg::PipelineError {
+                statement_index: None,
+                error: failure.error,
+            })
+        })
+        .and_then(|_| writer.check_size().map(|()| writer.total_rows));
+    ctx.log.exec = Some(executed.elapsed());
+    drop(conn);
+    ctx.log.rows = result?;
+    Ok(Body::json_bytes(StatusCode::OK, out))
+}
+
 /// A batch: one transaction with the `Neon-Batch-*` modes, pipelined as `/v1/batch` runs it.
 async fn batch(
     ctx: &mut RequestContext<'_>,
@@ -167,14 +224,20 @@ async fn batch(
     let requests = statement_requests(queries);
     let (statements, timeout) =
         check_statements(&requests, None, Limits::of(ctx, tenant)).map_err(neon_words)?;
+    for statement in &statements {
+        super::end_user::check_sql(tenant, statement.sql)?;
+    }
     let array_modes: Vec<bool> = queries
         .iter()
         .map(|query| query.array_mode.unwrap_or(options.array_mode))
         .collect();
-    let begin = begin_sql(
-        options.isolation,
-        options.read_only.then_some(true),
-        options.deferrable.then_some(true),
+    let begin = super::end_user::begin_for(
+        tenant.end_user.as_ref(),
+        &begin_sql(
+            options.isolation,
+            options.read_only.then_some(true),
+            options.deferrable.then_some(true),
+        ),
     );
     let query_options = QueryOptions {
         statement_timeout_ms: timeout,
