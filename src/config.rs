@@ -14,6 +14,9 @@ use crate::auth::KeyHash;
 use crate::pg::tls::ChannelBindingMode;
 use crate::pg::{AuthPolicy, SslMode, Target, TlsConnector};
 
+mod expand;
+mod secrets;
+
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -167,6 +170,8 @@ struct RawServer {
     max_sql_bytes: Option<usize>,
     #[serde(default)]
     admin_keys: Vec<String>,
+    /// More admin key hashes, one per line.
+    admin_keys_file: Option<PathBuf>,
     header_read_timeout_ms: Option<u64>,
     body_read_timeout_ms: Option<u64>,
     stream_stall_timeout_ms: Option<u64>,
@@ -191,6 +196,8 @@ struct RawServerTls {
 struct RawUpstream {
     name: String,
     url: String,
+    /// The password, from a file instead of the URL.
+    password_file: Option<PathBuf>,
     max_connections: Option<usize>,
     connect_timeout_ms: Option<u64>,
     server_lifetime_ms: Option<u64>,
@@ -207,8 +214,11 @@ struct RawTenant {
     database: Option<String>,
     user: Option<String>,
     password: Option<String>,
+    password_file: Option<PathBuf>,
     #[serde(default)]
     api_keys: Vec<String>,
+    /// More key hashes, one per line.
+    api_keys_file: Option<PathBuf>,
     pool_size: Option<usize>,
     rate_per_second: Option<u32>,
     burst: Option<u32>,
@@ -269,9 +279,25 @@ impl Config {
     }
 
     /// Parses and validates TOML text; relative file paths in it are relative to `base`.
+    /// `${VAR}` references in string values are read from the process environment.
     pub fn from_toml(text: &str, base: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| ConfigError(format!("invalid config: {e}")))?;
+        Config::from_toml_with_env(text, base, &|name| std::env::var(name))
+    }
+
+    /// [`Config::from_toml`] with the environment given (tests).
+    pub fn from_toml_with_env(
+        text: &str,
+        base: &Path,
+        env: &dyn Fn(&str) -> Result<String, std::env::VarError>,
+    ) -> Result<Config, ConfigError> {
+        let invalid = |e: toml::de::Error| ConfigError(format!("invalid config: {e}"));
+        let mut table: toml::Table = toml::from_str(text).map_err(invalid)?;
+        let raw: RawConfig = if expand::expand_table(&mut table, text, env)? {
+            toml::Value::Table(table).try_into().map_err(invalid)?
+        } else {
+            // Parsed from the text again so that errors keep their line and column.
+            toml::from_str(text).map_err(invalid)?
+        };
         raw.validate(base)
     }
 
@@ -305,6 +331,7 @@ impl Config {
             upstreams: vec![RawUpstream {
                 name: "main".into(),
                 url: url.clone(),
+                password_file: None,
                 max_connections,
                 connect_timeout_ms: None,
                 server_lifetime_ms: None,
@@ -318,7 +345,9 @@ impl Config {
                 database: None,
                 user: None,
                 password: None,
+                password_file: None,
                 api_keys: vec![key_hash],
+                api_keys_file: None,
                 pool_size: Some(
                     defaults::POOL_SIZE.min(max_connections.unwrap_or(defaults::MAX_CONNECTIONS)),
                 ),
@@ -387,7 +416,7 @@ impl RawConfig {
                     format!("\"{}\" is used twice", tenant.id),
                 ));
             }
-            let tenant = tenant.validate(&key, &upstreams)?;
+            let tenant = tenant.validate(&key, &upstreams, base)?;
             for api_key in &tenant.api_keys {
                 if let Some(owner) = keys.insert(*api_key, format!("tenants[{i}] ({})", tenant.id))
                 {
@@ -419,7 +448,8 @@ impl RawServer {
             max_response_bytes,
             max_buffered_bytes,
             max_sql_bytes,
-            admin_keys,
+            mut admin_keys,
+            admin_keys_file,
             header_read_timeout_ms,
             body_read_timeout_ms,
             stream_stall_timeout_ms,
@@ -428,6 +458,12 @@ impl RawServer {
             log_format,
             log_level,
         } = self;
+        if let Some(file) = admin_keys_file {
+            admin_keys.extend(secrets::read_list(
+                "server.admin_keys_file",
+                &base.join(file),
+            )?);
+        }
         let listen = parse_addr(
             "server.listen",
             listen.as_deref().unwrap_or(defaults::LISTEN),
@@ -545,6 +581,7 @@ impl RawUpstream {
         let RawUpstream {
             name,
             url,
+            password_file,
             max_connections,
             connect_timeout_ms,
             server_lifetime_ms,
@@ -553,7 +590,19 @@ impl RawUpstream {
             allow_insecure_password_auth,
         } = self;
         check_identifier(&format!("{key}.name"), &name)?;
-        let url = PostgresUrl::parse(&url).map_err(|e| err(format!("{key}.url"), e))?;
+        let mut url = PostgresUrl::parse(&url).map_err(|e| err(format!("{key}.url"), e))?;
+        if let Some(file) = password_file {
+            if url.password.is_some() {
+                return Err(err(
+                    format!("{key}.password_file"),
+                    "the url has a password too; keep one of them",
+                ));
+            }
+            url.password = Some(secrets::read_secret(
+                &format!("{key}.password_file"),
+                &base.join(file),
+            )?);
+        }
         let root_cert = url.sslrootcert.as_ref().map(|p| base.join(p));
         let tls = TlsConnector::new(url.sslmode, root_cert.as_deref())
             .map_err(|e| err(format!("{key}.url"), e))?;
@@ -603,14 +652,17 @@ impl RawTenant {
         self,
         key: &str,
         upstreams: &[UpstreamConfig],
+        base: &Path,
     ) -> Result<TenantConfig, ConfigError> {
         let RawTenant {
             id,
             upstream,
             database,
             user,
-            password,
-            api_keys,
+            mut password,
+            password_file,
+            mut api_keys,
+            api_keys_file,
             pool_size,
             rate_per_second,
             burst,
@@ -625,6 +677,24 @@ impl RawTenant {
             session_reset,
         } = self;
         check_identifier(&format!("{key}.id"), &id)?;
+        if let Some(file) = password_file {
+            if password.is_some() {
+                return Err(err(
+                    format!("{key}.password_file"),
+                    "password is set too; keep one of them",
+                ));
+            }
+            password = Some(secrets::read_secret(
+                &format!("{key}.password_file"),
+                &base.join(file),
+            )?);
+        }
+        if let Some(file) = api_keys_file {
+            api_keys.extend(secrets::read_list(
+                &format!("{key}.api_keys_file"),
+                &base.join(file),
+            )?);
+        }
         let upstream = match upstream {
             Some(name) => upstreams
                 .iter()
@@ -1089,6 +1159,56 @@ mod tests {
                 "expected {expected:?} in {error:?}"
             );
         }
+    }
+
+    #[test]
+    fn variables_and_secret_files_fill_the_config() {
+        let dir = std::env::temp_dir().join(format!("sluice-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("pg-password"), "p@ss:word/1\n").unwrap();
+        std::fs::write(dir.join("tenant-password"), "t0p").unwrap();
+        std::fs::write(dir.join("keys"), format!("# storefront\n{KEY}\n")).unwrap();
+        let env = |name: &str| match name {
+            "PG_HOST" => Ok("db.internal".to_owned()),
+            "TENANT" => Ok("shop".to_owned()),
+            _ => Err(std::env::VarError::NotPresent),
+        };
+        let text = r#"
+            [[upstreams]]
+            name = "main"
+            url = "postgres://app@${PG_HOST}/app?sslmode=disable"
+            password_file = "pg-password"
+            [[tenants]]
+            id = "${TENANT}"
+            user = "$${literal}"
+            password_file = "tenant-password"
+            api_keys_file = "keys"
+        "#;
+        let config = Config::from_toml_with_env(text, &dir, &env).unwrap();
+        let upstream = &config.upstreams[0];
+        assert_eq!(upstream.password.as_deref(), Some("p@ss:word/1"));
+        assert!(matches!(&upstream.target, Target::Tcp { host, .. } if host == "db.internal"));
+        let tenant = &config.tenants[0];
+        assert_eq!(tenant.id, "shop");
+        assert_eq!(tenant.user.as_deref(), Some("${literal}"));
+        assert_eq!(tenant.password.as_deref(), Some("t0p"));
+        assert_eq!(tenant.api_keys.len(), 1);
+
+        let unset = Config::from_toml_with_env(&text.replace("PG_HOST", "PG_HOST2"), &dir, &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            unset.contains("upstreams[0].url (line 4)") && unset.contains("PG_HOST2 is not set"),
+            "{unset}"
+        );
+        let both = Config::from_toml_with_env(&text.replace("app@", "app:inline@"), &dir, &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            both.contains("upstreams[0].password_file: the url has a password too"),
+            "{both}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
