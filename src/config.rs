@@ -24,6 +24,21 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     /// Shared so that a request holds its tenant's settings without copying them.
     pub tenants: Vec<Arc<TenantConfig>>,
+    /// `[cluster]`: replicas share each upstream's `max_connections` through Postgres.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`: several replicas with the same `name` divide each upstream's
+/// `max_connections` (then a cluster-wide budget) among themselves (see `crate::cluster`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub name: String,
+    /// This replica's address as the other replicas reach it (shown in the admin view).
+    pub advertise: Option<String>,
+    /// Replica slots: at most this many replicas hold a share at once; more wait, unready.
+    pub max_replicas: usize,
+    /// How often membership and the other replicas' footprints are read.
+    pub poll_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -156,6 +171,16 @@ struct RawConfig {
     upstreams: Vec<RawUpstream>,
     #[serde(default)]
     tenants: Vec<RawTenant>,
+    cluster: Option<RawCluster>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    name: String,
+    advertise: Option<String>,
+    max_replicas: Option<usize>,
+    poll_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -267,6 +292,8 @@ pub mod defaults {
     pub const AUTH_FAILURES_PER_MINUTE: u32 = 10;
     pub const TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
     pub const TLS_MAX_HANDSHAKES: usize = 256;
+    pub const CLUSTER_MAX_REPLICAS: usize = 16;
+    pub const CLUSTER_POLL_INTERVAL_MS: u64 = 1_000;
 }
 
 impl Config {
@@ -363,6 +390,7 @@ impl Config {
                 settings: BTreeMap::new(),
                 session_reset: SessionReset::default(),
             }],
+            cluster: None,
         };
         raw.validate(Path::new("."))
     }
@@ -378,7 +406,9 @@ impl RawConfig {
             server,
             upstreams,
             tenants,
+            cluster,
         } = self;
+        let cluster = cluster.map(RawCluster::validate).transpose()?;
         let server = server.validate(base)?;
         if upstreams.is_empty() {
             return Err(ConfigError(
@@ -434,6 +464,40 @@ impl RawConfig {
             server,
             upstreams,
             tenants: validated,
+            cluster,
+        })
+    }
+}
+
+impl RawCluster {
+    fn validate(self) -> Result<ClusterConfig, ConfigError> {
+        check_identifier("cluster.name", &self.name)?;
+        let max_replicas = self.max_replicas.unwrap_or(defaults::CLUSTER_MAX_REPLICAS);
+        if !(1..=1024).contains(&max_replicas) {
+            return Err(err(
+                "cluster.max_replicas",
+                format!("must be between 1 and 1024, found {max_replicas}"),
+            ));
+        }
+        if let Some(advertise) = &self.advertise
+            && (advertise.is_empty()
+                || advertise.len() > 255
+                || advertise.contains(char::is_whitespace))
+        {
+            return Err(err(
+                "cluster.advertise",
+                "must be a host:port without spaces, at most 255 characters",
+            ));
+        }
+        Ok(ClusterConfig {
+            name: self.name,
+            advertise: self.advertise,
+            max_replicas,
+            poll_interval: millis(
+                "cluster.poll_interval_ms",
+                self.poll_interval_ms,
+                defaults::CLUSTER_POLL_INTERVAL_MS,
+            )?,
         })
     }
 }

@@ -31,6 +31,7 @@ pub mod allocator;
 pub mod api;
 pub mod auth;
 pub mod check;
+pub mod cluster;
 pub mod config;
 pub mod dev;
 #[cfg(feature = "fault-injection")]
