@@ -133,3 +133,47 @@ async fn an_unset_variable_refuses_the_config_naming_it_and_its_line() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sluice_check_counts_the_control_sessions_in_a_cluster_footprint() {
+    let db = database("").await;
+    let (_, hash) = key("acme");
+    let (pg_port, password) = {
+        let pg = postgres().lock().unwrap();
+        (pg.port(), pg.password().to_owned())
+    };
+    let dir = Dir::new();
+    std::fs::write(dir.0.join("pw"), &password).unwrap();
+    let path = dir.0.join("sluice.toml");
+    // The test server allows 60 - 3 reserved = 57: a cluster budget of 40 fits with up to 16
+    // control sessions (56), not with 17 (57).
+    let run = |max_replicas: usize| {
+        std::fs::write(
+            &path,
+            format!(
+                "[cluster]\nname = \"c\"\nmax_replicas = {max_replicas}\n\
+                 [[upstreams]]\nname = \"main\"\nurl = \"postgres://postgres@127.0.0.1:{pg_port}/{db}?sslmode=disable\"\n\
+                 password_file = \"pw\"\nmax_connections = 40\n\
+                 [[tenants]]\nid = \"acme\"\napi_keys = [\"{hash}\"]\n"
+            ),
+        )
+        .unwrap();
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let fits = run(16);
+    let out = String::from_utf8_lossy(&fits.stdout).into_owned();
+    assert!(fits.status.success(), "{out}");
+    assert!(
+        out.contains("control sessions           up to 16")
+            && out.contains("footprint on the server    56"),
+        "{out}"
+    );
+    let too_many = run(17);
+    let out = String::from_utf8_lossy(&too_many.stdout).into_owned();
+    assert!(!too_many.status.success(), "{out}");
+    assert!(out.contains("PROBLEM") && out.contains("57"), "{out}");
+}
