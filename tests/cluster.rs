@@ -27,6 +27,13 @@ use serde_json::{Value, json};
 use sluice::dev::TempPostgresOptions;
 
 const BUDGET: usize = 20;
+/// The scenarios share one Postgres of 40 connections and count every replica's sessions:
+/// they run one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 const POLL_MS: u64 = 200;
 
 fn pg() {
@@ -282,20 +289,30 @@ struct Sampler {
 
 impl Sampler {
     async fn start(db: &str) -> Sampler {
-        let client = direct(db).await;
+        let db = db.to_owned();
         let peak = Arc::new(AtomicI64::new(0));
         let samples = Arc::new(AtomicI64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let (p, s, st) = (peak.clone(), samples.clone(), stop.clone());
         let task = tokio::spawn(async move {
-            let statement = client
-                .prepare(
-                    "select count(*) from pg_stat_activity where application_name like 'sluice/%'",
-                )
-                .await
-                .unwrap();
+            let sql =
+                "select count(*) from pg_stat_activity where application_name like 'sluice/%'";
+            // Reconnects when the server restarts under it.
+            let mut client: Option<tokio_postgres::Client> = None;
             while !st.load(Ordering::Relaxed) {
-                if let Ok(row) = client.query_one(&statement, &[]).await {
+                if client.as_ref().is_none_or(|c| c.is_closed()) {
+                    client =
+                        match tokio_postgres::connect(&pg_url(&db), tokio_postgres::NoTls).await {
+                            Ok((c, connection)) => {
+                                tokio::spawn(connection);
+                                Some(c)
+                            }
+                            Err(_) => None,
+                        };
+                }
+                if let Some(c) = &client
+                    && let Ok(row) = c.query_one(sql, &[]).await
+                {
                     let n: i64 = row.get(0);
                     p.fetch_max(n, Ordering::Relaxed);
                     s.fetch_add(1, Ordering::Relaxed);
@@ -480,6 +497,7 @@ async fn a_burst_through_haproxy_never_exceeds_the_cluster_budget_across_kill_re
     if haproxy_missing() {
         return;
     }
+    let _serial = serial();
     let mut cluster = Cluster::new(4, 3).await;
     until_settled(&cluster, 3, Duration::from_secs(20)).await;
     let sampler = Sampler::start(&cluster.db).await;
@@ -526,6 +544,7 @@ async fn a_rolling_restart_under_load_fails_nothing_but_retryable_rejections() {
     if haproxy_missing() {
         return;
     }
+    let _serial = serial();
     let mut cluster = Cluster::new(3, 3).await;
     until_settled(&cluster, 3, Duration::from_secs(20)).await;
     let sampler = Sampler::start(&cluster.db).await;
@@ -580,6 +599,7 @@ async fn a_stopped_replica_keeps_its_share_reserved_while_its_lock_is_held() {
     if haproxy_missing() {
         return;
     }
+    let _serial = serial();
     let cluster = Cluster::new(3, 3).await;
     until_settled(&cluster, 3, Duration::from_secs(20)).await;
     let before = cluster.budgets().await;
@@ -618,4 +638,42 @@ async fn a_stopped_replica_keeps_its_share_reserved_while_its_lock_is_held() {
         "peak {peak} data backends over the budget {BUDGET}"
     );
     until_settled(&cluster, 3, Duration::from_secs(20)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_postgres_restart_under_load_keeps_the_cap_and_the_replicas_rejoin() {
+    if haproxy_missing() {
+        return;
+    }
+    let _serial = serial();
+    let cluster = Cluster::new(3, 3).await;
+    until_settled(&cluster, 3, Duration::from_secs(20)).await;
+    let sampler = Sampler::start(&cluster.db).await;
+    let until = Instant::now() + Duration::from_secs(6);
+    let burst = load(
+        cluster.front,
+        &cluster.key,
+        200,
+        "select pg_sleep(0.01)",
+        until,
+    );
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    tokio::task::spawn_blocking(|| postgres().lock().unwrap().restart())
+        .await
+        .unwrap()
+        .expect("Postgres restarts");
+    let restarted = Instant::now();
+    until_settled(&cluster, 3, Duration::from_secs(30)).await;
+    println!(
+        "cluster figures [Postgres restart]: every replica holds its share again {:.0} ms after the restart",
+        restarted.elapsed().as_secs_f64() * 1e3
+    );
+    let mut tally = burst.await.unwrap();
+    let (peak, samples) = sampler.finish().await;
+    tally.report("Postgres restart", peak, samples);
+    assert!(
+        peak <= BUDGET as i64,
+        "peak {peak} data backends over the budget {BUDGET}"
+    );
+    assert!(tally.ok > 100, "served {}", tally.ok);
 }

@@ -92,7 +92,7 @@ impl Control {
         }
         let (budget, slots, closed) = up.footprint();
         let bound = if closed { slots } else { budget.max(slots) };
-        self.publish(id, bound).await?;
+        self.publish(settings.namespace, id, bound).await?;
         let conn = self.conn.as_mut().expect("connected above");
         if self.slot.is_none() && !closed {
             for slot in 0..settings.max_replicas {
@@ -136,12 +136,12 @@ impl Control {
         conn.fetch_text(clear, &[])
             .await
             .map_err(|e| e.to_string())?;
+        let (data_like, control_like) = super::like_patterns(settings.namespace);
         let activity = conn
             .fetch_text(
                 "select application_name, count(*)::text from pg_stat_activity \
-                 where application_name like 'sluice/@%' or application_name like 'sluice-control/@%' \
-                 group by 1",
-                &[],
+                 where application_name like $1 or application_name like $2 group by 1",
+                &[&data_like, &control_like],
             )
             .await
             .map_err(|e| e.to_string())?;
@@ -166,7 +166,7 @@ impl Control {
                 continue;
             };
             let count: usize = count.parse().unwrap_or(0);
-            match parse_application_name(name) {
+            match parse_application_name(settings.namespace, name) {
                 Some(Named::Data(replica)) => *seen.backends.entry(replica).or_default() += count,
                 Some(Named::Control(replica, bound)) => {
                     let entry = seen.published.entry(replica).or_default();
@@ -179,9 +179,10 @@ impl Control {
             let (Some(slot), Some(name)) = (cell(row, 0), cell(row, 1)) else {
                 continue;
             };
-            if let (Ok(slot), Some(Named::Control(replica, _))) =
-                (slot.parse::<u32>(), parse_application_name(name))
-            {
+            if let (Ok(slot), Some(Named::Control(replica, _))) = (
+                slot.parse::<u32>(),
+                parse_application_name(settings.namespace, name),
+            ) {
                 seen.members.insert(slot, replica);
             }
         }
@@ -217,7 +218,8 @@ impl Control {
             tracing::info!(upstream = %up.name(), from = budget, to = decision.budget, members = seen.members.len(), "cluster share: shrinking");
         } else if decision.grows && have_grow_lock {
             // Published before applied: nobody can count on room we are about to take.
-            self.publish(id, decision.budget).await?;
+            self.publish(settings.namespace, id, decision.budget)
+                .await?;
             up.set_budget(decision.budget);
             tracing::info!(upstream = %up.name(), from = budget, to = decision.budget, share = decision.share, members = seen.members.len(), "cluster share: growing");
         }
@@ -227,20 +229,20 @@ impl Control {
             .map_err(|e| e.to_string())?;
         let (budget, slots, closed) = up.footprint();
         let bound = if closed { slots } else { budget.max(slots) };
-        self.publish(id, bound).await?;
+        self.publish(settings.namespace, id, bound).await?;
 
         if !decision.orphans.is_empty() {
             let prefixes: Vec<String> = decision
                 .orphans
                 .iter()
-                .map(|r| super::data_prefix(*r))
+                .map(|r| super::data_prefix(settings.namespace, *r))
                 .collect();
             let conn = self.conn.as_mut().expect("connected above");
             let rows = conn
                 .fetch_text(
                     // In the select list: called only for the rows the filter kept.
                     "select count(pg_terminate_backend(pid))::text from pg_stat_activity \
-                     where left(application_name, 25) = any(string_to_array($1, ','))",
+                     where left(application_name, 33) = any(string_to_array($1, ','))",
                     &[&prefixes.join(",")],
                 )
                 .await
@@ -251,12 +253,12 @@ impl Control {
     }
 
     /// Writes `bound` into the control session's `application_name` (if it changed).
-    async fn publish(&mut self, id: ReplicaId, bound: usize) -> Result<(), String> {
+    async fn publish(&mut self, ns: i32, id: ReplicaId, bound: usize) -> Result<(), String> {
         if self.published == Some(bound) {
             return Ok(());
         }
         let conn = self.conn.as_mut().ok_or("not connected")?;
-        let name = super::control_application_name(id, bound);
+        let name = super::control_application_name(ns, id, bound);
         conn.fetch_text("select set_config('application_name', $1, false)", &[&name])
             .await
             .map_err(|e| e.to_string())?;

@@ -94,21 +94,31 @@ pub(crate) fn namespace(cluster: &str, upstream: &str) -> i32 {
 const DATA_PREFIX: &str = "sluice/@";
 const CONTROL_PREFIX: &str = "sluice-control/@";
 
-/// The `application_name` of a data session of replica `id` for `tenant`: the id first, as
-/// Postgres cuts names at 63 bytes. Still starts with `sluice/`, as outside cluster mode.
-pub(crate) fn data_application_name(id: ReplicaId, tenant: &str) -> String {
-    format!("{DATA_PREFIX}{id:016x}/{tenant}")
+/// The `application_name` of a data session of replica `id` for `tenant`: the namespace
+/// (another cluster's sessions on the same server are none of this one's business) and the id
+/// first, as Postgres cuts names at 63 bytes. Still starts with `sluice/`, as outside cluster
+/// mode.
+pub(crate) fn data_application_name(ns: i32, id: ReplicaId, tenant: &str) -> String {
+    format!("{DATA_PREFIX}{ns:08x}{id:016x}/{tenant}")
 }
 
-/// The prefix every data session of replica `id` has (for counting and terminating).
-pub(crate) fn data_prefix(id: ReplicaId) -> String {
-    format!("{DATA_PREFIX}{id:016x}/")
+/// The prefix every data session of replica `id` has (for terminating): 33 bytes.
+pub(crate) fn data_prefix(ns: i32, id: ReplicaId) -> String {
+    format!("{DATA_PREFIX}{ns:08x}{id:016x}/")
+}
+
+/// `LIKE` patterns matching the data and control sessions of the namespace `ns`.
+pub(crate) fn like_patterns(ns: i32) -> (String, String) {
+    (
+        format!("{DATA_PREFIX}{ns:08x}%"),
+        format!("{CONTROL_PREFIX}{ns:08x}%"),
+    )
 }
 
 /// The `application_name` of a control session: the replica and its published footprint
 /// bound.
-pub(crate) fn control_application_name(id: ReplicaId, bound: usize) -> String {
-    format!("{CONTROL_PREFIX}{id:016x}/{bound}")
+pub(crate) fn control_application_name(ns: i32, id: ReplicaId, bound: usize) -> String {
+    format!("{CONTROL_PREFIX}{ns:08x}{id:016x}/{bound}")
 }
 
 /// What an `application_name` says, if it is one of the cluster's.
@@ -118,12 +128,16 @@ pub(crate) enum Named {
     Control(ReplicaId, usize),
 }
 
-pub(crate) fn parse_application_name(name: &str) -> Option<Named> {
+/// What `name` says, if it is a session of the namespace `ns`.
+pub(crate) fn parse_application_name(ns: i32, name: &str) -> Option<Named> {
+    let ns = format!("{ns:08x}");
     if let Some(rest) = name.strip_prefix(DATA_PREFIX) {
-        let (id, _tenant) = rest.split_once('/')?;
+        let (id, _tenant) = rest.strip_prefix(ns.as_str())?.split_once('/')?;
         return parse_id(id).map(Named::Data);
     }
-    let rest = name.strip_prefix(CONTROL_PREFIX)?;
+    let rest = name
+        .strip_prefix(CONTROL_PREFIX)?
+        .strip_prefix(ns.as_str())?;
     let (id, bound) = rest.split_once('/')?;
     Some(Named::Control(parse_id(id)?, bound.parse().ok()?))
 }
@@ -148,24 +162,34 @@ mod tests {
     #[test]
     fn application_names_round_trip_and_fit_postgres() {
         let id = 0x0123_4567_89ab_cdef;
+        let ns = namespace("prod", "main");
         let tenant = "t".repeat(64);
-        let data = data_application_name(id, &tenant);
+        let data = data_application_name(ns, id, &tenant);
         assert!(data.starts_with("sluice/"));
         // Postgres keeps 63 bytes: the id survives the cut.
-        assert_eq!(parse_application_name(&data[..63]), Some(Named::Data(id)));
-        assert!(data.starts_with(&data_prefix(id)));
         assert_eq!(
-            parse_application_name(&control_application_name(id, 17)),
+            parse_application_name(ns, &data[..63]),
+            Some(Named::Data(id))
+        );
+        assert!(data.starts_with(&data_prefix(ns, id)));
+        assert_eq!(data_prefix(ns, id).len(), 33);
+        assert_eq!(
+            parse_application_name(ns, &control_application_name(ns, id, 17)),
             Some(Named::Control(id, 17))
         );
-        assert!(control_application_name(u64::MAX, usize::MAX).len() <= 63);
+        assert!(control_application_name(i32::MAX, u64::MAX, usize::MAX).len() <= 63);
+        // Another cluster's sessions are not this one's.
+        let other_ns = namespace("staging", "main");
+        assert_eq!(parse_application_name(other_ns, &data), None);
+        let control = control_application_name(ns, id, 3);
+        assert_eq!(parse_application_name(other_ns, &control), None);
         for other in [
             "sluice/acme",
             "sluice/@xyz/t",
             "sluice-control/@0123456789abcdef/x",
             "",
         ] {
-            assert_eq!(parse_application_name(other), None, "{other}");
+            assert_eq!(parse_application_name(ns, other), None, "{other}");
         }
     }
 

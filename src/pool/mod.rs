@@ -144,8 +144,11 @@ impl Pools {
             let mut connect = connect_config(upstream, tenant);
             if let Some(cluster) = &settings[tenant.upstream].cluster {
                 // The replica's id in every data session: how the other replicas count them.
-                connect.settings[0].1 =
-                    crate::cluster::data_application_name(cluster.id, &tenant.id);
+                connect.settings[0].1 = crate::cluster::data_application_name(
+                    cluster.namespace,
+                    cluster.id,
+                    &tenant.id,
+                );
             }
             let tenant_settings = TenantSettings {
                 id: tenant.id.as_str().into(),
@@ -491,7 +494,7 @@ fn cluster_settings(
         connect_timeout: upstream.connect_timeout,
         settings: vec![(
             "application_name".into(),
-            crate::cluster::control_application_name(id, 0),
+            crate::cluster::control_application_name(namespace, id, 0),
         )],
         statement_timeout_ms: 0,
         statement_cache_size: 1,
