@@ -29,10 +29,10 @@ use sluice::dev::TempPostgresOptions;
 const BUDGET: usize = 20;
 /// The scenarios share one Postgres of 40 connections and count every replica's sessions:
 /// they run one at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
 }
 const POLL_MS: u64 = 200;
 
@@ -497,7 +497,7 @@ async fn a_burst_through_haproxy_never_exceeds_the_cluster_budget_across_kill_re
     if haproxy_missing() {
         return;
     }
-    let _serial = serial();
+    let _serial = serial().await;
     let mut cluster = Cluster::new(4, 3).await;
     until_settled(&cluster, 3, Duration::from_secs(20)).await;
     let sampler = Sampler::start(&cluster.db).await;
@@ -544,7 +544,7 @@ async fn a_rolling_restart_under_load_fails_nothing_but_retryable_rejections() {
     if haproxy_missing() {
         return;
     }
-    let _serial = serial();
+    let _serial = serial().await;
     let mut cluster = Cluster::new(3, 3).await;
     until_settled(&cluster, 3, Duration::from_secs(20)).await;
     let sampler = Sampler::start(&cluster.db).await;
@@ -599,7 +599,7 @@ async fn a_stopped_replica_keeps_its_share_reserved_while_its_lock_is_held() {
     if haproxy_missing() {
         return;
     }
-    let _serial = serial();
+    let _serial = serial().await;
     let cluster = Cluster::new(3, 3).await;
     until_settled(&cluster, 3, Duration::from_secs(20)).await;
     let before = cluster.budgets().await;
@@ -645,7 +645,7 @@ async fn a_postgres_restart_under_load_keeps_the_cap_and_the_replicas_rejoin() {
     if haproxy_missing() {
         return;
     }
-    let _serial = serial();
+    let _serial = serial().await;
     let cluster = Cluster::new(3, 3).await;
     until_settled(&cluster, 3, Duration::from_secs(20)).await;
     let sampler = Sampler::start(&cluster.db).await;
