@@ -63,6 +63,8 @@ struct Control {
     departed: HashMap<ReplicaId, (usize, Instant)>,
     /// All slots were taken at the last attempt (logged once).
     no_slot: bool,
+    /// Ending a departed replica's sessions was refused (logged once).
+    terminate_refused: bool,
     failing: bool,
 }
 
@@ -238,16 +240,33 @@ impl Control {
                 .map(|r| super::data_prefix(settings.namespace, *r))
                 .collect();
             let conn = self.conn.as_mut().expect("connected above");
-            let rows = conn
+            let ended = conn
                 .fetch_text(
                     // In the select list: called only for the rows the filter kept.
                     "select count(pg_terminate_backend(pid))::text from pg_stat_activity \
                      where left(application_name, 33) = any(string_to_array($1, ','))",
                     &[&prefixes.join(",")],
                 )
-                .await
-                .map_err(|e| e.to_string())?;
-            tracing::info!(upstream = %up.name(), replicas = ?decision.orphans.iter().map(|r| format!("{r:016x}")).collect::<Vec<_>>(), terminated = first(&rows).unwrap_or_default(), "ended the sessions of departed replicas");
+                .await;
+            let replicas: Vec<String> = decision
+                .orphans
+                .iter()
+                .map(|r| format!("{r:016x}"))
+                .collect();
+            match ended {
+                Ok(rows) => {
+                    self.terminate_refused = false;
+                    tracing::info!(upstream = %up.name(), ?replicas, terminated = first(&rows).unwrap_or_default(), "ended the sessions of departed replicas");
+                }
+                // Not allowed to signal them (another role, without pg_signal_backend): they
+                // stay counted until they end by themselves. The session is still in sync (an
+                // error answer), so membership goes on; a lost connection fails the next poll.
+                Err(error) if !self.terminate_refused => {
+                    self.terminate_refused = true;
+                    tracing::warn!(upstream = %up.name(), ?replicas, %error, "cannot end the sessions of departed replicas (GRANT pg_signal_backend to the upstream's role): their share is taken only once they end");
+                }
+                Err(_) => {}
+            }
         }
         Ok(())
     }
