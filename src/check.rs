@@ -8,6 +8,22 @@ use std::process::ExitCode;
 use crate::config::Config;
 use crate::pool::{read_server_limit, server_budget};
 
+/// What the server must hold for `upstream`: its budget alone, or in cluster mode the
+/// cluster-wide budget plus one control session per replica slot, summed over the upstreams
+/// on the same server.
+fn server_footprint(config: &Config, u: usize) -> usize {
+    let upstream = &config.upstreams[u];
+    match &config.cluster {
+        None => server_budget(upstream, &config.upstreams),
+        Some(cluster) => config
+            .upstreams
+            .iter()
+            .filter(|other| other.target == upstream.target)
+            .map(|other| crate::cluster::footprint(other, cluster))
+            .sum(),
+    }
+}
+
 pub async fn run(config: &Config, offline: bool) -> ExitCode {
     let mut ok = true;
     let mut out = String::from("config: valid\n");
@@ -21,11 +37,25 @@ pub async fn run(config: &Config, offline: bool) -> ExitCode {
             upstream.target,
             upstream.tls.mode().as_str()
         );
-        let _ = writeln!(
-            out,
-            "  budget (max_connections)   {}",
-            upstream.max_connections
-        );
+        match &config.cluster {
+            None => {
+                let _ = writeln!(
+                    out,
+                    "  budget (max_connections)   {}",
+                    upstream.max_connections
+                );
+            }
+            Some(cluster) => {
+                let _ = writeln!(
+                    out,
+                    "  cluster \"{}\" budget        {} data connections, all replicas together\n  control sessions           up to {} (one per replica slot, max_replicas)\n  footprint on the server    {}",
+                    cluster.name,
+                    upstream.max_connections,
+                    cluster.max_replicas,
+                    crate::cluster::footprint(upstream, cluster),
+                );
+            }
+        }
         if offline {
             let _ = writeln!(out, "  server limit               not checked (--offline)");
         } else {
@@ -33,8 +63,11 @@ pub async fn run(config: &Config, offline: bool) -> ExitCode {
                 // Upstreams on the same server share its limit: check the sum of their budgets.
                 Ok(limit) => match limit.check_shared(
                     &upstream.name,
-                    upstream.max_connections,
-                    server_budget(upstream, &config.upstreams),
+                    match &config.cluster {
+                        None => upstream.max_connections,
+                        Some(cluster) => crate::cluster::footprint(upstream, cluster),
+                    },
+                    server_footprint(config, u),
                 ) {
                     Ok(()) => {
                         let _ = writeln!(

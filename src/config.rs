@@ -14,6 +14,9 @@ use crate::auth::KeyHash;
 use crate::pg::tls::ChannelBindingMode;
 use crate::pg::{AuthPolicy, SslMode, Target, TlsConnector};
 
+mod expand;
+mod secrets;
+
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -21,6 +24,21 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     /// Shared so that a request holds its tenant's settings without copying them.
     pub tenants: Vec<Arc<TenantConfig>>,
+    /// `[cluster]`: replicas share each upstream's `max_connections` through Postgres.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`: several replicas with the same `name` divide each upstream's
+/// `max_connections` (then a cluster-wide budget) among themselves (see `crate::cluster`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub name: String,
+    /// This replica's address as the other replicas reach it (shown in the admin view).
+    pub advertise: Option<String>,
+    /// Replica slots: at most this many replicas hold a share at once; more wait, unready.
+    pub max_replicas: usize,
+    /// How often membership and the other replicas' footprints are read.
+    pub poll_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -159,6 +177,16 @@ struct RawConfig {
     upstreams: Vec<RawUpstream>,
     #[serde(default)]
     tenants: Vec<RawTenant>,
+    cluster: Option<RawCluster>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    name: String,
+    advertise: Option<String>,
+    max_replicas: Option<usize>,
+    poll_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -173,6 +201,8 @@ struct RawServer {
     max_sql_bytes: Option<usize>,
     #[serde(default)]
     admin_keys: Vec<String>,
+    /// More admin key hashes, one per line.
+    admin_keys_file: Option<PathBuf>,
     header_read_timeout_ms: Option<u64>,
     body_read_timeout_ms: Option<u64>,
     stream_stall_timeout_ms: Option<u64>,
@@ -197,6 +227,8 @@ struct RawServerTls {
 struct RawUpstream {
     name: String,
     url: String,
+    /// The password, from a file instead of the URL.
+    password_file: Option<PathBuf>,
     max_connections: Option<usize>,
     connect_timeout_ms: Option<u64>,
     server_lifetime_ms: Option<u64>,
@@ -213,8 +245,11 @@ struct RawTenant {
     database: Option<String>,
     user: Option<String>,
     password: Option<String>,
+    password_file: Option<PathBuf>,
     #[serde(default)]
     api_keys: Vec<String>,
+    /// More key hashes, one per line.
+    api_keys_file: Option<PathBuf>,
     pool_size: Option<usize>,
     rate_per_second: Option<u32>,
     burst: Option<u32>,
@@ -266,6 +301,8 @@ pub mod defaults {
     pub const AUTH_FAILURES_PER_MINUTE: u32 = 10;
     pub const TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
     pub const TLS_MAX_HANDSHAKES: usize = 256;
+    pub const CLUSTER_MAX_REPLICAS: usize = 16;
+    pub const CLUSTER_POLL_INTERVAL_MS: u64 = 1_000;
 }
 
 impl Config {
@@ -278,9 +315,25 @@ impl Config {
     }
 
     /// Parses and validates TOML text; relative file paths in it are relative to `base`.
+    /// `${VAR}` references in string values are read from the process environment.
     pub fn from_toml(text: &str, base: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| ConfigError(format!("invalid config: {e}")))?;
+        Config::from_toml_with_env(text, base, &|name| std::env::var(name))
+    }
+
+    /// [`Config::from_toml`] with the environment given (tests).
+    pub fn from_toml_with_env(
+        text: &str,
+        base: &Path,
+        env: &dyn Fn(&str) -> Result<String, std::env::VarError>,
+    ) -> Result<Config, ConfigError> {
+        let invalid = |e: toml::de::Error| ConfigError(format!("invalid config: {e}"));
+        let mut table: toml::Table = toml::from_str(text).map_err(invalid)?;
+        let raw: RawConfig = if expand::expand_table(&mut table, text, env)? {
+            toml::Value::Table(table).try_into().map_err(invalid)?
+        } else {
+            // Parsed from the text again so that errors keep their line and column.
+            toml::from_str(text).map_err(invalid)?
+        };
         raw.validate(base)
     }
 
@@ -314,6 +367,7 @@ impl Config {
             upstreams: vec![RawUpstream {
                 name: "main".into(),
                 url: url.clone(),
+                password_file: None,
                 max_connections,
                 connect_timeout_ms: None,
                 server_lifetime_ms: None,
@@ -327,7 +381,9 @@ impl Config {
                 database: None,
                 user: None,
                 password: None,
+                password_file: None,
                 api_keys: vec![key_hash],
+                api_keys_file: None,
                 pool_size: Some(
                     defaults::POOL_SIZE.min(max_connections.unwrap_or(defaults::MAX_CONNECTIONS)),
                 ),
@@ -346,6 +402,7 @@ impl Config {
                 jwt: None,
                 rate_per_second_per_subject: None,
             }],
+            cluster: None,
         };
         raw.validate(Path::new("."))
     }
@@ -361,7 +418,9 @@ impl RawConfig {
             server,
             upstreams,
             tenants,
+            cluster,
         } = self;
+        let cluster = cluster.map(RawCluster::validate).transpose()?;
         let server = server.validate(base)?;
         if upstreams.is_empty() {
             return Err(ConfigError(
@@ -417,6 +476,40 @@ impl RawConfig {
             server,
             upstreams,
             tenants: validated,
+            cluster,
+        })
+    }
+}
+
+impl RawCluster {
+    fn validate(self) -> Result<ClusterConfig, ConfigError> {
+        check_identifier("cluster.name", &self.name)?;
+        let max_replicas = self.max_replicas.unwrap_or(defaults::CLUSTER_MAX_REPLICAS);
+        if !(1..=1024).contains(&max_replicas) {
+            return Err(err(
+                "cluster.max_replicas",
+                format!("must be between 1 and 1024, found {max_replicas}"),
+            ));
+        }
+        if let Some(advertise) = &self.advertise
+            && (advertise.is_empty()
+                || advertise.len() > 255
+                || advertise.contains(char::is_whitespace))
+        {
+            return Err(err(
+                "cluster.advertise",
+                "must be a host:port without spaces, at most 255 characters",
+            ));
+        }
+        Ok(ClusterConfig {
+            name: self.name,
+            advertise: self.advertise,
+            max_replicas,
+            poll_interval: millis(
+                "cluster.poll_interval_ms",
+                self.poll_interval_ms,
+                defaults::CLUSTER_POLL_INTERVAL_MS,
+            )?,
         })
     }
 }
@@ -431,7 +524,8 @@ impl RawServer {
             max_response_bytes,
             max_buffered_bytes,
             max_sql_bytes,
-            admin_keys,
+            mut admin_keys,
+            admin_keys_file,
             header_read_timeout_ms,
             body_read_timeout_ms,
             stream_stall_timeout_ms,
@@ -440,6 +534,12 @@ impl RawServer {
             log_format,
             log_level,
         } = self;
+        if let Some(file) = admin_keys_file {
+            admin_keys.extend(secrets::read_list(
+                "server.admin_keys_file",
+                &base.join(file),
+            )?);
+        }
         let listen = parse_addr(
             "server.listen",
             listen.as_deref().unwrap_or(defaults::LISTEN),
@@ -557,6 +657,7 @@ impl RawUpstream {
         let RawUpstream {
             name,
             url,
+            password_file,
             max_connections,
             connect_timeout_ms,
             server_lifetime_ms,
@@ -565,7 +666,19 @@ impl RawUpstream {
             allow_insecure_password_auth,
         } = self;
         check_identifier(&format!("{key}.name"), &name)?;
-        let url = PostgresUrl::parse(&url).map_err(|e| err(format!("{key}.url"), e))?;
+        let mut url = PostgresUrl::parse(&url).map_err(|e| err(format!("{key}.url"), e))?;
+        if let Some(file) = password_file {
+            if url.password.is_some() {
+                return Err(err(
+                    format!("{key}.password_file"),
+                    "the url has a password too; keep one of them",
+                ));
+            }
+            url.password = Some(secrets::read_secret(
+                &format!("{key}.password_file"),
+                &base.join(file),
+            )?);
+        }
         let root_cert = url.sslrootcert.as_ref().map(|p| base.join(p));
         let tls = TlsConnector::new(url.sslmode, root_cert.as_deref())
             .map_err(|e| err(format!("{key}.url"), e))?;
@@ -622,8 +735,10 @@ impl RawTenant {
             upstream,
             database,
             user,
-            password,
-            api_keys,
+            mut password,
+            password_file,
+            mut api_keys,
+            api_keys_file,
             pool_size,
             rate_per_second,
             burst,
@@ -641,6 +756,24 @@ impl RawTenant {
             rate_per_second_per_subject,
         } = self;
         check_identifier(&format!("{key}.id"), &id)?;
+        if let Some(file) = password_file {
+            if password.is_some() {
+                return Err(err(
+                    format!("{key}.password_file"),
+                    "password is set too; keep one of them",
+                ));
+            }
+            password = Some(secrets::read_secret(
+                &format!("{key}.password_file"),
+                &base.join(file),
+            )?);
+        }
+        if let Some(file) = api_keys_file {
+            api_keys.extend(secrets::read_list(
+                &format!("{key}.api_keys_file"),
+                &base.join(file),
+            )?);
+        }
         let upstream = match upstream {
             Some(name) => upstreams
                 .iter()
@@ -1123,6 +1256,56 @@ mod tests {
                 "expected {expected:?} in {error:?}"
             );
         }
+    }
+
+    #[test]
+    fn variables_and_secret_files_fill_the_config() {
+        let dir = std::env::temp_dir().join(format!("sluice-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("pg-password"), "p@ss:word/1\n").unwrap();
+        std::fs::write(dir.join("tenant-password"), "t0p").unwrap();
+        std::fs::write(dir.join("keys"), format!("# storefront\n{KEY}\n")).unwrap();
+        let env = |name: &str| match name {
+            "PG_HOST" => Ok("db.internal".to_owned()),
+            "TENANT" => Ok("shop".to_owned()),
+            _ => Err(std::env::VarError::NotPresent),
+        };
+        let text = r#"
+            [[upstreams]]
+            name = "main"
+            url = "postgres://app@${PG_HOST}/app?sslmode=disable"
+            password_file = "pg-password"
+            [[tenants]]
+            id = "${TENANT}"
+            user = "$${literal}"
+            password_file = "tenant-password"
+            api_keys_file = "keys"
+        "#;
+        let config = Config::from_toml_with_env(text, &dir, &env).unwrap();
+        let upstream = &config.upstreams[0];
+        assert_eq!(upstream.password.as_deref(), Some("p@ss:word/1"));
+        assert!(matches!(&upstream.target, Target::Tcp { host, .. } if host == "db.internal"));
+        let tenant = &config.tenants[0];
+        assert_eq!(tenant.id, "shop");
+        assert_eq!(tenant.user.as_deref(), Some("${literal}"));
+        assert_eq!(tenant.password.as_deref(), Some("t0p"));
+        assert_eq!(tenant.api_keys.len(), 1);
+
+        let unset = Config::from_toml_with_env(&text.replace("PG_HOST", "PG_HOST2"), &dir, &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            unset.contains("upstreams[0].url (line 4)") && unset.contains("PG_HOST2 is not set"),
+            "{unset}"
+        );
+        let both = Config::from_toml_with_env(&text.replace("app@", "app:inline@"), &dir, &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            both.contains("upstreams[0].password_file: the url has a password too"),
+            "{both}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

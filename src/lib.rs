@@ -37,6 +37,7 @@ pub mod allocator;
 pub mod api;
 pub mod auth;
 pub mod check;
+pub mod cluster;
 pub mod config;
 pub mod cors;
 pub mod dev;

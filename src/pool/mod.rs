@@ -10,7 +10,7 @@
 
 mod budget;
 mod health;
-mod upstream;
+pub(crate) mod upstream;
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
@@ -109,6 +109,10 @@ impl Pools {
                     .cloned()
             })
             .collect();
+        let mut settings = settings;
+        for (i, (settings, reused)) in settings.iter_mut().zip(&reused).enumerate() {
+            cluster_settings(config, i, settings, reused.as_deref())?;
+        }
         for (upstream, settings) in reused.iter().zip(&settings) {
             if let Some(upstream) = upstream
                 && upstream.identity() == settings.identity
@@ -137,11 +141,20 @@ impl Pools {
             vec![Vec::new(); config.upstreams.len()];
         for (index, tenant) in config.tenants.iter().enumerate() {
             let upstream = &config.upstreams[tenant.upstream];
+            let mut connect = connect_config(upstream, tenant);
+            if let Some(cluster) = &settings[tenant.upstream].cluster {
+                // The replica's id in every data session: how the other replicas count them.
+                connect.settings[0].1 = crate::cluster::data_application_name(
+                    cluster.namespace,
+                    cluster.id,
+                    &tenant.id,
+                );
+            }
             let tenant_settings = TenantSettings {
                 id: tenant.id.as_str().into(),
                 pool_size: tenant.pool_size,
                 max_waiting: tenant.max_waiting,
-                connect: Arc::new(connect_config(upstream, tenant)),
+                connect: Arc::new(connect),
             };
             members[tenant.upstream].push((index, tenant_settings));
         }
@@ -163,10 +176,13 @@ impl Pools {
                 }
                 None => {
                     let count = tenant_settings.len();
-                    (
-                        Upstream::new(settings, tenant_settings, tasks.clone(), metrics.clone()),
-                        (0..count).collect(),
-                    )
+                    let clustered = settings.cluster.is_some();
+                    let upstream =
+                        Upstream::new(settings, tenant_settings, tasks.clone(), metrics.clone());
+                    if clustered {
+                        tasks.spawn(crate::cluster::control::run(Arc::downgrade(&upstream)));
+                    }
+                    (upstream, (0..count).collect())
                 }
             };
             for (&global, &local) in global.iter().zip(&local) {
@@ -237,6 +253,11 @@ impl Pools {
             else {
                 continue;
             };
+            if upstream.cluster().is_some() {
+                // No share before the control loop grants one; the first data connection
+                // checks the server's limit.
+                continue;
+            }
             match upstream.checkout(tenant.index, wait).await {
                 Ok(conn) => drop(conn),
                 Err(error) => {
@@ -262,6 +283,12 @@ impl Pools {
                 continue;
             };
             let status = upstream.status();
+            if upstream.cluster().is_some() && status.budget == 0 {
+                return Err(format!(
+                    "upstream \"{}\": no share of the cluster budget yet (waiting for a replica slot, or for the other replicas to shrink)",
+                    upstream.name()
+                ));
+            }
             if !status.available {
                 let reason = status.last_error.unwrap_or_else(|| "unavailable".into());
                 return Err(format!("upstream \"{}\": {reason}", upstream.name()));
@@ -424,7 +451,66 @@ fn upstream_settings(upstream: &UpstreamConfig, all: &[UpstreamConfig]) -> Upstr
             server_lifetime: upstream.server_lifetime,
             server_idle_timeout: upstream.server_idle_timeout,
         },
+        cluster: None,
     }
+}
+
+/// Cluster mode (`[cluster]`): the upstream at `index` gets its control settings — the id of
+/// the upstream it reuses, or a new one — starts with no share, and the server must hold
+/// every cluster budget on it plus the control sessions. A reload may not switch cluster mode
+/// on or off, or rename the cluster: that needs a restart.
+fn cluster_settings(
+    config: &Config,
+    index: usize,
+    settings: &mut UpstreamSettings,
+    reused: Option<&Upstream>,
+) -> Result<(), String> {
+    let previous = reused.and_then(|u| u.cluster());
+    let Some(cluster) = &config.cluster else {
+        if previous.is_some() {
+            return Err("[cluster] cannot be removed by a reload: restart the replica".into());
+        }
+        return Ok(());
+    };
+    let upstream = &config.upstreams[index];
+    if reused.is_some() && previous.is_none() {
+        return Err("[cluster] cannot be added by a reload: restart the replica".into());
+    }
+    let namespace = crate::cluster::namespace(&cluster.name, &upstream.name);
+    if let Some(previous) = &previous
+        && previous.namespace != namespace
+    {
+        return Err("cluster.name cannot change in a reload: restart the replica".into());
+    }
+    let id = previous
+        .map(|p| p.id)
+        .unwrap_or_else(crate::cluster::new_replica_id);
+    let control = ConnectConfig {
+        target: upstream.target.clone(),
+        user: upstream.user.clone(),
+        password: upstream.password.clone(),
+        database: upstream.database.clone(),
+        tls: upstream.tls.clone(),
+        connect_timeout: upstream.connect_timeout,
+        settings: vec![(
+            "application_name".into(),
+            crate::cluster::control_application_name(namespace, id, 0),
+        )],
+        statement_timeout_ms: 0,
+        statement_cache_size: 1,
+        auth: upstream.auth,
+    };
+    settings.cluster = Some(crate::cluster::ClusterSettings::new(
+        cluster, upstream, control, id,
+    ));
+    settings.limits.budget = 0;
+    settings.limits.server_budget = config
+        .upstreams
+        .iter()
+        .filter(|u| u.target == upstream.target)
+        .map(|u| crate::cluster::footprint(u, cluster))
+        .sum();
+    Ok(())
 }
 
 /// The sum of the budgets of the upstreams in `all` that point at the same server (host and

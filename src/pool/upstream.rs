@@ -48,6 +48,9 @@ pub(crate) struct UpstreamSettings {
     /// connection (within the one budget).
     pub identity: String,
     pub limits: Limits,
+    /// Set in cluster mode: `limits.budget` is then this replica's share, moved by the
+    /// control loop (`crate::cluster`), and a reload keeps the share in force.
+    pub cluster: Option<crate::cluster::ClusterSettings>,
 }
 
 /// A tenant's part of the config, as the upstream needs it.
@@ -77,6 +80,7 @@ struct Shared {
     waiters: HashMap<WaiterId, oneshot::Sender<Result<PooledConn, PoolError>>>,
     /// How each tenant (by index) connects.
     connect: Vec<Arc<ConnectConfig>>,
+    cluster: Option<crate::cluster::ClusterSettings>,
 }
 
 /// A connection in a request's hands. Dropping it gives it back (recovered first if the
@@ -168,6 +172,7 @@ impl Upstream {
                 parked: HashMap::new(),
                 waiters: HashMap::new(),
                 connect: tenants.into_iter().map(|t| t.connect).collect(),
+                cluster: settings.cluster,
             }),
             name: settings.name,
             tasks,
@@ -564,10 +569,13 @@ impl Upstream {
             }
             state.identity = settings.identity.clone();
             let specs = tenants.iter().map(tenant_spec).collect();
-            let (indexes, actions) =
-                state
-                    .book
-                    .reload(settings.limits.clone(), specs, identity_changed, now);
+            let mut limits = settings.limits.clone();
+            if settings.cluster.is_some() && state.cluster.is_some() {
+                // The share in force stays until the control loop moves it.
+                limits.budget = state.book.budget();
+            }
+            state.cluster = settings.cluster.clone();
+            let (indexes, actions) = state.book.reload(limits, specs, identity_changed, now);
             let count = state.book.tenant_count();
             if let Some(first) = tenants.first() {
                 state.connect.resize(count, first.connect.clone());
@@ -579,6 +587,30 @@ impl Upstream {
         };
         self.execute(work);
         indexes
+    }
+
+    /// Cluster mode: the settings the control loop works with (current after reloads); `None`
+    /// once the upstream is not clustered.
+    pub(crate) fn cluster(&self) -> Option<crate::cluster::ClusterSettings> {
+        self.lock().cluster.clone()
+    }
+
+    /// Cluster mode: applies this replica's budget (a share change; see
+    /// [`Budget::resize`]).
+    pub(crate) fn set_budget(&self, budget: usize) {
+        self.feed(None, |book, now| book.resize(budget, now));
+    }
+
+    /// The budget in force, the slots held (connections that may exist on the server: the
+    /// larger of the two bounds this replica's footprint) and whether the pool is closed
+    /// (draining: no new connection opens).
+    pub(crate) fn footprint(&self) -> (usize, usize, bool) {
+        let state = self.lock();
+        (
+            state.book.budget(),
+            state.book.slots(),
+            state.book.is_closed(),
+        )
     }
 
     /// Retires every tenant: the upstream left the config.
@@ -741,6 +773,7 @@ mod fault_tests {
                     server_lifetime: Duration::from_secs(3600),
                     server_idle_timeout: Duration::from_secs(600),
                 },
+                cluster: None,
             },
             vec![TenantSettings {
                 id: "t".into(),

@@ -52,6 +52,8 @@ enum Ev {
         identity: bool,
         connect: u8,
     },
+    /// A cluster share change (`crate::cluster`): the budget alone moves, 0 included.
+    Share(u8),
     Shutdown,
 }
 
@@ -72,6 +74,7 @@ fn event() -> impl Strategy<Value = Ev> {
         1 => any::<u8>().prop_map(Ev::IdleDied),
         1 => (1u8..7, prop::collection::vec(0u8..5, 1..5), prop::bool::weighted(0.3), 0u8..3)
             .prop_map(|(budget, sizes, identity, connect)| Ev::Reload { budget, sizes, identity, connect }),
+        1 => (0u8..7).prop_map(Ev::Share),
         // Rare: most sequences should run long before a shutdown.
         1 => prop::bool::weighted(0.1).prop_map(|s| if s { Ev::Shutdown } else { Ev::Tick(1) }),
     ]
@@ -426,6 +429,11 @@ impl World {
                     let actions = self.book.reap(now, &[conn]);
                     self.run(actions)?;
                 }
+            }
+            Ev::Share(budget) => {
+                self.budget = *budget as usize;
+                let actions = self.book.resize(self.budget, now);
+                self.run(actions)?;
             }
             Ev::Reload {
                 budget,

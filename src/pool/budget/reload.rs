@@ -1,5 +1,6 @@
 //! Events that change the configuration under the accounting: a reload (budget, tenants,
-//! the upstream's identity), the upstream leaving the config, shutdown.
+//! the upstream's identity), a cluster share change (the budget alone), the upstream leaving
+//! the config, shutdown.
 
 use std::time::Instant;
 
@@ -73,6 +74,25 @@ impl Budget {
             }
         }
         (indexes, self.reap(now, &[]))
+    }
+
+    /// The budget alone changes: this replica's share of a cluster budget moved
+    /// (`crate::cluster`). The same as a reload that changes nothing else: lowered, it is
+    /// reached by closing idle connections and those that come back; 0 is allowed (a replica
+    /// without a share yet holds nothing, and its waiters wait for a share or time out).
+    pub(crate) fn resize(&mut self, budget: usize, now: Instant) -> Vec<Action> {
+        self.limits.budget = budget;
+        self.reap(now, &[])
+    }
+
+    /// Shut down: nothing new opens.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// The budget in force.
+    pub(crate) fn budget(&self) -> usize {
+        self.limits.budget
     }
 
     /// Retires every tenant: the upstream left the config.

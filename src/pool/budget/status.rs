@@ -11,7 +11,6 @@ impl Budget {
     }
 
     /// Slots held: connections connecting, idle, in use and closing (until confirmed gone).
-    #[cfg(test)]
     pub(crate) fn slots(&self) -> usize {
         self.slots
     }

@@ -1,0 +1,679 @@
+//! Cluster mode behind a real load balancer: HAProxy (Debian's package) on loopback in front of
+//! `sluice serve` processes sharing one budget of 20 through Postgres (`max_connections = 40`).
+//! A sampler counts the replicas' data sessions in `pg_stat_activity` every few milliseconds
+//! through every scenario: the sum must never pass 20.
+//!
+//! Each test prints its figures (served, rejected by kind, peak backends, p50/p99); run with
+//! `--nocapture` to see them. Skipped, loudly, where `haproxy` is not installed (`.ci/run`
+//! installs it).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use sluice::dev::TempPostgresOptions;
+
+const BUDGET: usize = 20;
+/// The scenarios share one Postgres of 40 connections and count every replica's sessions:
+/// they run one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
+}
+const POLL_MS: u64 = 200;
+
+fn pg() {
+    postgres_with(TempPostgresOptions {
+        max_connections: 40,
+        ..TempPostgresOptions::default()
+    });
+}
+
+fn haproxy_missing() -> bool {
+    let missing = Command::new("haproxy")
+        .arg("-v")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_err();
+    if missing {
+        eprintln!("SKIPPED: haproxy is not installed (apt-get install haproxy; .ci/run does)");
+    }
+    missing
+}
+
+struct Dir(PathBuf);
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Replicas (by index, each with a fixed port) and HAProxy in front of them.
+struct Cluster {
+    dir: Dir,
+    config: PathBuf,
+    ports: Vec<u16>,
+    children: Vec<Option<Child>>,
+    haproxy: Child,
+    front: u16,
+    key: String,
+    admin: String,
+    db: String,
+}
+
+impl Cluster {
+    /// `slots` replica ports are configured in HAProxy; the first `start` are started.
+    async fn new(slots: usize, start: usize) -> Cluster {
+        pg();
+        let db = database("").await;
+        let (key, hash) = key("acme");
+        let (admin, admin_hash) = common::key("admin");
+        let dir =
+            std::env::temp_dir().join(format!("sluice-cluster-{:08x}", rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (pg_port, password) = {
+            let pg = postgres().lock().unwrap();
+            (pg.port(), pg.password().to_owned())
+        };
+        std::fs::write(dir.join("pg-password"), &password).unwrap();
+        let config = dir.join("sluice.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+                [server]
+                listen = "127.0.0.1:${{REPLICA_PORT}}"
+                shutdown_timeout_ms = 10000
+                admin_keys = ["{admin_hash}"]
+
+                [cluster]
+                name = "test"
+                advertise = "127.0.0.1:${{REPLICA_PORT}}"
+                max_replicas = 6
+                poll_interval_ms = {POLL_MS}
+
+                [[upstreams]]
+                name = "main"
+                url = "postgres://postgres@127.0.0.1:{pg_port}/{db}?sslmode=disable"
+                password_file = "pg-password"
+                max_connections = {BUDGET}
+
+                [[tenants]]
+                id = "acme"
+                api_keys = ["{hash}"]
+                pool_size = {BUDGET}
+                max_transaction_connections = 4
+                rate_per_second = 100000
+                burst = 100000
+                max_waiting = 2000
+                queue_timeout_ms = 8000
+                "#
+            ),
+        )
+        .unwrap();
+        let ports: Vec<u16> = (0..slots)
+            .map(|_| sluice::dev::free_port().unwrap())
+            .collect();
+        let front = sluice::dev::free_port().unwrap();
+        let servers: String = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("    server r{i} 127.0.0.1:{p} check\n"))
+            .collect();
+        let cfg = dir.join("haproxy.cfg");
+        std::fs::write(
+            &cfg,
+            format!(
+                "global\n    maxconn 8000\n\
+                 defaults\n    mode http\n    timeout connect 2s\n    timeout client 60s\n    timeout server 60s\n    \
+                 retries 3\n    option redispatch\n    retry-on conn-failure empty-response\n\
+                 frontend front\n    bind 127.0.0.1:{front}\n    default_backend replicas\n\
+                 backend replicas\n    balance roundrobin\n    option httpchk GET /readyz\n    \
+                 http-check expect status 200\n    timeout check 2s\n    default-server inter 200ms fall 3 rise 1\n{servers}"
+            ),
+        )
+        .unwrap();
+        let haproxy = Command::new("haproxy")
+            .args(["-db", "-f"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("haproxy starts");
+        let mut cluster = Cluster {
+            dir: Dir(dir),
+            config,
+            children: (0..slots).map(|_| None).collect(),
+            ports,
+            haproxy,
+            front,
+            key,
+            admin,
+            db,
+        };
+        for i in 0..start {
+            cluster.start(i);
+        }
+        for i in 0..start {
+            cluster.wait_ready(i).await;
+        }
+        cluster
+    }
+
+    fn start(&mut self, i: usize) {
+        let log = std::fs::File::create(self.dir.0.join(format!("replica{i}.log"))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env("REPLICA_PORT", self.ports[i].to_string())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.children[i] = Some(child);
+    }
+
+    fn signal(&self, i: usize, signal: i32) {
+        let child = self.children[i].as_ref().expect("running");
+        unsafe { libc::kill(child.id() as i32, signal) };
+    }
+
+    async fn kill(&mut self, i: usize) {
+        self.signal(i, libc::SIGKILL);
+        let mut child = self.children[i].take().unwrap();
+        tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    /// SIGTERM, then waits for the drain to finish.
+    async fn stop(&mut self, i: usize) {
+        self.signal(i, libc::SIGTERM);
+        let mut child = self.children[i].take().unwrap();
+        let status = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            status.success(),
+            "replica {i} drained and exited 0: {status}"
+        );
+    }
+
+    fn client(&self, i: usize) -> Client {
+        Client::new(&format!("http://127.0.0.1:{}", self.ports[i]))
+    }
+
+    /// Ready (it holds a share) within a generous deadline.
+    async fn wait_ready(&self, i: usize) {
+        let client = self.client(i);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while client.try_get("/readyz").await.map(|r| r.status) != Ok(200) {
+            assert!(
+                Instant::now() < deadline,
+                "replica {i} did not get ready:\n{}",
+                self.log(i)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.0.join(format!("replica{i}.log"))).unwrap_or_default()
+    }
+
+    /// The budget in force at replica `i` (admin view), if it answers.
+    async fn budget(&self, i: usize) -> Option<u64> {
+        self.children[i].as_ref()?;
+        let auth = format!("Bearer {}", self.admin);
+        let reply = tokio::time::timeout(
+            Duration::from_secs(1),
+            self.client(i).request(
+                http::Method::GET,
+                "/v1/admin/pools",
+                &[("authorization", &auth)],
+                Bytes::new(),
+            ),
+        )
+        .await
+        .ok()?;
+        reply.json()["upstreams"][0]["budget"].as_u64()
+    }
+
+    /// Sum of the budgets in force at the running replicas.
+    async fn budgets(&self) -> Vec<Option<u64>> {
+        let mut out = Vec::new();
+        for i in 0..self.ports.len() {
+            out.push(self.budget(i).await);
+        }
+        out
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self.children.iter_mut().flatten() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+            let _ = child.wait();
+        }
+        unsafe { libc::kill(self.haproxy.id() as i32, libc::SIGKILL) };
+        let _ = self.haproxy.wait();
+    }
+}
+
+/// Counts the replicas' data sessions every few milliseconds until stopped.
+struct Sampler {
+    peak: Arc<AtomicI64>,
+    samples: Arc<AtomicI64>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sampler {
+    async fn start(db: &str) -> Sampler {
+        let db = db.to_owned();
+        let peak = Arc::new(AtomicI64::new(0));
+        let samples = Arc::new(AtomicI64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, s, st) = (peak.clone(), samples.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            let sql =
+                "select count(*) from pg_stat_activity where application_name like 'sluice/%'";
+            // Reconnects when the server restarts under it.
+            let mut client: Option<tokio_postgres::Client> = None;
+            while !st.load(Ordering::Relaxed) {
+                if client.as_ref().is_none_or(|c| c.is_closed()) {
+                    client =
+                        match tokio_postgres::connect(&pg_url(&db), tokio_postgres::NoTls).await {
+                            Ok((c, connection)) => {
+                                tokio::spawn(connection);
+                                Some(c)
+                            }
+                            Err(_) => None,
+                        };
+                }
+                if let Some(c) = &client
+                    && let Ok(row) = c.query_one(sql, &[]).await
+                {
+                    let n: i64 = row.get(0);
+                    p.fetch_max(n, Ordering::Relaxed);
+                    s.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        });
+        Sampler {
+            peak,
+            samples,
+            stop,
+            task,
+        }
+    }
+
+    async fn finish(self) -> (i64, i64) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap();
+        (
+            self.peak.load(Ordering::Relaxed),
+            self.samples.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// What the clients saw.
+#[derive(Default)]
+struct Tally {
+    ok: usize,
+    /// Rejections by status and kind (`502 proxy` for HAProxy's own, `transport` for a
+    /// connection that failed).
+    rejected: BTreeMap<String, usize>,
+    latencies: Vec<Duration>,
+}
+
+impl Tally {
+    fn add(&mut self, outcome: Result<(u16, String), String>, took: Duration) {
+        match outcome {
+            Ok((200, _)) => {
+                self.ok += 1;
+                self.latencies.push(took);
+            }
+            Ok((status, kind)) => {
+                *self.rejected.entry(format!("{status} {kind}")).or_default() += 1
+            }
+            Err(_) => *self.rejected.entry("transport".into()).or_default() += 1,
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.ok += other.ok;
+        for (k, v) in other.rejected {
+            *self.rejected.entry(k).or_default() += v;
+        }
+        self.latencies.extend(other.latencies);
+    }
+
+    fn percentile(&mut self, p: f64) -> Duration {
+        self.latencies.sort();
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let i = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies[i]
+    }
+
+    fn report(&mut self, scenario: &str, peak: i64, samples: i64) {
+        let (p50, p99) = (self.percentile(0.5), self.percentile(0.99));
+        println!(
+            "cluster figures [{scenario}]: served {}, rejected {:?}, peak data backends {peak} (budget {BUDGET}, {samples} samples), p50 {:.1} ms, p99 {:.1} ms",
+            self.ok,
+            self.rejected,
+            p50.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3,
+        );
+    }
+
+    /// Every rejection is one a client retries: 429/503 from sluice (nothing ran).
+    fn only_retryable(&self) -> bool {
+        self.rejected
+            .keys()
+            .all(|k| k.starts_with("503 ") || k.starts_with("429 "))
+    }
+}
+
+type Http = HyperClient<HttpConnector, Full<Bytes>>;
+
+fn http() -> Http {
+    HyperClient::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(5))
+        .build_http()
+}
+
+async fn query(http: &Http, front: u16, key: &str, sql: &str) -> Result<(u16, String), String> {
+    let request = Request::post(format!("http://127.0.0.1:{front}/v1/query"))
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(json!({ "sql": sql }).to_string())))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(30), http.request(request))
+        .await
+        .map_err(|_| "timeout".to_string())?
+        .map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    let kind = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v["error"]["kind"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| {
+            if status == 200 {
+                String::new()
+            } else {
+                "proxy".into()
+            }
+        });
+    Ok((status, kind))
+}
+
+/// `clients` tasks, each sending queries one after another until `until`.
+fn load(
+    front: u16,
+    key: &str,
+    clients: usize,
+    sql: &'static str,
+    until: Instant,
+) -> tokio::task::JoinHandle<Tally> {
+    let key = key.to_owned();
+    tokio::spawn(async move {
+        let http = http();
+        let mut tasks = Vec::new();
+        for _ in 0..clients {
+            let (http, key) = (http.clone(), key.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut tally = Tally::default();
+                loop {
+                    let start = Instant::now();
+                    let outcome = query(&http, front, &key, sql).await;
+                    tally.add(outcome, start.elapsed());
+                    if Instant::now() >= until {
+                        return tally;
+                    }
+                }
+            }));
+        }
+        let mut all = Tally::default();
+        for task in tasks {
+            all.merge(task.await.unwrap());
+        }
+        all
+    })
+}
+
+/// Waits until the running replicas' budgets add up to the cluster budget, each holding its
+/// share; returns how long that took.
+async fn until_settled(cluster: &Cluster, running: usize, within: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let budgets = cluster.budgets().await;
+        let live: Vec<u64> = budgets.iter().flatten().copied().collect();
+        let sum: u64 = live.iter().sum();
+        if live.len() == running
+            && sum == BUDGET as u64
+            && live.iter().all(|&b| b >= (BUDGET / running) as u64)
+        {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "budgets did not settle: {budgets:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_through_haproxy_never_exceeds_the_cluster_budget_across_kill_restart_and_join() {
+    if haproxy_missing() {
+        return;
+    }
+    let _serial = serial().await;
+    let mut cluster = Cluster::new(4, 3).await;
+    until_settled(&cluster, 3, Duration::from_secs(20)).await;
+    let sampler = Sampler::start(&cluster.db).await;
+    let until = Instant::now() + Duration::from_secs(8);
+    let burst = load(
+        cluster.front,
+        &cluster.key,
+        2_000,
+        "select pg_sleep(0.01)",
+        until,
+    );
+
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    cluster.kill(1).await;
+    let killed = Instant::now();
+    let grown = until_settled(&cluster, 2, Duration::from_secs(20)).await;
+    println!(
+        "cluster figures [kill -9]: survivors hold the whole budget {:.0} ms after the kill",
+        killed.elapsed().as_secs_f64() * 1e3
+    );
+    let _ = grown;
+    cluster.start(3);
+    cluster.start(1);
+    cluster.wait_ready(3).await;
+    cluster.wait_ready(1).await;
+    let mut tally = burst.await.unwrap();
+    until_settled(&cluster, 4, Duration::from_secs(20)).await;
+    let (peak, samples) = sampler.finish().await;
+    tally.report("burst, kill -9, restart, join", peak, samples);
+    assert!(
+        peak <= BUDGET as i64,
+        "peak {peak} data backends over the budget {BUDGET}"
+    );
+    assert!(samples > 100, "the sampler ran ({samples} samples)");
+    assert!(
+        tally.ok > 1_000,
+        "most of the burst was served ({})",
+        tally.ok
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolling_restart_under_load_fails_nothing_but_retryable_rejections() {
+    if haproxy_missing() {
+        return;
+    }
+    let _serial = serial().await;
+    let mut cluster = Cluster::new(3, 3).await;
+    until_settled(&cluster, 3, Duration::from_secs(20)).await;
+    let sampler = Sampler::start(&cluster.db).await;
+    let until = Instant::now() + Duration::from_secs(600);
+    let stop = Instant::now();
+    let _ = stop;
+    let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+    let front = cluster.front;
+    let key = cluster.key.clone();
+    let clients: Vec<_> = (0..50)
+        .map(|_| {
+            let (key, mut done) = (key.clone(), done_rx.clone());
+            tokio::spawn(async move {
+                let http = http();
+                let mut tally = Tally::default();
+                while !*done.borrow_and_update() && Instant::now() < until {
+                    let start = Instant::now();
+                    let outcome = query(&http, front, &key, "select pg_sleep(0.005)").await;
+                    tally.add(outcome, start.elapsed());
+                }
+                tally
+            })
+        })
+        .collect();
+    for i in 0..3 {
+        cluster.stop(i).await;
+        cluster.start(i);
+        cluster.wait_ready(i).await;
+    }
+    until_settled(&cluster, 3, Duration::from_secs(20)).await;
+    done_tx.send(true).unwrap();
+    let mut tally = Tally::default();
+    for client in clients {
+        tally.merge(client.await.unwrap());
+    }
+    let (peak, samples) = sampler.finish().await;
+    tally.report("rolling restart", peak, samples);
+    assert!(
+        peak <= BUDGET as i64,
+        "peak {peak} data backends over the budget {BUDGET}"
+    );
+    assert!(
+        tally.only_retryable(),
+        "non-retryable failures: {:?}",
+        tally.rejected
+    );
+    assert!(tally.ok > 500, "served {}", tally.ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_replica_keeps_its_share_reserved_while_its_lock_is_held() {
+    if haproxy_missing() {
+        return;
+    }
+    let _serial = serial().await;
+    let cluster = Cluster::new(3, 3).await;
+    until_settled(&cluster, 3, Duration::from_secs(20)).await;
+    let before = cluster.budgets().await;
+    let sampler = Sampler::start(&cluster.db).await;
+    let until = Instant::now() + Duration::from_secs(12);
+    let burst = load(
+        cluster.front,
+        &cluster.key,
+        200,
+        "select pg_sleep(0.01)",
+        until,
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.signal(2, libc::SIGSTOP);
+    let stopped = Instant::now();
+    let mut max_others = 0;
+    while stopped.elapsed() < Duration::from_secs(10) {
+        let others: u64 = [cluster.budget(0).await, cluster.budget(1).await]
+            .iter()
+            .flatten()
+            .sum();
+        max_others = max_others.max(others);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.signal(2, libc::SIGCONT);
+    let mut tally = burst.await.unwrap();
+    let (peak, samples) = sampler.finish().await;
+    tally.report("SIGSTOP 10 s", peak, samples);
+    let reserved = before[2].unwrap();
+    assert!(
+        max_others + reserved <= BUDGET as u64,
+        "the survivors took the stopped replica's share: {max_others} + {reserved}"
+    );
+    assert!(
+        peak <= BUDGET as i64,
+        "peak {peak} data backends over the budget {BUDGET}"
+    );
+    until_settled(&cluster, 3, Duration::from_secs(20)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_postgres_restart_under_load_keeps_the_cap_and_the_replicas_rejoin() {
+    if haproxy_missing() {
+        return;
+    }
+    let _serial = serial().await;
+    let cluster = Cluster::new(3, 3).await;
+    until_settled(&cluster, 3, Duration::from_secs(20)).await;
+    let sampler = Sampler::start(&cluster.db).await;
+    let until = Instant::now() + Duration::from_secs(6);
+    let burst = load(
+        cluster.front,
+        &cluster.key,
+        200,
+        "select pg_sleep(0.01)",
+        until,
+    );
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    tokio::task::spawn_blocking(|| postgres().lock().unwrap().restart())
+        .await
+        .unwrap()
+        .expect("Postgres restarts");
+    let restarted = Instant::now();
+    until_settled(&cluster, 3, Duration::from_secs(30)).await;
+    println!(
+        "cluster figures [Postgres restart]: every replica holds its share again {:.0} ms after the restart",
+        restarted.elapsed().as_secs_f64() * 1e3
+    );
+    let mut tally = burst.await.unwrap();
+    let (peak, samples) = sampler.finish().await;
+    tally.report("Postgres restart", peak, samples);
+    assert!(
+        peak <= BUDGET as i64,
+        "peak {peak} data backends over the budget {BUDGET}"
+    );
+    assert!(tally.ok > 100, "served {}", tally.ok);
+}
