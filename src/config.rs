@@ -53,6 +53,10 @@ pub struct ServerConfig {
     /// `error`, `warn`, `info`, `debug` or `trace` (or a `RUST_LOG`-style filter); `RUST_LOG`
     /// overrides it.
     pub log_level: String,
+    /// Bound of the in-memory log buffer; lines beyond it are dropped and counted.
+    pub log_buffer_bytes: usize,
+    /// Share of successful requests that get an access log line (errors always do).
+    pub log_sample_rate: f64,
 }
 
 /// `[server] tls`: a certificate chain and key (PEM), and optionally a separate HTTPS address
@@ -174,6 +178,8 @@ struct RawServer {
     auth_failures_per_minute: Option<u32>,
     log_format: Option<LogFormat>,
     log_level: Option<String>,
+    log_buffer_bytes: Option<usize>,
+    log_sample_rate: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -427,6 +433,8 @@ impl RawServer {
             auth_failures_per_minute,
             log_format,
             log_level,
+            log_buffer_bytes,
+            log_sample_rate,
         } = self;
         let listen = parse_addr(
             "server.listen",
@@ -535,6 +543,21 @@ impl RawServer {
                 }
                 Some(level) => level,
                 None => "info".to_owned(),
+            },
+            log_buffer_bytes: at_least(
+                "server.log_buffer_bytes",
+                log_buffer_bytes.unwrap_or(crate::logging::DEFAULT_BUFFER_BYTES),
+                4096,
+            )?,
+            log_sample_rate: match log_sample_rate {
+                None => 1.0,
+                Some(rate) if rate > 0.0 && rate <= 1.0 => rate,
+                Some(rate) => {
+                    return Err(err(
+                        "server.log_sample_rate",
+                        format!("{rate} is not above 0 and at most 1"),
+                    ));
+                }
             },
         })
     }

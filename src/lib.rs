@@ -24,7 +24,8 @@
 //! Around the request path: [`admission`] (rate limits, failed-auth limiter) runs in step 2,
 //! [`transactions`] keeps interactive transactions' connections between calls, [`metrics`]
 //! counts, [`tls`] serves HTTPS; [`allocator`] and [`panic`] are process set-up (malloc tuning
-//! and trimming, a panic hook that never logs request data).
+//! and trimming, a panic hook that never logs request data); [`logging`] writes log lines off
+//! the request path.
 
 pub mod admission;
 pub mod allocator;
@@ -37,6 +38,7 @@ pub mod dev;
 pub mod fault;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod logging;
 pub mod metrics;
 pub mod panic;
 pub mod pg;
