@@ -358,6 +358,13 @@ p50s, p50d = (ss.get("latency_us") or {}).get("p50"), (sd.get("latency_us") or {
 added = round(p50s - p50d, 1) if (p50s and p50d) else None
 goals.append(goal("single client", "gateway adds ≤ 60 µs to a direct query's p50", added,
                   None if added is None else added <= 60))
+sb = next((a for k, a in scenarios["single"]["targets"].items() if k.startswith("pgbouncer") and a.get("faster_mode")),
+          scenarios["single"]["targets"]["pgbouncer"])
+p50bb = (sb.get("latency_us") or {}).get("p50")
+added_b = round(p50bb - p50d, 1) if (p50bb and p50d) else None
+goals.append(goal("single client", "gateway adds no more than PgBouncer to a direct query's p50",
+                  None if added is None or added_b is None else round(added - added_b, 1),
+                  None if added is None or added_b is None else added <= added_b))
 ls, ld = large["sluice"], large["direct"]
 lr = ratio(ls.get("rows_per_s"), ld.get("rows_per_s"))
 goals.append(goal("large result", "NDJSON ≥ 0.7 × tokio-postgres row rate", lr, None if lr is None else lr >= 0.7,
@@ -463,7 +470,9 @@ lines += [
 ]
 for g in goals:
     meas = g["measured"]
-    if g["goal"].startswith("gateway adds"):
+    if g["goal"].startswith("gateway adds no more"):
+        meas_s = "–" if meas is None else f"{meas:+.0f} µs vs PgBouncer"
+    elif g["goal"].startswith("gateway adds"):
         meas_s = "–" if meas is None else f"+{meas:.0f} µs"
     elif "memory flat" in g["goal"]:
         meas_s = "–" if meas is None else f"+{meas / 1024:.1f} MiB"
@@ -540,7 +549,7 @@ load_table("burst", "3. Burst — 1,000 clients at once against a pool of 20",
            "client's first request; throughput is requests served over the time to the last one.")
 load_table("single", "4. Single client latency — sequential requests",
            f"One client, one request at a time, {P.get('single_s')} s per round: keep-alive HTTP (sluice), pgbench -c 1 "
-           f"(`-M {P.get('bouncer_mode')}` through PgBouncer, `-M {P.get('direct_mode')}` direct). The last row is the "
+           f"(`-M {P.get('bouncer_mode')}` and `-M extended` through PgBouncer, `-M {P.get('direct_mode')}` direct). The last row is the "
            "same HTTP client against sluice's `GET /healthz`: the HTTP and runtime floor, without the pool or Postgres.")
 
 lines += ["## 5. Large result — 100,000 rows × 10 mixed columns", "",
