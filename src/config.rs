@@ -1063,6 +1063,41 @@ mod tests {
     }
 
     #[test]
+    fn log_sample_rate_is_a_share_above_zero_and_log_buffer_bytes_has_a_floor() {
+        let with = |line: &str| {
+            config(&format!(
+                "[server]\n{line}\n[[upstreams]]\nname = \"main\"\n\
+                 url = \"postgres://u:p@127.0.0.1/db\"\n[[tenants]]\nid = \"a\"\n\
+                 api_keys = [\"{KEY}\"]\n"
+            ))
+        };
+        let defaults = with("").unwrap();
+        assert_eq!(defaults.server.log_sample_rate, 1.0);
+        assert_eq!(
+            defaults.server.log_buffer_bytes,
+            crate::logging::DEFAULT_BUFFER_BYTES
+        );
+        assert_eq!(
+            with("log_sample_rate = 0.25")
+                .unwrap()
+                .server
+                .log_sample_rate,
+            0.25
+        );
+        for bad in ["0", "0.0", "-0.5", "1.5", "nan", "inf"] {
+            let error = with(&format!("log_sample_rate = {bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.starts_with("server.log_sample_rate"),
+                "{bad}: {error}"
+            );
+        }
+        let error = with("log_buffer_bytes = 100").unwrap_err().to_string();
+        assert!(error.starts_with("server.log_buffer_bytes"), "{error}");
+    }
+
+    #[test]
     fn errors_name_the_key_and_the_problem() {
         let base = format!(
             "[[upstreams]]\nname = \"main\"\nurl = \"postgres://a@h/d\"\n[[tenants]]\nid = \"t\"\napi_keys = [\"{KEY}\"]\n"

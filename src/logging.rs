@@ -1,17 +1,18 @@
 //! Log output off the request path. Every log line (the per-request access line included) is
 //! appended to a bounded in-memory buffer; a background thread writes the buffer to stderr in
-//! large chunks, every [`FLUSH_INTERVAL`] or sooner when the buffer is half full. A request
-//! therefore pays for formatting its line and a short lock, never for a `write` syscall or for
-//! waking a thread; and a slow stderr (a full pipe, a stalled terminal) drops lines — counted in
-//! `sluice_log_lines_dropped_total` — instead of stalling requests. The [`LogGuard`] that
-//! [`LogWriter::stderr`] returns writes what is left when dropped: `main` keeps it until exit.
+//! large chunks, [`FLUSH_INTERVAL`] after the first waiting line or sooner when the buffer is
+//! half full. A busy gateway's request therefore pays for formatting its line and a short lock,
+//! never for a `write` syscall or for waking a thread (only the first line after an idle spell
+//! wakes the writer, which otherwise sleeps without a timer); and a slow stderr (a full pipe, a
+//! stalled terminal) drops lines — counted in `sluice_log_lines_dropped_total` — instead of
+//! stalling requests. The [`LogGuard`] that [`LogWriter::stderr`] returns writes what is left
+//! when dropped: `main` keeps it until exit.
 //!
 //! `tracing-appender`'s non-blocking writer does the same with a channel, but sends each line
 //! to its thread as it is written, which wakes that thread (a futex call on the request path)
-//! whenever it was idle; batching by time does not.
+//! whenever it had caught up; batching by time does not.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -36,11 +37,19 @@ pub fn lines_dropped() -> Counter {
 }
 
 struct Shared {
-    buffer: Mutex<Vec<u8>>,
-    /// Signalled when the buffer passes half its bound, and on close.
+    buffer: Mutex<Buffer>,
+    /// Signalled when the buffer passes half its bound, when a line arrives for an idle
+    /// writer, and on close.
     wake: Condvar,
     limit: usize,
-    closed: AtomicBool,
+}
+
+struct Buffer {
+    bytes: Vec<u8>,
+    /// The writer found the buffer empty and sleeps until a line arrives (an idle gateway's
+    /// writer does not wake every interval).
+    writer_idle: bool,
+    closed: bool,
 }
 
 /// A [`tracing_subscriber::fmt::MakeWriter`] that appends to the shared buffer.
@@ -64,10 +73,13 @@ impl LogWriter {
     /// A writer to any sink (stderr in the binary; a pipe or a vector in tests).
     pub fn to<W: Write + Send + 'static>(sink: W, limit: usize) -> (LogWriter, LogGuard) {
         let shared = Arc::new(Shared {
-            buffer: Mutex::new(Vec::with_capacity(64 * 1024)),
+            buffer: Mutex::new(Buffer {
+                bytes: Vec::with_capacity(64 * 1024),
+                writer_idle: false,
+                closed: false,
+            }),
             wake: Condvar::new(),
             limit: limit.max(1024),
-            closed: AtomicBool::new(false),
         });
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -89,19 +101,21 @@ impl LogWriter {
     fn append(&self, line: &[u8]) {
         let shared = &*self.shared;
         let mut buffer = shared.buffer.lock().unwrap_or_else(|e| e.into_inner());
-        if buffer.len() + line.len() > shared.limit {
+        if buffer.bytes.len() + line.len() > shared.limit {
             drop(buffer);
             LINES_DROPPED.inc();
             return;
         }
         let half = shared.limit / 2;
-        let was_below = buffer.len() < half;
-        buffer.extend_from_slice(line);
-        let now_above = buffer.len() >= half;
+        let was_below = buffer.bytes.len() < half;
+        buffer.bytes.extend_from_slice(line);
+        let now_above = buffer.bytes.len() >= half;
+        // Wake the writer only for the first line after it went idle and for the line that
+        // crosses the half mark: at busy rates the writer is on its timer and no request
+        // pays for a wake-up.
+        let wake = std::mem::take(&mut buffer.writer_idle) || (was_below && now_above);
         drop(buffer);
-        // Only the line that crosses the half mark wakes the writer early: one wake-up per
-        // half buffer at most, none at ordinary rates (the timer writes those).
-        if was_below && now_above {
+        if wake {
             shared.wake.notify_one();
         }
     }
@@ -109,7 +123,12 @@ impl LogWriter {
 
 impl Drop for LogGuard {
     fn drop(&mut self) {
-        self.shared.closed.store(true, Ordering::SeqCst);
+        // Set under the lock, so the writer cannot miss it between a check and its wait.
+        self.shared
+            .buffer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .closed = true;
         self.shared.wake.notify_one();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -122,15 +141,25 @@ fn write_loop<W: Write>(shared: &Shared, mut sink: W) {
     loop {
         let closed = {
             let mut buffer = shared.buffer.lock().unwrap_or_else(|e| e.into_inner());
-            if buffer.len() < shared.limit / 2 && !shared.closed.load(Ordering::SeqCst) {
+            if buffer.bytes.is_empty() && !buffer.closed {
+                buffer.writer_idle = true;
+                buffer = shared
+                    .wake
+                    .wait_while(buffer, |b| b.bytes.is_empty() && !b.closed)
+                    .unwrap_or_else(|e| e.into_inner());
+                buffer.writer_idle = false;
+            }
+            // Let lines gather for an interval (or until the buffer is half full) and write
+            // them in one go.
+            if buffer.bytes.len() < shared.limit / 2 && !buffer.closed {
                 buffer = shared
                     .wake
                     .wait_timeout(buffer, FLUSH_INTERVAL)
                     .unwrap_or_else(|e| e.into_inner())
                     .0;
             }
-            std::mem::swap(&mut *buffer, &mut out);
-            shared.closed.load(Ordering::SeqCst)
+            std::mem::swap(&mut buffer.bytes, &mut out);
+            buffer.closed
         };
         if !out.is_empty() {
             // A failing sink loses these lines; nothing else could be done with them.
@@ -142,7 +171,13 @@ fn write_loop<W: Write>(shared: &Shared, mut sink: W) {
                 out.clear();
             }
         }
-        if closed && shared.buffer.lock().map(|b| b.is_empty()).unwrap_or(true) {
+        if closed
+            && shared
+                .buffer
+                .lock()
+                .map(|b| b.bytes.is_empty())
+                .unwrap_or(true)
+        {
             return;
         }
     }
@@ -446,6 +481,30 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 1000);
         assert_eq!(lines[999], "line 999");
+    }
+
+    #[test]
+    fn an_idle_writer_wakes_for_the_next_line_and_stops_when_asked() {
+        let sink = Sink::default();
+        let (writer, guard) = LogWriter::to(sink.clone(), 1 << 20);
+        for round in 0..3 {
+            // Long enough for the writer to have gone idle (no timer) in between.
+            std::thread::sleep(FLUSH_INTERVAL * 3);
+            writer.append(format!("round {round}\n").as_bytes());
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !String::from_utf8_lossy(&sink.data.lock().unwrap())
+                .contains(&format!("round {round}"))
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "line {round} never written"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        std::thread::sleep(FLUSH_INTERVAL * 3);
+        // Returns (the writer is woken by the close, not left waiting for a line).
+        drop(guard);
     }
 
     #[test]
