@@ -18,6 +18,7 @@ import sys
 
 RAW, OUT_JSON, OUT_MD = sys.argv[1:4]
 TARGET_NAMES = {"sluice": "sluice", "pgbouncer": "PgBouncer", "direct": "direct Postgres",
+                "pgbouncer_ext": "PgBouncer (-M extended)",
                 "sluice_json": "sluice (whole JSON)", "pgbouncer_tp": "PgBouncer (tokio-postgres)",
                 "direct_tp": "direct Postgres (tokio-postgres)",
                 "sluice_norequest": "sluice, connected but no request yet (for comparison)",
@@ -185,6 +186,10 @@ def run_result(scenario, target, rnd):
             "postgres": round(cpu.get("postgres", 0) / wall, 2),
             "machine": round(cpu.get("machine_busy", 0) / wall, 2),
         }
+    # Gateway CPU per request: the gateway's CPU time over the phase (from /proc) per second,
+    # divided by the requests completed per second.
+    if (res.get("cpu_cores") or {}).get("gateway") is not None and res.get("throughput_rps"):
+        res["gateway_cpu_us_per_req"] = round(cpu["gateway"] / wall / res["throughput_rps"] * 1e6, 1)
     if res.get("cpu_cores"):
         c = res["cpu_cores"]
         known = sum(v for k, v in c.items() if k != "machine" and v is not None)
@@ -218,7 +223,7 @@ def aggregate(runs):
         reason = next((r.get("skipped") or r.get("error") for r in runs if r.get("skipped") or r.get("error")), "not run")
         return {"skipped" if any("skipped" in r for r in runs) else "error": reason, "rounds": runs}
     agg = {"rounds": runs, "n": len(good)}
-    for key in ("throughput_rps", "rows_per_s"):
+    for key in ("throughput_rps", "rows_per_s", "gateway_cpu_us_per_req"):
         if any(r.get(key) is not None for r in good):
             agg[key] = mean([r.get(key) for r in good])
     lats = [r["latency_us"] for r in good if r.get("latency_us")]
@@ -255,11 +260,21 @@ scenarios = {}
 for scen in ("warm", "warm_tls", "cold_plain", "cold_tls", "burst", "single"):
     names = ("sluice", "pgbouncer", "direct") + (("pgbouncer_tp", "direct_tp") if scen.startswith("cold") else ())
     targets = {t: aggregate(rounds_of(scen, t)) for t in names}
+    compare = dict(targets)
+    ext = aggregate(rounds_of(scen, "pgbouncer_ext"))
+    if ext.get("throughput_rps"):
+        # pgbench through PgBouncer in both protocols: the faster one is PgBouncer's number.
+        targets = {"sluice": targets["sluice"], "pgbouncer": targets["pgbouncer"], "pgbouncer_ext": ext,
+                   **{k: v for k, v in targets.items() if k not in ("sluice", "pgbouncer")}}
+        faster = max(("pgbouncer", "pgbouncer_ext"), key=lambda k: targets[k].get("throughput_rps") or 0)
+        compare["pgbouncer"] = targets[faster]
+        targets[faster]["faster_mode"] = True
     s = targets["sluice"]
     ratios = {}
     for other_name in names[1:]:
-        other = targets[other_name]
-        r = {"throughput": ratio(s.get("throughput_rps"), other.get("throughput_rps"))}
+        other = compare[other_name]
+        r = {"throughput": ratio(s.get("throughput_rps"), other.get("throughput_rps")),
+             "gateway_cpu_per_req": ratio(s.get("gateway_cpu_us_per_req"), other.get("gateway_cpu_us_per_req"))}
         for q in ("p50", "p99", "p999"):
             r[q] = ratio((s.get("latency_us") or {}).get(q), (other.get("latency_us") or {}).get(q))
         ratios["sluice/" + other_name] = r
@@ -318,6 +333,8 @@ goals = []
 w = scenarios["warm"]["ratios"]
 goals.append(goal("warm", "sluice ≥ 1.25 × PgBouncer throughput", w["sluice/pgbouncer"]["throughput"],
                   None if w["sluice/pgbouncer"]["throughput"] is None else w["sluice/pgbouncer"]["throughput"] >= 1.25))
+cr = w["sluice/pgbouncer"].get("gateway_cpu_per_req")
+goals.append(goal("warm", "sluice's gateway CPU per request ≤ 1.25 × PgBouncer's", cr, None if cr is None else cr <= 1.25))
 goals.append(goal("warm", "sluice ≥ 0.8 × direct Postgres throughput", w["sluice/direct"]["throughput"],
                   None if w["sluice/direct"]["throughput"] is None else w["sluice/direct"]["throughput"] >= 0.8))
 for scen, label in (("cold_plain", "cold, plain"), ("cold_tls", "cold, TLS on both")):
@@ -341,6 +358,13 @@ p50s, p50d = (ss.get("latency_us") or {}).get("p50"), (sd.get("latency_us") or {
 added = round(p50s - p50d, 1) if (p50s and p50d) else None
 goals.append(goal("single client", "gateway adds ≤ 60 µs to a direct query's p50", added,
                   None if added is None else added <= 60))
+sb = next((a for k, a in scenarios["single"]["targets"].items() if k.startswith("pgbouncer") and a.get("faster_mode")),
+          scenarios["single"]["targets"]["pgbouncer"])
+p50bb = (sb.get("latency_us") or {}).get("p50")
+added_b = round(p50bb - p50d, 1) if (p50bb and p50d) else None
+goals.append(goal("single client", "gateway adds no more than PgBouncer to a direct query's p50",
+                  None if added is None or added_b is None else round(added - added_b, 1),
+                  None if added is None or added_b is None else added <= added_b))
 ls, ld = large["sluice"], large["direct"]
 lr = ratio(ls.get("rows_per_s"), ld.get("rows_per_s"))
 goals.append(goal("large result", "NDJSON ≥ 0.7 × tokio-postgres row rate", lr, None if lr is None else lr >= 0.7,
@@ -383,6 +407,10 @@ def us(v):
     if v is None:
         return "–"
     return f"{v:.0f} µs" if v < 1000 else f"{v / 1000:.2f} ms" if v < 100_000 else f"{v / 1000:.0f} ms"
+
+
+def cpu_us(v):
+    return "–" if v is None else f"{v:.1f} µs"
 
 
 def num(v, unit=""):
@@ -442,7 +470,9 @@ lines += [
 ]
 for g in goals:
     meas = g["measured"]
-    if g["goal"].startswith("gateway adds"):
+    if g["goal"].startswith("gateway adds no more"):
+        meas_s = "–" if meas is None else f"{meas:+.0f} µs vs PgBouncer"
+    elif g["goal"].startswith("gateway adds"):
         meas_s = "–" if meas is None else f"+{meas:.0f} µs"
     elif "memory flat" in g["goal"]:
         meas_s = "–" if meas is None else f"+{meas / 1024:.1f} MiB"
@@ -462,27 +492,34 @@ def load_table(scen, heading, extra_note=""):
     lines.extend([f"## {heading}", ""])
     if extra_note:
         lines.extend([extra_note, ""])
-    lines.append("| target | tool | clients | throughput (req/s) | p50 | p99 | p99.9 | errors | peak backends | gateway peak RSS | CPU (cores) |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    lines.append("| target | tool | clients | throughput (req/s) | gateway CPU / request | p50 | p99 | p99.9 | errors | peak backends | gateway peak RSS | CPU (cores) |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for t in data["targets"]:
         a = data["targets"][t]
         if "skipped" in a or "error" in a:
-            lines.append(f"| {TARGET_NAMES[t]} | {'skipped' if 'skipped' in a else 'error'}: {a.get('skipped') or a.get('error')} |||||||||| ")
+            lines.append(f"| {TARGET_NAMES[t]} | {'skipped' if 'skipped' in a else 'error'}: {a.get('skipped') or a.get('error')} ||||||||||| ")
             continue
         l = a.get("latency_us") or {}
         lines.append(
-            f"| {TARGET_NAMES[t]} | {a.get('tool', '')} | {num(a.get('clients'))} | {num(a.get('throughput_rps'))} | {us(l.get('p50'))} | "
+            f"| {TARGET_NAMES[t]}{' (the faster mode)' if a.get('faster_mode') else ''} | {a.get('tool', '')} | {num(a.get('clients'))} | "
+            f"{num(a.get('throughput_rps'))} | {cpu_us(a.get('gateway_cpu_us_per_req'))} | {us(l.get('p50'))} | "
             f"{us(l.get('p99'))} | {us(l.get('p999'))} | {errs(a)} | {num(a.get('peak_backends'))} | {mib(a.get('gateway_rss_kb_peak'))} | {cores(a)} |")
     for k, r in data["ratios"].items():
         name = "sluice / " + TARGET_NAMES[k.split("/")[1]]
-        lines.append(f"| *{name}* | | | *{x(r['throughput'])}* | *{x(r['p50'])}* | *{x(r['p99'])}* | *{x(r['p999'])}* | | | | |")
+        if k == "sluice/pgbouncer" and "pgbouncer_ext" in data["targets"]:
+            name += " (the faster mode)"
+        lines.append(f"| *{name}* | | | *{x(r['throughput'])}* | *{x(r.get('gateway_cpu_per_req'))}* | *{x(r['p50'])}* | *{x(r['p99'])}* | *{x(r['p999'])}* | | | | |")
     lines.append("")
 
 
 load_table("warm", f"1. Warm — persistent connections",
            f"{P.get('warm_clients')} clients on keep-alive HTTP (sluice) and `pgbench -S`-style `-c {P.get('warm_clients')}` "
-           f"(PgBouncer, `-M {P.get('bouncer_mode')}`); direct Postgres with {P.get('warm_direct_clients')} clients (`-M {P.get('direct_mode')}`). "
-           f"{P.get('warm_s')} s measured after {P.get('warm_up_s')} s of warm-up.")
+           f"(PgBouncer, `-M {P.get('bouncer_mode')}` and `-M extended`; the ratio is against the faster); direct Postgres with "
+           f"{P.get('warm_direct_clients')} clients (`-M {P.get('direct_mode')}`). "
+           f"{P.get('warm_s')} s measured after {P.get('warm_up_s')} s of warm-up; pgbench's percentiles come from a second run "
+           "with `-l`, its throughput from the run without. sluice runs with its default logging (an access line per request). "
+           "Gateway CPU per request: the gateway process's CPU time over the phase (`/proc/<pid>/stat`) per second, divided by "
+           "the requests per second.")
 if any("skipped" not in a and "error" not in a for a in reset.values()):
     load_table("reset", "1c. Session reset — what `session_reset = \"always\"` costs",
                "The warm load (1) through two tenants of one gateway: `auto` (the default; this select needs no "
@@ -512,7 +549,7 @@ load_table("burst", "3. Burst — 1,000 clients at once against a pool of 20",
            "client's first request; throughput is requests served over the time to the last one.")
 load_table("single", "4. Single client latency — sequential requests",
            f"One client, one request at a time, {P.get('single_s')} s per round: keep-alive HTTP (sluice), pgbench -c 1 "
-           f"(`-M {P.get('bouncer_mode')}` through PgBouncer, `-M {P.get('direct_mode')}` direct). The last row is the "
+           f"(`-M {P.get('bouncer_mode')}` and `-M extended` through PgBouncer, `-M {P.get('direct_mode')}` direct). The last row is the "
            "same HTTP client against sluice's `GET /healthz`: the HTTP and runtime floor, without the pool or Postgres.")
 
 lines += ["## 5. Large result — 100,000 rows × 10 mixed columns", "",

@@ -71,6 +71,10 @@ pub struct ServerConfig {
     /// `error`, `warn`, `info`, `debug` or `trace` (or a `RUST_LOG`-style filter); `RUST_LOG`
     /// overrides it.
     pub log_level: String,
+    /// Bound of the in-memory log buffer; lines beyond it are dropped and counted.
+    pub log_buffer_bytes: usize,
+    /// Share of successful requests that get an access log line (errors always do).
+    pub log_sample_rate: f64,
 }
 
 /// `[server] tls`: a certificate chain and key (PEM), and optionally a separate HTTPS address
@@ -210,6 +214,8 @@ struct RawServer {
     auth_failures_per_minute: Option<u32>,
     log_format: Option<LogFormat>,
     log_level: Option<String>,
+    log_buffer_bytes: Option<usize>,
+    log_sample_rate: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -533,6 +539,8 @@ impl RawServer {
             auth_failures_per_minute,
             log_format,
             log_level,
+            log_buffer_bytes,
+            log_sample_rate,
         } = self;
         if let Some(file) = admin_keys_file {
             admin_keys.extend(secrets::read_list(
@@ -647,6 +655,21 @@ impl RawServer {
                 }
                 Some(level) => level,
                 None => "info".to_owned(),
+            },
+            log_buffer_bytes: at_least(
+                "server.log_buffer_bytes",
+                log_buffer_bytes.unwrap_or(crate::logging::DEFAULT_BUFFER_BYTES),
+                4096,
+            )?,
+            log_sample_rate: match log_sample_rate {
+                None => 1.0,
+                Some(rate) if rate > 0.0 && rate <= 1.0 => rate,
+                Some(rate) => {
+                    return Err(err(
+                        "server.log_sample_rate",
+                        format!("{rate} is not above 0 and at most 1"),
+                    ));
+                }
             },
         })
     }
@@ -1204,6 +1227,41 @@ mod tests {
             assert!(error.starts_with("server.log_level"), "{error}");
         }
         assert!(is_log_filter("info,sluice::request=warn"));
+    }
+
+    #[test]
+    fn log_sample_rate_is_a_share_above_zero_and_log_buffer_bytes_has_a_floor() {
+        let with = |line: &str| {
+            config(&format!(
+                "[server]\n{line}\n[[upstreams]]\nname = \"main\"\n\
+                 url = \"postgres://u:p@127.0.0.1/db\"\n[[tenants]]\nid = \"a\"\n\
+                 api_keys = [\"{KEY}\"]\n"
+            ))
+        };
+        let defaults = with("").unwrap();
+        assert_eq!(defaults.server.log_sample_rate, 1.0);
+        assert_eq!(
+            defaults.server.log_buffer_bytes,
+            crate::logging::DEFAULT_BUFFER_BYTES
+        );
+        assert_eq!(
+            with("log_sample_rate = 0.25")
+                .unwrap()
+                .server
+                .log_sample_rate,
+            0.25
+        );
+        for bad in ["0", "0.0", "-0.5", "1.5", "nan", "inf"] {
+            let error = with(&format!("log_sample_rate = {bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.starts_with("server.log_sample_rate"),
+                "{bad}: {error}"
+            );
+        }
+        let error = with("log_buffer_bytes = 100").unwrap_err().to_string();
+        assert!(error.starts_with("server.log_buffer_bytes"), "{error}");
     }
 
     #[test]

@@ -27,7 +27,8 @@
 //! Around the request path: [`admission`] (rate limits, failed-auth limiter) runs in step 2,
 //! [`transactions`] keeps interactive transactions' connections between calls, [`metrics`]
 //! counts, [`tls`] serves HTTPS; [`allocator`] and [`panic`] are process set-up (malloc tuning
-//! and trimming, a panic hook that never logs request data).
+//! and trimming, a panic hook that never logs request data); [`logging`] writes log lines off
+//! the request path.
 //!
 //! `POST /sql` ([`api::neon`]) is Neon's SQL-over-HTTP protocol on the same path: only the
 //! credentials' place, the request's shape and the response's differ.
@@ -46,6 +47,7 @@ pub mod fault;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod jwt;
+pub mod logging;
 pub mod metrics;
 pub mod panic;
 pub mod pg;

@@ -89,7 +89,12 @@ fn main() -> ExitCode {
                 Ok(loaded) => loaded,
                 Err(error) => return fail(&error),
             };
-            init_logging(config.server.log_format, &config.server.log_level);
+            // Kept until `main` returns: dropping it writes the log lines still buffered.
+            let _log_guard = init_logging(
+                config.server.log_format,
+                &config.server.log_level,
+                config.server.log_buffer_bytes,
+            );
             runtime().block_on(async move {
                 let listeners = match sluice::server::bind(&config) {
                     Ok(listeners) => listeners,
@@ -107,9 +112,13 @@ fn main() -> ExitCode {
             })
         }
         Command::Dev { listen, json, tls } => {
-            if !json {
-                init_logging(LogFormat::Text, "info");
-            }
+            let _log_guard = (!json).then(|| {
+                init_logging(
+                    LogFormat::Text,
+                    "info",
+                    sluice::logging::DEFAULT_BUFFER_BYTES,
+                )
+            });
             let options = sluice::dev::DevOptions { listen, json, tls };
             match runtime().block_on(sluice::dev::run(options, shutdown_signal())) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -161,17 +170,23 @@ fn load_config(path: Option<&Path>) -> Result<(Config, Option<PathBuf>), String>
     }
 }
 
-/// Logs to stderr: the level from `RUST_LOG` if set, else `[server] log_level`.
-fn init_logging(format: LogFormat, level: &str) {
+/// Logs to stderr: the level from `RUST_LOG` if set, else `[server] log_level`. Lines go
+/// through a bounded buffer written by a thread of its own (`sluice::logging`), never by the
+/// request path; the guard writes what is left when dropped.
+fn init_logging(format: LogFormat, level: &str, buffer_bytes: usize) -> sluice::logging::LogGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let (writer, guard) = sluice::logging::LogWriter::stderr(buffer_bytes);
+    sluice::logging::install_access_log(writer.clone(), format);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(writer);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
     }
+    guard
 }
 
 /// SIGHUP asks the gateway to reload (its TLS certificate and its config).

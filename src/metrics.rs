@@ -3,7 +3,8 @@
 //! pools when `/metrics` is scraped, so they can never drift from the truth. Label values are
 //! bounded: tenant and upstream ids come from the config, routes and outcomes from fixed lists.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -90,6 +91,19 @@ pub struct Metrics {
     pub http_connections: Family<ProtocolLabel, Gauge>,
     /// Per tenant and outcome, for the admin view (not exported: `requests` has the detail).
     outcomes: Family<OutcomeLabels, Counter>,
+    /// The per-request series, resolved once per tenant (see [`TenantHandles`]).
+    handles: RwLock<HashMap<String, TenantHandles>>,
+}
+
+/// One tenant's per-request series, looked up by the tenant's id without building label sets:
+/// `Family::get_or_create` takes owned labels (a `String` per label set, three per request).
+/// Counters and histograms are shared handles, so updating these updates the families.
+#[derive(Default)]
+struct TenantHandles {
+    /// (route, outcome) → (`requests`, `outcomes`).
+    counters: HashMap<(&'static str, &'static str), (Counter, Counter)>,
+    duration: HashMap<&'static str, Histogram>,
+    queue_wait: Option<Histogram>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -145,6 +159,7 @@ impl Metrics {
             auth_failures: Counter::default(),
             http_connections: Family::default(),
             outcomes: Family::default(),
+            handles: RwLock::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -222,6 +237,11 @@ impl Metrics {
             "Client connections open now, by protocol",
             metrics.http_connections.clone(),
         );
+        registry.register(
+            "log_lines_dropped",
+            "Log lines dropped because the log buffer was full (stderr not keeping up)",
+            crate::logging::lines_dropped(),
+        );
         let build_info: Family<VersionLabel, Gauge> = Family::default();
         build_info
             .get_or_create(&VersionLabel {
@@ -290,22 +310,78 @@ impl Metrics {
 
     /// Counts a request answered.
     pub fn request(&self, tenant: &str, route: &'static str, outcome: &'static str, seconds: f64) {
-        let tenant = tenant.to_owned();
-        self.requests
-            .get_or_create(&RequestLabels {
-                tenant: tenant.clone(),
-                route,
-                outcome,
+        {
+            let handles = self.handles.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(handles) = handles.get(tenant)
+                && let (Some((requests, outcomes)), Some(duration)) = (
+                    handles.counters.get(&(route, outcome)),
+                    handles.duration.get(route),
+                )
+            {
+                requests.inc();
+                outcomes.inc();
+                duration.observe(seconds);
+                return;
+            }
+        }
+        // First request of this tenant, route and outcome: resolve the series once.
+        let mut handles = self.handles.write().unwrap_or_else(|e| e.into_inner());
+        let handles = handles.entry(tenant.to_owned()).or_default();
+        let (requests, outcomes) = handles.counters.entry((route, outcome)).or_insert_with(|| {
+            let requests = self
+                .requests
+                .get_or_create(&RequestLabels {
+                    tenant: tenant.to_owned(),
+                    route,
+                    outcome,
+                })
+                .clone();
+            let outcomes = self
+                .outcomes
+                .get_or_create(&OutcomeLabels {
+                    tenant: tenant.to_owned(),
+                    outcome,
+                })
+                .clone();
+            (requests, outcomes)
+        });
+        requests.inc();
+        outcomes.inc();
+        handles
+            .duration
+            .entry(route)
+            .or_insert_with(|| {
+                self.request_duration
+                    .get_or_create(&RouteLabels {
+                        tenant: tenant.to_owned(),
+                        route,
+                    })
+                    .clone()
             })
-            .inc();
-        self.outcomes
-            .get_or_create(&OutcomeLabels {
-                tenant: tenant.clone(),
-                outcome,
+            .observe(seconds);
+    }
+
+    /// Records how long a request of `tenant` waited for a connection.
+    pub fn observe_queue_wait(&self, tenant: &str, seconds: f64) {
+        {
+            let handles = self.handles.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(histogram) = handles.get(tenant).and_then(|h| h.queue_wait.as_ref()) {
+                histogram.observe(seconds);
+                return;
+            }
+        }
+        let mut handles = self.handles.write().unwrap_or_else(|e| e.into_inner());
+        handles
+            .entry(tenant.to_owned())
+            .or_default()
+            .queue_wait
+            .get_or_insert_with(|| {
+                self.queue_wait
+                    .get_or_create(&TenantLabel {
+                        tenant: tenant.to_owned(),
+                    })
+                    .clone()
             })
-            .inc();
-        self.request_duration
-            .get_or_create(&RouteLabels { tenant, route })
             .observe(seconds);
     }
 

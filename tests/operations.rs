@@ -135,6 +135,8 @@ async fn metrics_move_by_exactly_what_happened() {
         1.0
     );
     assert_eq!(after.value("sluice_auth_failures_total", &[]), 1.0);
+    // Exported even at zero, so an alert on it has a series from the start.
+    assert_eq!(after.value("sluice_log_lines_dropped_total", &[]), 0.0);
     assert_eq!(
         after.value(
             "sluice_request_duration_seconds",

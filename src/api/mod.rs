@@ -544,16 +544,32 @@ pub async fn handle<B: RequestBody>(
         app.metrics
             .request(tenant, route.name(), outcome, elapsed.as_secs_f64());
         if let (Some(wait), Some(tenant)) = (log.queue_wait, &log.tenant) {
-            let label = crate::metrics::TenantLabel {
-                tenant: tenant.clone(),
-            };
-            app.metrics
-                .queue_wait
-                .get_or_create(&label)
-                .observe(wait.as_secs_f64());
+            app.metrics.observe_queue_wait(tenant, wait.as_secs_f64());
         }
     }
     let bytes = http_body::Body::size_hint(response.body()).exact();
+    // `log_sample_rate` thins the lines of successful requests only: errors are always logged.
+    let sample_rate = generation.config.server.log_sample_rate;
+    if outcome == "ok" && sample_rate < 1.0 && rand::random::<f64>() >= sample_rate {
+        return response;
+    }
+    let logged = crate::logging::access(&crate::logging::AccessLine {
+        request_id: request_id.as_bytes(),
+        tenant,
+        transaction: log.transaction.as_deref(),
+        route: route.name(),
+        status: response.status().as_u16(),
+        outcome,
+        queue_wait: log.queue_wait,
+        exec: log.exec,
+        rows: log.rows,
+        bytes,
+        duration: elapsed,
+        detail: detail.as_deref(),
+    });
+    if logged {
+        return response;
+    }
     tracing::info!(
         target: "sluice::request",
         request_id = request_id.to_str().unwrap_or_default(),

@@ -1,0 +1,601 @@
+//! Log output off the request path. Every log line (the per-request access line included) is
+//! appended to a bounded in-memory buffer; a background thread writes the buffer to stderr in
+//! large chunks, [`FLUSH_INTERVAL`] after the first waiting line or sooner when the buffer is
+//! half full. A busy gateway's request therefore pays for formatting its line and a short lock,
+//! never for a `write` syscall or for waking a thread (only the first line after an idle spell
+//! wakes the writer, which otherwise sleeps without a timer); and a slow stderr (a full pipe, a
+//! stalled terminal) drops lines — counted in `sluice_log_lines_dropped_total` — instead of
+//! stalling requests. The [`LogGuard`] that [`LogWriter::stderr`] returns writes what is left
+//! when dropped: `main` keeps it until exit.
+//!
+//! `tracing-appender`'s non-blocking writer does the same with a channel, but sends each line
+//! to its thread as it is written, which wakes that thread (a futex call on the request path)
+//! whenever it had caught up; batching by time does not.
+
+use std::io::Write;
+use std::sync::{Arc, Condvar, LazyLock, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+
+use crate::config::LogFormat;
+
+/// How long a line may wait in the buffer before it is written.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
+
+/// The buffer's default bound: lines past it are dropped (and counted) until the writer
+/// catches up.
+pub const DEFAULT_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
+/// Lines dropped because the buffer was full, process-wide (exported by [`crate::metrics`]).
+static LINES_DROPPED: LazyLock<Counter> = LazyLock::new(Counter::default);
+
+/// The counter of dropped log lines (a handle to the one process-wide counter).
+pub fn lines_dropped() -> Counter {
+    LINES_DROPPED.clone()
+}
+
+struct Shared {
+    buffer: Mutex<Buffer>,
+    /// Signalled when the buffer passes half its bound, when a line arrives for an idle
+    /// writer, and on close.
+    wake: Condvar,
+    limit: usize,
+}
+
+struct Buffer {
+    bytes: Vec<u8>,
+    /// The writer found the buffer empty and sleeps until a line arrives (an idle gateway's
+    /// writer does not wake every interval).
+    writer_idle: bool,
+    closed: bool,
+}
+
+/// A [`tracing_subscriber::fmt::MakeWriter`] that appends to the shared buffer.
+#[derive(Clone)]
+pub struct LogWriter {
+    shared: Arc<Shared>,
+}
+
+/// Writes what is buffered and stops the writer thread when dropped.
+pub struct LogGuard {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl LogWriter {
+    /// A writer to stderr with a buffer of at most `limit` bytes.
+    pub fn stderr(limit: usize) -> (LogWriter, LogGuard) {
+        LogWriter::to(std::io::stderr(), limit)
+    }
+
+    /// A writer to any sink (stderr in the binary; a pipe or a vector in tests).
+    pub fn to<W: Write + Send + 'static>(sink: W, limit: usize) -> (LogWriter, LogGuard) {
+        let shared = Arc::new(Shared {
+            buffer: Mutex::new(Buffer {
+                bytes: Vec::with_capacity(64 * 1024),
+                writer_idle: false,
+                closed: false,
+            }),
+            wake: Condvar::new(),
+            limit: limit.max(1024),
+        });
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("sluice-log".into())
+            .spawn(move || write_loop(&thread_shared, sink))
+            .expect("cannot start the log writer thread");
+        (
+            LogWriter {
+                shared: shared.clone(),
+            },
+            LogGuard {
+                shared,
+                thread: Some(thread),
+            },
+        )
+    }
+
+    /// Appends one line (whole, or not at all); never blocks on the sink.
+    fn append(&self, line: &[u8]) {
+        let shared = &*self.shared;
+        let mut buffer = shared.buffer.lock().unwrap_or_else(|e| e.into_inner());
+        if buffer.bytes.len() + line.len() > shared.limit {
+            drop(buffer);
+            LINES_DROPPED.inc();
+            return;
+        }
+        let half = shared.limit / 2;
+        let was_below = buffer.bytes.len() < half;
+        buffer.bytes.extend_from_slice(line);
+        let now_above = buffer.bytes.len() >= half;
+        // Wake the writer only for the first line after it went idle and for the line that
+        // crosses the half mark: at busy rates the writer is on its timer and no request
+        // pays for a wake-up.
+        let wake = std::mem::take(&mut buffer.writer_idle) || (was_below && now_above);
+        drop(buffer);
+        if wake {
+            shared.wake.notify_one();
+        }
+    }
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        // Set under the lock, so the writer cannot miss it between a check and its wait.
+        self.shared
+            .buffer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .closed = true;
+        self.shared.wake.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn write_loop<W: Write>(shared: &Shared, mut sink: W) {
+    let mut out = Vec::with_capacity(64 * 1024);
+    loop {
+        let closed = {
+            let mut buffer = shared.buffer.lock().unwrap_or_else(|e| e.into_inner());
+            if buffer.bytes.is_empty() && !buffer.closed {
+                buffer.writer_idle = true;
+                buffer = shared
+                    .wake
+                    .wait_while(buffer, |b| b.bytes.is_empty() && !b.closed)
+                    .unwrap_or_else(|e| e.into_inner());
+                buffer.writer_idle = false;
+            }
+            // Let lines gather for an interval (or until the buffer is half full) and write
+            // them in one go.
+            if buffer.bytes.len() < shared.limit / 2 && !buffer.closed {
+                buffer = shared
+                    .wake
+                    .wait_timeout(buffer, FLUSH_INTERVAL)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            std::mem::swap(&mut buffer.bytes, &mut out);
+            buffer.closed
+        };
+        if !out.is_empty() {
+            // A failing sink loses these lines; nothing else could be done with them.
+            let _ = sink.write_all(&out).and_then(|()| sink.flush());
+            // Keep a buffer's worth of capacity, but not an outsized one from a burst.
+            if out.capacity() > 1024 * 1024 {
+                out = Vec::with_capacity(64 * 1024);
+            } else {
+                out.clear();
+            }
+        }
+        if closed
+            && shared
+                .buffer
+                .lock()
+                .map(|b| b.bytes.is_empty())
+                .unwrap_or(true)
+        {
+            return;
+        }
+    }
+}
+
+/// One `write` per event: tracing-subscriber's formatter hands over a whole line at a time.
+pub struct LineWriter<'a> {
+    writer: &'a LogWriter,
+}
+
+impl Write for LineWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.writer.append(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = LineWriter<'a>;
+
+    fn make_writer(&'a self) -> LineWriter<'a> {
+        LineWriter { writer: self }
+    }
+}
+
+/// The access log's output, set once by the binary ([`install_access_log`]). Without it (the
+/// library in tests, `sluice dev --json`) the access line goes through `tracing` like any
+/// other event.
+static ACCESS: OnceLock<(LogWriter, LogFormat)> = OnceLock::new();
+
+/// Lets the request path write access lines itself, in the subscriber's `format`, into the
+/// same buffer as every other line.
+pub fn install_access_log(writer: LogWriter, format: LogFormat) {
+    let _ = ACCESS.set((writer, format));
+}
+
+/// The fields of one access line (`sluice::request` at info).
+pub struct AccessLine<'a> {
+    pub request_id: &'a [u8],
+    pub tenant: &'a str,
+    pub transaction: Option<&'a str>,
+    pub route: &'static str,
+    pub status: u16,
+    pub outcome: &'static str,
+    pub queue_wait: Option<Duration>,
+    pub exec: Option<Duration>,
+    pub rows: u64,
+    pub bytes: Option<u64>,
+    pub duration: Duration,
+    pub detail: Option<&'a str>,
+}
+
+/// Writes the access line if `sluice::request` is enabled at info. Formatted by hand into a
+/// per-thread buffer (no allocation per field or per line, the timestamp's date and time
+/// reformatted once a second), in the layout tracing-subscriber gives every other line.
+/// Returns false when the line should go through `tracing` instead (no output installed).
+pub fn access(line: &AccessLine<'_>) -> bool {
+    let Some((writer, format)) = ACCESS.get() else {
+        return false;
+    };
+    if !tracing::enabled!(target: "sluice::request", tracing::Level::INFO) {
+        return true;
+    }
+    thread_local! {
+        static BUFFER: std::cell::RefCell<(Vec<u8>, Clock)> =
+            std::cell::RefCell::new((Vec::with_capacity(512), Clock::default()));
+    }
+    BUFFER.with(|cell| {
+        let Ok(mut guard) = cell.try_borrow_mut() else {
+            return;
+        };
+        let (buffer, clock) = &mut *guard;
+        buffer.clear();
+        format_access(buffer, clock, *format, line, std::time::SystemTime::now());
+        writer.append(buffer);
+    });
+    true
+}
+
+/// The date and time of the last second formatted (`2026-11-29T00:20:00`).
+#[derive(Default)]
+struct Clock {
+    second: u64,
+    text: [u8; 19],
+}
+
+impl Clock {
+    /// Appends `YYYY-MM-DDTHH:MM:SS.uuuuuuZ` (UTC, microseconds, as tracing-subscriber does).
+    fn write(&mut self, out: &mut Vec<u8>, now: std::time::SystemTime) {
+        let since = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let second = since.as_secs();
+        if second != self.second || self.text[0] == 0 {
+            self.second = second;
+            let days = (second / 86_400) as i64;
+            let in_day = second % 86_400;
+            let (year, month, day) = civil_from_days(days);
+            let text = format!(
+                "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
+                in_day / 3600,
+                in_day / 60 % 60,
+                in_day % 60
+            );
+            self.text.copy_from_slice(&text.as_bytes()[..19]);
+        }
+        out.extend_from_slice(&self.text);
+        out.push(b'.');
+        let micros = since.subsec_micros();
+        let mut digits = [b'0'; 6];
+        let mut n = micros;
+        for d in digits.iter_mut().rev() {
+            *d = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+        out.extend_from_slice(&digits);
+        out.push(b'Z');
+    }
+}
+
+/// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+fn format_access(
+    out: &mut Vec<u8>,
+    clock: &mut Clock,
+    format: LogFormat,
+    line: &AccessLine<'_>,
+    now: std::time::SystemTime,
+) {
+    let mut f = Fields {
+        out,
+        format,
+        first: true,
+    };
+    match format {
+        LogFormat::Text => {
+            clock.write(f.out, now);
+            f.out.extend_from_slice(b"  INFO sluice::request: ");
+        }
+        LogFormat::Json => {
+            f.out.extend_from_slice(b"{\"timestamp\":\"");
+            clock.write(f.out, now);
+            f.out.extend_from_slice(b"\",\"level\":\"INFO\"");
+            f.first = false;
+        }
+    }
+    f.string("request_id", line.request_id);
+    f.string("tenant", line.tenant.as_bytes());
+    if let Some(transaction) = line.transaction {
+        f.string("transaction", transaction.as_bytes());
+    }
+    f.string("route", line.route.as_bytes());
+    f.number("status", u64::from(line.status));
+    f.string("outcome", line.outcome.as_bytes());
+    if let Some(wait) = line.queue_wait {
+        f.millis("queue_wait_ms", wait);
+    }
+    if let Some(exec) = line.exec {
+        f.millis("exec_ms", exec);
+    }
+    f.number("rows", line.rows);
+    if let Some(bytes) = line.bytes {
+        f.number("bytes", bytes);
+    }
+    f.millis("duration_ms", line.duration);
+    if let Some(detail) = line.detail {
+        f.string("detail", detail.as_bytes());
+    }
+    match format {
+        LogFormat::Text => f.out.push(b'\n'),
+        LogFormat::Json => f
+            .out
+            .extend_from_slice(b",\"target\":\"sluice::request\"}\n"),
+    }
+}
+
+struct Fields<'o> {
+    out: &'o mut Vec<u8>,
+    format: LogFormat,
+    first: bool,
+}
+
+impl Fields<'_> {
+    fn name(&mut self, name: &str) {
+        match self.format {
+            LogFormat::Text => {
+                if !self.first {
+                    self.out.push(b' ');
+                }
+                self.out.extend_from_slice(name.as_bytes());
+                self.out.push(b'=');
+            }
+            LogFormat::Json => {
+                self.out.extend_from_slice(b",\"");
+                self.out.extend_from_slice(name.as_bytes());
+                self.out.extend_from_slice(b"\":");
+            }
+        }
+        self.first = false;
+    }
+
+    /// A quoted string, escaped for JSON (which text lines share: it is also how `{:?}` shows
+    /// the printable ASCII that request ids and tenant ids are made of).
+    fn string(&mut self, name: &str, value: &[u8]) {
+        self.name(name);
+        self.out.push(b'"');
+        for chunk in value.utf8_chunks() {
+            for c in chunk.valid().chars() {
+                match c {
+                    '"' => self.out.extend_from_slice(b"\\\""),
+                    '\\' => self.out.extend_from_slice(b"\\\\"),
+                    '\n' => self.out.extend_from_slice(b"\\n"),
+                    '\r' => self.out.extend_from_slice(b"\\r"),
+                    '\t' => self.out.extend_from_slice(b"\\t"),
+                    c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                        let _ = write!(self.out, "\\u{:04x}", c as u32);
+                    }
+                    c => {
+                        let mut utf8 = [0; 4];
+                        self.out
+                            .extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+                    }
+                }
+            }
+            if !chunk.invalid().is_empty() {
+                self.out.extend_from_slice("\u{fffd}".as_bytes());
+            }
+        }
+        self.out.push(b'"');
+    }
+
+    fn number(&mut self, name: &str, value: u64) {
+        self.name(name);
+        self.out
+            .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+    }
+
+    /// Milliseconds with three decimals (microsecond resolution).
+    fn millis(&mut self, name: &str, value: Duration) {
+        self.name(name);
+        let micros = value.as_micros().min(u128::from(u64::MAX)) as u64;
+        self.out
+            .extend_from_slice(itoa::Buffer::new().format(micros / 1000).as_bytes());
+        let fraction = micros % 1000;
+        self.out.extend_from_slice(&[
+            b'.',
+            b'0' + (fraction / 100) as u8,
+            b'0' + (fraction / 10 % 10) as u8,
+            b'0' + (fraction % 10) as u8,
+        ]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink that can be held still (a stalled stderr) and read afterwards.
+    #[derive(Clone, Default)]
+    struct Sink {
+        data: Arc<Mutex<Vec<u8>>>,
+        stall: Arc<Mutex<()>>,
+    }
+
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let _stalled = self.stall.lock().unwrap();
+            self.data.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn lines_are_written_in_order_and_flushed_when_the_guard_drops() {
+        let sink = Sink::default();
+        let (writer, guard) = LogWriter::to(sink.clone(), 1 << 20);
+        for i in 0..1000 {
+            writer.append(format!("line {i}\n").as_bytes());
+        }
+        drop(guard);
+        let text = String::from_utf8(sink.data.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1000);
+        assert_eq!(lines[999], "line 999");
+    }
+
+    #[test]
+    fn an_idle_writer_wakes_for_the_next_line_and_stops_when_asked() {
+        let sink = Sink::default();
+        let (writer, guard) = LogWriter::to(sink.clone(), 1 << 20);
+        for round in 0..3 {
+            // Long enough for the writer to have gone idle (no timer) in between.
+            std::thread::sleep(FLUSH_INTERVAL * 3);
+            writer.append(format!("round {round}\n").as_bytes());
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !String::from_utf8_lossy(&sink.data.lock().unwrap())
+                .contains(&format!("round {round}"))
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "line {round} never written"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        std::thread::sleep(FLUSH_INTERVAL * 3);
+        // Returns (the writer is woken by the close, not left waiting for a line).
+        drop(guard);
+    }
+
+    #[test]
+    fn a_stalled_sink_drops_and_counts_lines_instead_of_blocking() {
+        let sink = Sink::default();
+        let stalled = sink.stall.lock().unwrap();
+        let (writer, guard) = LogWriter::to(sink.clone(), 4096);
+        let before = lines_dropped().get();
+        let started = std::time::Instant::now();
+        // Far more than the bound while the sink cannot take anything: none of it may block.
+        for _ in 0..10_000 {
+            writer.append(&[b'x'; 99].iter().chain(b"\n").copied().collect::<Vec<_>>());
+        }
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(lines_dropped().get() - before >= 10_000 - 2 * 4096 / 100);
+        drop(stalled);
+        drop(guard);
+        let written = sink.data.lock().unwrap().len();
+        assert!(written > 0 && written <= 2 * 4096, "{written}");
+    }
+
+    fn sample_line() -> AccessLine<'static> {
+        AccessLine {
+            request_id: b"req-\"1\"",
+            tenant: "acme",
+            transaction: None,
+            route: "query",
+            status: 200,
+            outcome: "ok",
+            queue_wait: Some(Duration::from_micros(42)),
+            exec: Some(Duration::from_micros(1_234_567)),
+            rows: 1,
+            bytes: Some(87),
+            duration: Duration::from_micros(1_300_001),
+            detail: Some("line\nbreak \u{1}"),
+        }
+    }
+
+    fn at(seconds: u64, micros: u32) -> std::time::SystemTime {
+        std::time::UNIX_EPOCH + Duration::new(seconds, micros * 1000)
+    }
+
+    #[test]
+    fn the_text_access_line_has_tracing_subscribers_layout() {
+        let mut out = Vec::new();
+        let mut clock = Clock::default();
+        // 2026-11-29T00:20:00Z
+        let now = at(1_795_911_600, 123);
+        format_access(&mut out, &mut clock, LogFormat::Text, &sample_line(), now);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "2026-11-29T00:20:00.000123Z  INFO sluice::request: request_id=\"req-\\\"1\\\"\" \
+             tenant=\"acme\" route=\"query\" status=200 outcome=\"ok\" queue_wait_ms=0.042 \
+             exec_ms=1234.567 rows=1 bytes=87 duration_ms=1300.001 detail=\"line\\nbreak \\u0001\"\n"
+        );
+    }
+
+    #[test]
+    fn the_json_access_line_is_one_json_object_per_line() {
+        let mut out = Vec::new();
+        let mut clock = Clock::default();
+        let line = AccessLine {
+            request_id: b"\xff\x80abc",
+            ..sample_line()
+        };
+        format_access(&mut out, &mut clock, LogFormat::Json, &line, at(0, 0));
+        assert_eq!(out.last(), Some(&b'\n'));
+        let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(value["timestamp"], "1970-01-01T00:00:00.000000Z");
+        assert_eq!(value["level"], "INFO");
+        assert_eq!(value["target"], "sluice::request");
+        assert_eq!(value["request_id"], "\u{fffd}\u{fffd}abc");
+        assert_eq!(value["tenant"], "acme");
+        assert_eq!(value["status"], 200);
+        assert_eq!(value["exec_ms"], 1234.567);
+        assert_eq!(value["detail"], "line\nbreak \u{1}");
+        assert!(value.get("transaction").is_none());
+    }
+
+    #[test]
+    fn civil_dates_match_known_days() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(20_786), (2026, 11, 29));
+        let mut clock = Clock::default();
+        let mut out = Vec::new();
+        clock.write(&mut out, at(1_795_910_399, 999_999));
+        clock.write(&mut out, at(1_795_910_400, 0));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "2026-11-28T23:59:59.999999Z2026-11-29T00:00:00.000000Z"
+        );
+    }
+}
