@@ -355,20 +355,27 @@ fn assert_json(bytes: &[u8], what: &str) {
     }
 }
 
-/// `config`: any text as a config file, as a Postgres URL, and as `KEY=VALUE` lines for the
-/// environment-only mode. A config that validates holds only values the rest of the gateway
+/// `config`: any text as a config file (its `${VAR}` references filled from its own
+/// `KEY=VALUE` lines), as a Postgres URL, and as `KEY=VALUE` lines for the environment-only mode. A config that validates holds only values the rest of the gateway
 /// can use without checking again.
 pub fn config(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
-    if let Ok(config) = Config::from_toml(&text, Path::new("/fuzz")) {
-        check_config(&config);
-    }
     let _ = PostgresUrl::parse(&text);
     let vars: HashMap<String, String> = text
         .lines()
         .filter_map(|line| line.split_once('='))
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
+    // `${VAR}` references are filled from the same `KEY=VALUE` lines, so expansion runs with
+    // variables that exist (the process environment would leave almost all of them unset).
+    let env = |name: &str| {
+        vars.get(name)
+            .cloned()
+            .ok_or(std::env::VarError::NotPresent)
+    };
+    if let Ok(config) = Config::from_toml_with_env(&text, Path::new("/fuzz"), &env) {
+        check_config(&config);
+    }
     if let Ok(config) = Config::from_env(&vars) {
         check_config(&config);
     }
