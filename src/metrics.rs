@@ -88,6 +88,8 @@ pub struct Metrics {
     pub rate_limited: Family<TenantLabel, Counter>,
     pub auth_failures: Counter,
     pub http_connections: Family<ProtocolLabel, Gauge>,
+    /// Plain HTTP/1.1 connections parked between requests (a subset of `http_connections`).
+    pub http_connections_parked: Gauge,
     /// Per tenant and outcome, for the admin view (not exported: `requests` has the detail).
     outcomes: Family<OutcomeLabels, Counter>,
 }
@@ -144,6 +146,7 @@ impl Metrics {
             rate_limited: Family::default(),
             auth_failures: Counter::default(),
             http_connections: Family::default(),
+            http_connections_parked: Gauge::default(),
             outcomes: Family::default(),
             registry: Registry::default(),
         };
@@ -221,6 +224,11 @@ impl Metrics {
             "http_connections",
             "Client connections open now, by protocol",
             metrics.http_connections.clone(),
+        );
+        registry.register(
+            "http_connections_parked",
+            "Plain HTTP/1.1 connections parked (idle, down to their socket) between requests",
+            metrics.http_connections_parked.clone(),
         );
         let build_info: Family<VersionLabel, Gauge> = Family::default();
         build_info

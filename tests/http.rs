@@ -91,9 +91,23 @@ async fn closed_within(stream: &mut TcpStream, limit: Duration) -> Duration {
     }
 }
 
+/// Parked connections now, read on a connection of its own (never parked itself).
+async fn parked(gateway: &Gateway, admin: &str) -> f64 {
+    Scrape::take_cold(gateway.addr, admin)
+        .await
+        .value("sluice_http_connections_parked", &[])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keep_alive_connection_serves_requests_after_idle_pauses() {
-    let (gateway, key) = gateway(5_000).await;
+    let db = database("").await;
+    let (key, hash) = key("acme");
+    let (toml, admin) = with_admin(&config(&db, &hash, "", ""));
+    let gateway = Gateway::start(&toml).await;
+    wait_until("no connection parked before the test's own", async || {
+        parked(&gateway, &admin).await == 0.0
+    })
+    .await;
     let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
     let mut pending = Vec::new();
     for n in 1..=5 {
@@ -102,8 +116,17 @@ async fn a_keep_alive_connection_serves_requests_after_idle_pauses() {
         assert_eq!(status, 200, "{body}");
         assert_eq!(doubled(&body), n * 2);
         // Idle between requests: the connection is parked, then served again.
-        tokio::time::sleep(Duration::from_millis(50 * n as u64)).await;
+        wait_until("the idle connection parked", async || {
+            parked(&gateway, &admin).await == 1.0
+        })
+        .await;
     }
+    // Gone when the client leaves.
+    drop(stream);
+    wait_until("the closed connection no longer parked", async || {
+        parked(&gateway, &admin).await == 0.0
+    })
+    .await;
     gateway.stop().await;
 }
 

@@ -4,6 +4,21 @@
 
 #![allow(dead_code)]
 
+mod admin;
+mod observe;
+mod tx;
+mod wait;
+
+// Every test binary compiles this harness but uses only part of it.
+#[allow(unused_imports)]
+pub use admin::*;
+#[allow(unused_imports)]
+pub use observe::*;
+#[allow(unused_imports)]
+pub use tx::*;
+#[allow(unused_imports)]
+pub use wait::*;
+
 use std::path::Path;
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -19,7 +34,8 @@ use sluice::auth::KeyHash;
 use sluice::config::Config;
 use sluice::dev::{TempPostgres, TempPostgresOptions};
 use sluice::server::{Listener, ListenerKind};
-use tokio::net::TcpListener;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
 /// The cluster shared by the tests of one binary. Its watchdog removes it when the binary exits.
@@ -150,7 +166,10 @@ impl Gateway {
             },
         ));
         let client = Client::new(&format!("http://{addr}"));
-        // Serving once /healthz answers; a refused config ends `run` first.
+        // Serving once /healthz answers; a refused config ends `run` first. Probed with a
+        // client of its own, dropped after (closing its connection), so that the test starts
+        // with no client connection open.
+        let probe = Client::new(&format!("http://{addr}"));
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if task.is_finished() {
@@ -160,7 +179,7 @@ impl Gateway {
                 };
             }
             if let Ok(Ok(reply)) =
-                tokio::time::timeout(Duration::from_millis(500), client.try_get("/healthz")).await
+                tokio::time::timeout(Duration::from_millis(500), probe.try_get("/healthz")).await
                 && reply.status == 200
             {
                 break;
@@ -306,7 +325,7 @@ impl Client {
             .expect("HTTP request")
     }
 
-    async fn try_request(
+    pub async fn try_request(
         &self,
         method: Method,
         path: &str,
@@ -380,4 +399,106 @@ pub fn assert_status(reply: &Reply, status: StatusCode, kind: &str) {
     if !kind.is_empty() {
         assert_eq!(reply.kind(), kind, "{}", reply.text);
     }
+}
+
+/// Sends a JSON `POST` to `path` on a raw socket of its own and returns the socket unread: the
+/// caller decides when the client vanishes (drops it) or reads the answer.
+pub async fn send_raw(addr: std::net::SocketAddr, key: &str, path: &str, body: &Value) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let body = body.to_string();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream
+}
+
+/// A gateway started with `server::run` on the listeners its config names — the public one and
+/// a `metrics_listen` one — rather than on a listener of the harness's.
+pub struct ListeningGateway {
+    pub api: Client,
+    pub metrics: Client,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), sluice::server::RunError>>,
+}
+
+impl ListeningGateway {
+    /// `toml` plus `metrics_listen` on a free port; returns once both listeners answer.
+    pub async fn start(toml: &str) -> ListeningGateway {
+        let port = sluice::dev::free_port().unwrap();
+        let toml = toml.replace(
+            "[server]",
+            &format!("[server]\nmetrics_listen = \"127.0.0.1:{port}\""),
+        );
+        let config = Config::from_toml(&toml, Path::new(".")).unwrap();
+        let listeners = sluice::server::bind(&config).unwrap();
+        let api = listeners[0].local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(sluice::server::run(listeners, config, async move {
+            let _ = stopped.await;
+        }));
+        let api = Client::new(&format!("http://{api}"));
+        let metrics = Client::new(&format!("http://127.0.0.1:{port}"));
+        wait_until("both listeners answer", async || {
+            api.try_get("/healthz").await.is_ok() && metrics.try_get("/healthz").await.is_ok()
+        })
+        .await;
+        ListeningGateway {
+            api,
+            metrics,
+            stop,
+            task,
+        }
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// One request on a connection of its own that closes after the answer (`connection: close`):
+/// as a cold serverless instance sends it, and a connection the gateway never parks.
+pub async fn cold_request(
+    addr: std::net::SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Result<Reply, String> {
+    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let mut request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "gateway")
+        .header("connection", "close");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(Full::new(body.into()))
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(Reply {
+        status,
+        headers,
+        text: String::from_utf8_lossy(&bytes).into_owned(),
+    })
 }
