@@ -80,7 +80,14 @@ fn sample_backends(
 async fn cold_query(addr: std::net::SocketAddr, key: &str, sql: &str) -> Result<Reply, String> {
     let auth = format!("Bearer {key}");
     let body = serde_json::to_vec(&json!({ "sql": sql })).unwrap();
-    cold_request(addr, http::Method::POST, "/v1/query", &[("authorization", &auth)], body).await
+    cold_request(
+        addr,
+        http::Method::POST,
+        "/v1/query",
+        &[("authorization", &auth)],
+        body,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -145,6 +145,7 @@ async fn pipelined_requests_are_answered_in_order() {
             assert_eq!(status, 200, "{body}");
             assert_eq!(doubled(&body), (round * 10 + n) * 2);
         }
+        // An idle pause between rounds (the scenario).
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
     gateway.stop().await;
@@ -166,6 +167,7 @@ async fn requests_split_across_writes_are_reassembled() {
         &request[head_end..head_end + 10],
         &request[head_end + 10..],
     ] {
+        // The client pauses between pieces (the scenario).
         tokio::time::sleep(Duration::from_millis(80)).await;
         stream.write_all(piece).await.unwrap();
     }
@@ -179,6 +181,7 @@ async fn requests_split_across_writes_are_reassembled() {
     stream.write_all(&joined).await.unwrap();
     let (status, body) = read_response(&mut stream, &mut pending).await;
     assert_eq!((status, doubled(&body)), (200, 6));
+    // The rest of the next request comes after a pause (the scenario).
     tokio::time::sleep(Duration::from_millis(100)).await;
     stream.write_all(&second[15..]).await.unwrap();
     let (status, body) = read_response(&mut stream, &mut pending).await;
@@ -216,6 +219,7 @@ async fn refused_and_unread_bodies_leave_the_connection_usable() {
     let (status, _) = read_response(&mut stream, &mut pending).await;
     assert_eq!(status, 401);
     for n in 6..=8 {
+        // An idle pause between requests (the scenario).
         tokio::time::sleep(Duration::from_millis(30)).await;
         stream.write_all(&query_request(&key, n)).await.unwrap();
         let (status, body) = read_response(&mut stream, &mut pending).await;
@@ -251,6 +255,7 @@ async fn idle_connections_close_after_the_idle_timeout() {
         if stream.write_all(piece).await.is_err() {
             break;
         }
+        // A client that stalls mid-head (the scenario).
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     closed_within(&mut stream, Duration::from_secs(5)).await;

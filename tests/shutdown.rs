@@ -99,6 +99,7 @@ impl Process {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return Some(status);
             }
+            // Polls the child's exit (no async wait on a std child).
             std::thread::sleep(Duration::from_millis(20));
         }
         None

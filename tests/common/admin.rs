@@ -76,9 +76,15 @@ impl Scrape {
     /// A scrape on a connection of its own, closed after (so never parked, never reused).
     pub async fn take_cold(addr: std::net::SocketAddr, admin: &str) -> Scrape {
         let auth = format!("Bearer {admin}");
-        let reply = super::cold_request(addr, Method::GET, "/metrics", &[("authorization", &auth)], "")
-            .await
-            .expect("a scrape");
+        let reply = super::cold_request(
+            addr,
+            Method::GET,
+            "/metrics",
+            &[("authorization", &auth)],
+            "",
+        )
+        .await
+        .expect("a scrape");
         Scrape::parse(&reply)
     }
 
@@ -153,7 +159,10 @@ impl Drop for ConfigFile {
 }
 
 /// [`super::gateway_for`] with an admin key as well: gateway, tenant key, database, admin key.
-pub async fn gateway_with_admin(setup: &str, tenant_extra: &str) -> (Gateway, String, String, String) {
+pub async fn gateway_with_admin(
+    setup: &str,
+    tenant_extra: &str,
+) -> (Gateway, String, String, String) {
     let db = super::database(setup).await;
     let (key, hash) = key("acme");
     let (toml, admin) = with_admin(&super::config(&db, &hash, tenant_extra, ""));

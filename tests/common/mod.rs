@@ -394,6 +394,20 @@ impl Client {
     }
 }
 
+/// The single value of a one-row, one-column result of `sql`.
+pub async fn single_value(c: impl AsRef<Client>, key: &str, sql: &str) -> Value {
+    let reply = c.as_ref().query(key, sql, json!([])).await;
+    let rows = reply.rows();
+    assert_eq!(rows.len(), 1, "{sql}: {}", reply.text);
+    rows[0]
+        .as_object()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap()
+        .clone()
+}
+
 pub fn assert_status(reply: &Reply, status: StatusCode, kind: &str) {
     assert_eq!(reply.status, status.as_u16(), "{}", reply.text);
     if !kind.is_empty() {
@@ -403,7 +417,12 @@ pub fn assert_status(reply: &Reply, status: StatusCode, kind: &str) {
 
 /// Sends a JSON `POST` to `path` on a raw socket of its own and returns the socket unread: the
 /// caller decides when the client vanishes (drops it) or reads the answer.
-pub async fn send_raw(addr: std::net::SocketAddr, key: &str, path: &str, body: &Value) -> TcpStream {
+pub async fn send_raw(
+    addr: std::net::SocketAddr,
+    key: &str,
+    path: &str,
+    body: &Value,
+) -> TcpStream {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let body = body.to_string();
     let request = format!(

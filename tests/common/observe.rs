@@ -32,10 +32,13 @@ pub async fn running_on(admin: &tokio_postgres::Client, marker: &str) -> Vec<i32
 /// Waits until at least `n` statements containing `marker` run; returns their pids.
 pub async fn wait_running(db: &str, marker: &str, n: usize) -> Vec<i32> {
     let admin = direct(db).await;
-    wait_for(&format!("{n} statement(s) {marker:?} running"), async || {
-        let pids = running_on(&admin, marker).await;
-        (pids.len() >= n).then_some(pids)
-    })
+    wait_for(
+        &format!("{n} statement(s) {marker:?} running"),
+        async || {
+            let pids = running_on(&admin, marker).await;
+            (pids.len() >= n).then_some(pids)
+        },
+    )
     .await
 }
 
