@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use common::*;
-use sluice::dev::{DevCa, TempPostgres, TempPostgresOptions};
+use sluice::dev::{DevCa, TempPostgres};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -55,25 +55,13 @@ fn auth_postgres() -> &'static std::sync::Mutex<AuthPostgres> {
         std::fs::create_dir_all(&dir).unwrap();
         let ca_file = dir.join("ca.pem");
         std::fs::write(&ca_file, &ca.cert_pem).unwrap();
-        let options = TempPostgresOptions {
-            settings: vec![
-                ("ssl".into(), "on".into()),
-                ("ssl_cert_file".into(), "server.crt".into()),
-                ("ssl_key_file".into(), "server.key".into()),
-            ],
-            hba: Some(
-                "local all all scram-sha-256\n\
+        let options = tls_postgres_options(
+            cert,
+            "local all all scram-sha-256\n\
                  host all md5_user 127.0.0.1/32 md5\n\
                  host all pw_user 127.0.0.1/32 password\n\
-                 host all all 127.0.0.1/32 scram-sha-256\n"
-                    .into(),
-            ),
-            files: vec![
-                ("server.crt".into(), cert.cert_pem.into_bytes()),
-                ("server.key".into(), cert.key_pem.into_bytes()),
-            ],
-            ..Default::default()
-        };
+                 host all all 127.0.0.1/32 scram-sha-256\n",
+        );
         let cluster = TempPostgres::start(options).unwrap();
         std::sync::Mutex::new(AuthPostgres { cluster, ca_file })
     })

@@ -24,14 +24,6 @@ async fn two_connections() -> (Gateway, String, String) {
     gateway_for("", "pool_size = 2\nmax_transaction_connections = 1").await
 }
 
-/// Asserts that the gateway (and its only connection) still runs a statement.
-async fn still_serves(gateway: &Gateway, key: &str) {
-    assert_eq!(
-        single_value(gateway, key, "select 1 as one").await,
-        json!(1)
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unterminated_quoted_identifier_with_multibyte_char_does_not_panic() {
     let (gateway, key, _) = one_connection("").await;

@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, Full};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::json;
-use sluice::dev::{DevCa, TempPostgres, TempPostgresOptions};
+use sluice::dev::{DevCa, TempPostgres};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -375,21 +375,10 @@ fn tls_postgres() -> &'static std::sync::Mutex<TlsPostgres> {
         std::fs::write(&ca_file, &ca.cert_pem).unwrap();
         let other_ca_file = dir.join("other-ca.pem");
         std::fs::write(&other_ca_file, DevCa::new("someone else").unwrap().cert_pem).unwrap();
-        let options = TempPostgresOptions {
-            settings: vec![
-                ("ssl".into(), "on".into()),
-                ("ssl_cert_file".into(), "server.crt".into()),
-                ("ssl_key_file".into(), "server.key".into()),
-            ],
-            hba: Some(
-                "local all all scram-sha-256\nhostssl all all 127.0.0.1/32 scram-sha-256\n".into(),
-            ),
-            files: vec![
-                ("server.crt".into(), cert.cert_pem.into_bytes()),
-                ("server.key".into(), cert.key_pem.into_bytes()),
-            ],
-            ..Default::default()
-        };
+        let options = tls_postgres_options(
+            cert,
+            "local all all scram-sha-256\nhostssl all all 127.0.0.1/32 scram-sha-256\n",
+        );
         let cluster = TempPostgres::start(options).unwrap();
         std::sync::Mutex::new(TlsPostgres {
             cluster,
@@ -504,14 +493,7 @@ async fn a_host_name_the_certificate_does_not_list_fails_clearly() {
     // verify-ca checks the chain only: the same host works.
     let (toml, key) = upstream_config("127.0.0.1", &format!("sslmode=verify-ca&sslrootcert={ca}"));
     let gateway = Gateway::start(&toml).await;
-    assert_eq!(
-        gateway
-            .client
-            .query(&key, "select 1 as one", json!([]))
-            .await
-            .rows(),
-        vec![json!({"one": 1})]
-    );
+    still_serves(&gateway, &key).await;
     gateway.stop().await;
 }
 

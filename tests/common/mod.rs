@@ -275,6 +275,23 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// Reads a whole response.
+    pub async fn read(response: http::Response<hyper::body::Incoming>) -> Result<Reply, String> {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok(Reply {
+            status,
+            headers,
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+        })
+    }
+
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
     }
@@ -344,19 +361,7 @@ impl Client {
             .request(request)
             .await
             .map_err(|e| e.to_string())?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok(Reply {
-            status,
-            headers,
-            text: String::from_utf8_lossy(&bytes).into_owned(),
-        })
+        Reply::read(response).await
     }
 
     pub async fn try_get(&self, path: &str) -> Result<Reply, String> {
@@ -406,6 +411,33 @@ pub async fn single_value(c: impl AsRef<Client>, key: &str, sql: &str) -> Value 
         .next()
         .unwrap()
         .clone()
+}
+
+/// Asserts that `key` still gets a connection that runs a statement.
+pub async fn still_serves(c: impl AsRef<Client>, key: &str) {
+    assert_eq!(
+        single_value(c, key, "select 1 as one").await,
+        json!(1),
+        "the gateway still serves"
+    );
+}
+
+/// Options for a throwaway Postgres serving TLS with `cert` (`server.crt`/`server.key` in its
+/// data folder), authenticating as `hba` says.
+pub fn tls_postgres_options(cert: sluice::dev::DevCert, hba: &str) -> TempPostgresOptions {
+    TempPostgresOptions {
+        settings: vec![
+            ("ssl".into(), "on".into()),
+            ("ssl_cert_file".into(), "server.crt".into()),
+            ("ssl_key_file".into(), "server.key".into()),
+        ],
+        hba: Some(hba.into()),
+        files: vec![
+            ("server.crt".into(), cert.cert_pem.into_bytes()),
+            ("server.key".into(), cert.key_pem.into_bytes()),
+        ],
+        ..Default::default()
+    }
 }
 
 pub fn assert_status(reply: &Reply, status: StatusCode, kind: &str) {
@@ -507,17 +539,5 @@ pub async fn cold_request(
         .send_request(request)
         .await
         .map_err(|e| e.to_string())?;
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok(Reply {
-        status,
-        headers,
-        text: String::from_utf8_lossy(&bytes).into_owned(),
-    })
+    Reply::read(response).await
 }
