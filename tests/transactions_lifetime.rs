@@ -134,9 +134,14 @@ async fn shutdown_waits_for_an_open_transaction_to_finish() {
     let client = gateway.client.clone();
     let id = begin(&gateway, &key, json!({})).await;
     tx_query(&gateway, &key, &id, "insert into accounts values (5, 5)").await;
+    let addr = gateway.addr;
     let stopping = tokio::spawn(gateway.stop());
+    // Probed on connections of their own: a pooled client may open a spare connection that
+    // sends nothing, and the shutdown waits for such a connection until its deadline.
     wait_until("the drain started", async || {
-        client.get("/readyz").await.status == 503
+        cold_request(addr, http::Method::GET, "/readyz", &[], "")
+            .await
+            .is_ok_and(|reply| reply.status == 503)
     })
     .await;
     assert!(
@@ -147,7 +152,10 @@ async fn shutdown_waits_for_an_open_transaction_to_finish() {
         .post(&format!("/v1/transactions/{id}/commit"), &key, &json!({}))
         .await;
     assert_eq!(commit.json()["command"], "COMMIT");
-    tokio::time::timeout(Duration::from_secs(10), stopping)
+    // Stopped, at the latest at the shutdown deadline (10 s). It should be at once: a commit
+    // within a millisecond of the drain starting sometimes leaves the drain waiting to its
+    // deadline (reported, not fixed here), which this test, like its sleeping version, allows.
+    tokio::time::timeout(Duration::from_secs(20), stopping)
         .await
         .expect("stops once it committed")
         .unwrap();
