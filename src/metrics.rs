@@ -89,6 +89,8 @@ pub struct Metrics {
     pub rate_limited: Family<TenantLabel, Counter>,
     pub auth_failures: Counter,
     pub http_connections: Family<ProtocolLabel, Gauge>,
+    /// Plain HTTP/1.1 connections parked between requests (a subset of `http_connections`).
+    pub http_connections_parked: Gauge,
     /// Per tenant and outcome, for the admin view (not exported: `requests` has the detail).
     outcomes: Family<OutcomeLabels, Counter>,
     /// The per-request series, resolved once per tenant (see [`TenantHandles`]).
@@ -158,6 +160,7 @@ impl Metrics {
             rate_limited: Family::default(),
             auth_failures: Counter::default(),
             http_connections: Family::default(),
+            http_connections_parked: Gauge::default(),
             outcomes: Family::default(),
             handles: RwLock::default(),
             registry: Registry::default(),
@@ -241,6 +244,11 @@ impl Metrics {
             "log_lines_dropped",
             "Log lines dropped because the log buffer was full (stderr not keeping up)",
             crate::logging::lines_dropped(),
+        );
+        registry.register(
+            "http_connections_parked",
+            "Plain HTTP/1.1 connections parked (idle, down to their socket) between requests",
+            metrics.http_connections_parked.clone(),
         );
         let build_info: Family<VersionLabel, Gauge> = Family::default();
         build_info

@@ -32,6 +32,7 @@ async fn over_the_rate_a_tenant_gets_429_and_retry_after_works() {
     assert_status(&limited, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
     let retry_after = limited.retry_after().expect("Retry-After");
     assert!((1..=2).contains(&retry_after), "{retry_after}");
+    // The client honours Retry-After: waiting that long is the scenario.
     tokio::time::sleep(Duration::from_secs(retry_after)).await;
     let again = c
         .query(&key, "select count(*) from hits where n = 99", json!([]))

@@ -17,9 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use common::*;
-use http_body_util::{BodyExt, Full};
 use serde_json::json;
 use sluice::dev::TempPostgresOptions;
 
@@ -71,6 +69,7 @@ fn sample_backends(
                     .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
                     .collect(),
             );
+            // The sampling interval.
             tokio::time::sleep(Duration::from_millis(3)).await;
         }
         samples
@@ -78,39 +77,17 @@ fn sample_backends(
 }
 
 /// One request on a brand-new TCP connection, as a cold serverless instance sends it.
-async fn cold_request(addr: std::net::SocketAddr, key: &str, sql: &str) -> Result<Reply, String> {
-    let stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-    tokio::spawn(connection);
+async fn cold_query(addr: std::net::SocketAddr, key: &str, sql: &str) -> Result<Reply, String> {
+    let auth = format!("Bearer {key}");
     let body = serde_json::to_vec(&json!({ "sql": sql })).unwrap();
-    let request = http::Request::post("/v1/query")
-        .header("host", "gateway")
-        .header("authorization", format!("Bearer {key}"))
-        .header("connection", "close")
-        .body(Full::new(Bytes::from(body)))
-        .unwrap();
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok(Reply {
-        status,
-        headers,
-        text: String::from_utf8_lossy(&bytes).into_owned(),
-    })
+    cold_request(
+        addr,
+        http::Method::POST,
+        "/v1/query",
+        &[("authorization", &auth)],
+        body,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,7 +139,7 @@ async fn a_burst_of_two_thousand_clients_never_exceeds_the_budget() {
                 let mut outcomes = Vec::with_capacity(PER_CLIENT);
                 for _ in 0..PER_CLIENT {
                     let sent = Instant::now();
-                    let reply = cold_request(addr, &key, "select pg_sleep(0.005)").await;
+                    let reply = cold_query(addr, &key, "select pg_sleep(0.005)").await;
                     outcomes.push((i % 2, sent.elapsed(), reply));
                 }
                 outcomes
@@ -299,12 +276,21 @@ async fn fair_shares(budget: usize, size_a: usize, size_b: usize) -> (f64, f64, 
     let gateway = Gateway::start(&toml).await;
     let stop = Arc::new(AtomicBool::new(false));
     // Tenant a takes the whole budget first; then b arrives and must get its share.
+    let admin = direct(&db).await;
     let mut load = saturate(&gateway, &key_a, 3 * budget, stop.clone());
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    wait_until("tenant a holds the whole budget", async || {
+        tenant_backends(&admin, "a").await == budget as i64
+    })
+    .await;
     load.extend(saturate(&gateway, &key_b, 3 * budget, stop.clone()));
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let share_b = (budget * size_b / (size_a + size_b)) as i64;
+    wait_until("tenant b reached its share", async || {
+        tenant_backends(&admin, "b").await >= share_b
+    })
+    .await;
     let sampling = Arc::new(AtomicBool::new(false));
     let sampler = sample_backends(db.clone(), sampling.clone());
+    // The sampling window: the shares are measured over two seconds of steady state.
     tokio::time::sleep(Duration::from_millis(2000)).await;
     sampling.store(true, Ordering::Relaxed);
     let samples = sampler.await.unwrap();

@@ -79,6 +79,7 @@ async fn postgres_down_then_up_fails_fast_then_resumes() {
             None => assert_eq!(reply.kind(), "upstream_unavailable", "{}", reply.text),
             Some(_) => after_success.push(reply.status),
         }
+        // A client polling at its own pace through a fixed window: the measurement itself.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let first_success = first_success.expect("service resumed");
@@ -139,12 +140,18 @@ async fn a_statement_whose_connection_dies_is_not_retried() {
                 .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_running(&db, "/* dies */", 1).await;
     stop_postgres().await;
     let reply = running.await.unwrap();
     assert_status(&reply, StatusCode::BAD_GATEWAY, "connection_lost");
     start_postgres().await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // The answer was given, so no retry can follow it; once the gateway serves again, nothing
+    // of the statement is left running either.
+    wait_until("the gateway serves again", async || {
+        gateway.client.select_one_status(&key).await == 200
+    })
+    .await;
+    wait_not_running(&db, "/* dies */").await;
     let admin = direct(&db).await;
     let rows: i64 = admin
         .query_one("select count(*) from once", &[])

@@ -157,26 +157,8 @@ async fn bodies_over_the_gateway_memory_bound_wait_then_get_overloaded() {
         })
         .collect();
     // Wait until the three hold their connections (and so their bodies).
+    wait_running(&db, "select pg_sleep(7), length", 3).await;
     let direct = direct(&db).await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let sleeping: i64 = direct
-            .query_one(
-                "select count(*) from pg_stat_activity where query like 'select pg_sleep(7)%'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if sleeping == 3 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "holders did not start"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
     let c = &gateway.client;
     let small = c.query(&key, "select 1 as n", json!([])).await;
     assert_eq!(small.rows(), vec![json!({"n": 1})]);
@@ -221,7 +203,6 @@ async fn prepared_on_the_connection(c: &Client, key: &str) -> i64 {
 /// (it grew without bound). Now every operation lifts a leftover protection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vanished_batch_does_not_leave_the_statement_cache_protected() {
-    use tokio::io::AsyncWriteExt;
     let db = database("").await;
     let (key, hash) = key("acme");
     let toml = config(&db, &hash, "pool_size = 1", "statement_cache_size = 4");
@@ -230,42 +211,11 @@ async fn a_vanished_batch_does_not_leave_the_statement_cache_protected() {
     let body = json!({"statements": [
         {"sql": "select 1 as warm"},
         {"sql": "select pg_sleep(30) /* vanished batch */"}
-    ]})
-    .to_string();
-    let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
-    let request = format!(
-        "POST /v1/batch HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let admin = direct(&db).await;
-    let running = "select count(*) from pg_stat_activity where query like '%/* vanished batch */%' \
-                   and state = 'active' and pid <> pg_backend_pid()";
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while admin
-        .query_one(running, &[])
-        .await
-        .unwrap()
-        .get::<_, i64>(0)
-        == 0
-    {
-        assert!(std::time::Instant::now() < deadline, "the batch never ran");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    ]});
+    let stream = send_raw(gateway.addr, &key, "/v1/batch", &body).await;
+    wait_running(&db, "/* vanished batch */", 1).await;
     drop(stream);
-    while admin
-        .query_one(running, &[])
-        .await
-        .unwrap()
-        .get::<_, i64>(0)
-        != 0
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the batch was not cancelled"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_not_running(&db, "/* vanished batch */").await;
     for i in 0..12 {
         let reply = c.query(&key, &format!("select {i} as n"), json!([])).await;
         assert_eq!(reply.status, 200, "{}", reply.text);
@@ -304,27 +254,7 @@ async fn a_statement_that_outlives_every_timeout_is_answered_at_the_gateway_dead
         "answered after {waited:?}"
     );
     // The statement does not run on behind the gateway's back for long.
-    let admin = direct(&db).await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let running: i64 = admin
-            .query_one(
-                "select count(*) from pg_stat_activity where query like '%/* endless */%' \
-                 and state = 'active' and pid <> pg_backend_pid()",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if running == 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the endless statement kept running"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    wait_not_running(&db, "/* endless */").await;
     let ok = c.query(&key, "select 1 as n", json!([])).await;
     assert_eq!(ok.rows(), vec![json!({"n": 1})]);
 }

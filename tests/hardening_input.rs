@@ -24,34 +24,6 @@ async fn two_connections() -> (Gateway, String, String) {
     gateway_for("", "pool_size = 2\nmax_transaction_connections = 1").await
 }
 
-/// The single value of a one-row, one-column result.
-async fn value(gateway: &Gateway, key: &str, sql: &str) -> Value {
-    let reply = gateway.client.query(key, sql, json!([])).await;
-    let rows = reply.rows();
-    assert_eq!(rows.len(), 1, "{sql}: {}", reply.text);
-    rows[0]
-        .as_object()
-        .unwrap()
-        .values()
-        .next()
-        .unwrap()
-        .clone()
-}
-
-async fn begin(gateway: &Gateway, key: &str) -> String {
-    let reply = gateway
-        .client
-        .post("/v1/transactions", key, &json!({}))
-        .await;
-    assert_status(&reply, StatusCode::CREATED, "");
-    reply.json()["id"].as_str().unwrap().to_owned()
-}
-
-/// Asserts that the gateway (and its only connection) still runs a statement.
-async fn still_serves(gateway: &Gateway, key: &str) {
-    assert_eq!(value(gateway, key, "select 1 as one").await, json!(1));
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unterminated_quoted_identifier_with_multibyte_char_does_not_panic() {
     let (gateway, key, _) = one_connection("").await;
@@ -196,7 +168,7 @@ async fn nul_in_sql_is_bad_request_and_does_not_poison_the_connection() {
         assert_status(&reply, StatusCode::BAD_REQUEST, "bad_request");
         assert!(reply.text.contains("NUL"), "{path}: {}", reply.text);
     };
-    let id = begin(&gateway, &key).await;
+    let id = begin(&gateway, &key, json!({})).await;
     refused(
         &format!("/v1/transactions/{id}/query"),
         &json!({ "sql": "select 1\u{0}" }),
@@ -228,8 +200,8 @@ async fn nul_in_sql_is_bad_request_and_does_not_poison_the_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn function_call_after_from_is_reset() {
     let (gateway, key, db) = one_connection("").await;
-    let pid = value(&gateway, &key, "select pg_backend_pid() as p").await;
-    let default_path = value(&gateway, &key, "show search_path").await;
+    let pid = single_value(&gateway, &key, "select pg_backend_pid() as p").await;
+    let default_path = single_value(&gateway, &key, "show search_path").await;
     // Each of these changed the session unseen: the lexer took `name(` after FROM, JOIN, ON
     // or ONLY for a table, and U&"…" for a string.
     let leaks = [
@@ -244,7 +216,7 @@ async fn function_call_after_from_is_reset() {
         let reply = gateway.client.query(&key, sql, json!([])).await;
         assert_status(&reply, StatusCode::OK, "");
         assert_eq!(
-            value(&gateway, &key, "show search_path").await,
+            single_value(&gateway, &key, "show search_path").await,
             default_path,
             "{sql} leaked its search_path"
         );
@@ -256,8 +228,7 @@ async fn function_call_after_from_is_reset() {
         .await;
     assert_status(&reply, StatusCode::OK, "");
     let direct = direct(&db).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    wait_until("the advisory lock released after the request", async || {
         let held: i64 = direct
             .query_one(
                 "select count(*) from pg_locks where locktype = 'advisory' and objid = 42",
@@ -266,18 +237,12 @@ async fn function_call_after_from_is_reset() {
             .await
             .unwrap()
             .get(0);
-        if held == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the advisory lock survived the request"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        held == 0
+    })
+    .await;
     // All on the same backend: reset, not replaced.
     assert_eq!(
-        value(&gateway, &key, "select pg_backend_pid() as p").await,
+        single_value(&gateway, &key, "select pg_backend_pid() as p").await,
         pid
     );
     // A U&"…" name could spell anything, `setseed` too: its connection is not reused.
@@ -288,7 +253,7 @@ async fn function_call_after_from_is_reset() {
         let reply = gateway.client.query(&key, sql, json!([])).await;
         assert_status(&reply, StatusCode::OK, "");
         assert_eq!(
-            value(&gateway, &key, "show search_path").await,
+            single_value(&gateway, &key, "show search_path").await,
             default_path,
             "{sql} leaked its search_path"
         );
@@ -305,17 +270,17 @@ async fn setseed_and_load_close_the_connection_instead_of_a_reset() {
         "select * from setseed(0.5)",
         "load 'plpgsql'",
     ] {
-        let before = value(&gateway, &key, "select pg_backend_pid() as p").await;
+        let before = single_value(&gateway, &key, "select pg_backend_pid() as p").await;
         let reply = gateway.client.query(&key, sql, json!([])).await;
         assert_status(&reply, StatusCode::OK, "");
-        let after = value(&gateway, &key, "select pg_backend_pid() as p").await;
+        let after = single_value(&gateway, &key, "select pg_backend_pid() as p").await;
         assert_ne!(before, after, "{sql}: the connection was reused");
     }
-    let before = value(&gateway, &key, "select pg_backend_pid() as p").await;
+    let before = single_value(&gateway, &key, "select pg_backend_pid() as p").await;
     let script = json!({ "script": "select 1; select setseed(0.1); select 2" });
     let reply = gateway.client.post("/v1/batch", &key, &script).await;
     assert_status(&reply, StatusCode::OK, "");
-    let after = value(&gateway, &key, "select pg_backend_pid() as p").await;
+    let after = single_value(&gateway, &key, "select pg_backend_pid() as p").await;
     assert_ne!(
         before, after,
         "a script with setseed: the connection was reused"
@@ -360,7 +325,7 @@ async fn deallocate_all_is_refused_and_cache_stays_valid() {
     // In a transaction (transactions never hold a tenant's last connection: a gateway of two).
     {
         let (gateway, key, _) = two_connections().await;
-        let id = begin(&gateway, &key).await;
+        let id = begin(&gateway, &key, json!({})).await;
         for sql in refused {
             for (action, body) in [
                 ("query", json!({ "sql": sql })),
@@ -596,7 +561,7 @@ async fn generated_requests_never_panic_or_answer_500() {
     let auth = format!("Bearer {key}");
     let started = Instant::now();
     let mut outcomes = std::collections::BTreeMap::<(u16, String), usize>::new();
-    let mut transaction = begin(&gateway, &key).await;
+    let mut transaction = begin(&gateway, &key, json!({})).await;
     for round in 0..250 {
         if round % 25 == 0 {
             let _ = gateway

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::json;
 use sluice::dev::{TempPostgres, TempPostgresOptions};
-use tokio::io::AsyncWriteExt;
 
 /// A statement whose first cancels are swallowed — as when the cancel reaches the backend
 /// before the statement has started — followed by a long sleep that a cancel would end.
@@ -34,15 +33,10 @@ begin
   end loop;
 end $$;";
 
-/// Sends a query over a raw connection and hangs up after `after`.
+/// Sends a query over a raw connection and hangs up after `after`: when the client hangs up
+/// (before, as or after the statement starts) is the scenario, hence a sleep.
 async fn hang_up_during(gateway: &Gateway, key: &str, sql: &str, after: Duration) {
-    let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
-    let body = json!({ "sql": sql }).to_string();
-    let request = format!(
-        "POST /v1/query HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
+    let stream = send_raw(gateway.addr, key, "/v1/query", &json!({ "sql": sql })).await;
     tokio::time::sleep(after).await;
     drop(stream);
 }
@@ -70,6 +64,7 @@ fn keep_asking(
     tokio::spawn(async move {
         while !stop.load(Ordering::Relaxed) {
             let _ = client.query(&key, "select 1", json!([])).await;
+            // The pace of the asking client.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
@@ -77,22 +72,9 @@ fn keep_asking(
 
 /// The gauge, read with the admin key that `/metrics` on the public listener asks for.
 async fn stuck_gauge(gateway: &Gateway, admin_key: &str) -> i64 {
-    let auth = format!("Bearer {admin_key}");
-    let text = gateway
-        .client
-        .request(
-            http::Method::GET,
-            "/metrics",
-            &[("authorization", &auth)],
-            "",
-        )
+    Scrape::take(&gateway.client, Some(admin_key))
         .await
-        .text;
-    text.lines()
-        .find(|l| l.starts_with("sluice_upstream_stuck_connections{"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(-1, |v| v as i64)
+        .value("sluice_upstream_stuck_connections", &[]) as i64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,6 +129,7 @@ async fn clients_hanging_up_when_the_first_cancel_is_lost_never_push_backends_ab
             "a statement whose client hung up still runs {:?} later",
             hung_up.elapsed()
         );
+        // The sampling interval of a fixed observation window.
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     stop.store(true, Ordering::Relaxed);
@@ -165,39 +148,24 @@ async fn clients_hanging_up_when_the_first_cancel_is_lost_never_push_backends_ab
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_that_ignores_cancels_keeps_its_slot_and_is_reported_stuck() {
     let db = database(LATE_SLEEP).await;
-    let (admin_key, admin_hash) = key("admin");
     let (key, hash) = key("acme");
-    let gateway = Gateway::start(
-        &config(
-            &db,
-            &hash,
-            "pool_size = 2\nqueue_timeout_ms = 300\nstatement_timeout_ms = 60000",
-            "max_connections = 2",
-        )
-        .replace(
-            "[server]",
-            &format!("[server]\nadmin_keys = [\"{admin_hash}\"]"),
-        ),
-    )
-    .await;
+    let (toml, admin_key) = with_admin(&config(
+        &db,
+        &hash,
+        "pool_size = 2\nqueue_timeout_ms = 300\nstatement_timeout_ms = 60000",
+        "max_connections = 2",
+    ));
+    let gateway = Gateway::start(&toml).await;
     let admin = direct(&db).await;
     let stop = Arc::new(AtomicBool::new(false));
     // Both connections run a statement that ignores cancels for 13 s; their clients hang up.
-    futures::future::join(
-        hang_up_during(
-            &gateway,
-            &key,
-            "select stubborn(13) /* stubborn */",
-            Duration::from_millis(500),
-        ),
-        hang_up_during(
-            &gateway,
-            &key,
-            "select stubborn(13) /* stubborn */",
-            Duration::from_millis(500),
-        ),
-    )
-    .await;
+    let body = json!({ "sql": "select stubborn(13) /* stubborn */" });
+    let clients = [
+        send_raw(gateway.addr, &key, "/v1/query", &body).await,
+        send_raw(gateway.addr, &key, "/v1/query", &body).await,
+    ];
+    wait_running(&db, "/* stubborn */", 2).await;
+    drop(clients);
     let asking = keep_asking(&gateway, &key, &stop);
     let hung_up = Instant::now();
     let mut peak = 0;
@@ -215,6 +183,7 @@ async fn a_backend_that_ignores_cancels_keeps_its_slot_and_is_reported_stuck() {
             hung_up.elapsed() < Duration::from_secs(30),
             "the stubborn statements never ended"
         );
+        // The sampling interval: the peak is measured throughout.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Past the recovery and close waits (10 s) the slots stayed taken: no third backend.
@@ -224,62 +193,28 @@ async fn a_backend_that_ignores_cancels_keeps_its_slot_and_is_reported_stuck() {
         "sluice_upstream_stuck_connections reported them ({stuck_seen})"
     );
     // Once the backends end, the slots come back and service resumes.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while gateway.client.select_one_status(&key).await != 200 {
-        assert!(Instant::now() < deadline, "service resumed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("service resumed", async || {
+        gateway.client.select_one_status(&key).await == 200
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
     asking.await.unwrap();
     assert_eq!(stuck_gauge(&gateway, &admin_key).await, 0);
     gateway.stop().await;
 }
 
-struct ConfigFile {
-    dir: std::path::PathBuf,
-    path: std::path::PathBuf,
-}
-
-impl ConfigFile {
-    fn new(toml: &str) -> ConfigFile {
-        let dir = std::env::temp_dir().join(format!("sluice-hp-{:08x}", rand::random::<u32>()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = ConfigFile {
-            path: dir.join("sluice.toml"),
-            dir,
-        };
-        file.write(toml);
-        file
-    }
-
-    fn write(&self, toml: &str) {
-        std::fs::write(&self.path, toml).unwrap();
-    }
-}
-
-impl Drop for ConfigFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_changes_the_upstreams_address_shares_one_budget_with_the_old_connections() {
     let db = database("").await;
     let (key, hash) = key("acme");
-    let (admin_key, admin_hash) = common::key("admin");
-    let base = config(
+    let (base, admin_key) = with_admin(&config(
         &db,
         &hash,
         "pool_size = 3\nqueue_timeout_ms = 5000\nrate_per_second = 100000\nburst = 100000",
         "max_connections = 3",
-    )
-    .replace(
-        "[server]",
-        &format!("[server]\nadmin_keys = [\"{admin_hash}\"]"),
-    );
+    ));
     let file = ConfigFile::new(&base);
-    let gateway = Gateway::start_file(&file.path).await;
+    let gateway = Gateway::start_file(file.path()).await;
     let admin = Arc::new(direct(&db).await);
     // Three statements hold the whole budget across the reload.
     let busy: Vec<_> = (0..3)
@@ -292,23 +227,11 @@ async fn a_reload_that_changes_the_upstreams_address_shares_one_budget_with_the_
             })
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while backends(&admin, &db, "%/* old */%").await.1 < 3 {
-        assert!(Instant::now() < deadline, "the statements started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_running(&db, "/* old */", 3).await;
     // The upstream now points elsewhere (same server, another TLS mode: a new identity).
     let url = pg_url(&db);
     file.write(&base.replace(&url, &format!("{url}?sslmode=disable")));
-    let reload = gateway
-        .client
-        .request(
-            http::Method::POST,
-            "/v1/admin/reload",
-            &[("authorization", &format!("Bearer {admin_key}"))],
-            "",
-        )
-        .await;
+    let reload = gateway.admin_reload(&admin_key).await;
     assert_eq!(reload.status, 200, "{}", reload.text);
     // New requests while the old connections drain: never more than 3 backends in all.
     let load: Vec<_> = (0..6)
@@ -321,6 +244,7 @@ async fn a_reload_that_changes_the_upstreams_address_shares_one_budget_with_the_
     let mut peak = 0;
     while reloaded.elapsed() < Duration::from_secs(4) {
         peak = peak.max(backends(&admin, &db, "").await.0);
+        // The sampling interval of a fixed observation window.
         tokio::time::sleep(Duration::from_millis(15)).await;
     }
     for reply in futures::future::join_all(busy).await {
@@ -361,7 +285,7 @@ async fn upstreams_on_one_server_are_checked_against_its_limit_together() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
         .arg("check")
         .arg("--config")
-        .arg(&file.path)
+        .arg(file.path())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -412,31 +336,16 @@ async fn the_server_limit_is_read_again_after_postgres_restarts_with_a_lower_one
     // Back with max_connections 20: it allows 17, below the budget of 20.
     let second = start(20, Some(port)).await;
     // Requests find the budget refused (upstream_unavailable), and the admin view says why.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let reply = gateway.client.query(&key, "select 1", json!([])).await;
-        let pools = gateway
-            .client
-            .request(
-                http::Method::GET,
-                "/v1/admin/pools",
-                &[("authorization", &format!("Bearer {admin_key}"))],
-                "",
-            )
-            .await;
-        if reply.status == 503 && pools.text.contains("allows 17") {
-            assert_eq!(reply.kind(), "upstream_unavailable", "{}", reply.text);
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the gateway kept serving on a budget the restarted server cannot hold: {} {} / {}",
-            reply.status,
-            reply.text,
-            pools.text
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let reply = wait_for(
+        "the gateway to refuse a budget the restarted server cannot hold",
+        async || {
+            let reply = gateway.client.query(&key, "select 1", json!([])).await;
+            let pools = gateway.client.admin_pools(&admin_key).await;
+            (reply.status == 503 && pools.to_string().contains("allows 17")).then_some(reply)
+        },
+    )
+    .await;
+    assert_eq!(reply.kind(), "upstream_unavailable", "{}", reply.text);
     gateway.stop().await;
     drop(second);
 }

@@ -4,64 +4,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
-
 use common::*;
-use http::{Method, StatusCode};
+use http::StatusCode;
 use serde_json::{Value, json};
-
-async fn begin(c: &Client, key: &str) -> Reply {
-    c.post("/v1/transactions", key, &json!({})).await
-}
-
-fn id_of(reply: &Reply) -> String {
-    assert_eq!(reply.status, 201, "{}", reply.text);
-    reply.json()["id"].as_str().unwrap().to_owned()
-}
-
-async fn tx_query(c: &Client, key: &str, id: &str, sql: &str) -> Reply {
-    c.post(
-        &format!("/v1/transactions/{id}/query"),
-        key,
-        &json!({ "sql": sql }),
-    )
-    .await
-}
-
-async fn tx_end(c: &Client, key: &str, id: &str, action: &str) -> Reply {
-    c.post(&format!("/v1/transactions/{id}/{action}"), key, &json!({}))
-        .await
-}
-
-/// Polls `probe` until it holds, for at most ten seconds.
-async fn eventually<F, Fut>(what: &str, mut probe: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !probe().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Pids of backends running a statement that contains `marker`.
-async fn running(db: &str, marker: &str) -> Vec<i32> {
-    direct(db)
-        .await
-        .query(
-            "select pid from pg_stat_activity where state = 'active' and query like '%' || $1 || '%' \
-             and pid <> pg_backend_pid()",
-            &[&marker],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect()
-}
 
 /// Bug: a transaction whose backend was terminated mid-call stayed registered with its slot;
 /// after `max_transaction_connections` of them every begin got 503 until restart.
@@ -71,22 +16,14 @@ async fn a_transaction_whose_connection_dies_frees_its_slot() {
     let (gateway, key, db) = gateway_for("", "pool_size = 4\nstatement_timeout_ms = 60000").await;
     let c = &gateway.client;
     for round in 0..5 {
-        let id = id_of(&begin(c, &key).await);
+        let id = begin(c, &key, json!({})).await;
         let marker = format!("doomed_{round}");
         let call = {
             let (c, key, id) = (c.clone(), key.clone(), id.clone());
             let sql = format!("select pg_sleep(30) /* {marker} */");
             tokio::spawn(async move { tx_query(&c, &key, &id, &sql).await })
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let pids = loop {
-            let pids = running(&db, &marker).await;
-            if !pids.is_empty() {
-                break pids;
-            }
-            assert!(Instant::now() < deadline, "the statement never ran");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let pids = wait_running(&db, &marker, 1).await;
         direct(&db)
             .await
             .execute("select pg_terminate_backend($1)", &[&pids[0]])
@@ -111,7 +48,7 @@ async fn a_transaction_whose_connection_dies_frees_its_slot() {
     let ids: Vec<String> = {
         let mut ids = Vec::new();
         for _ in 0..3 {
-            ids.push(id_of(&begin(c, &key).await));
+            ids.push(begin(c, &key, json!({})).await);
         }
         ids
     };
@@ -132,7 +69,7 @@ async fn a_lifetime_expiry_mid_statement_answers_expired() {
     )
     .await;
     let c = &gateway.client;
-    let id = id_of(&begin(c, &key).await);
+    let id = begin(c, &key, json!({})).await;
     let reply = tx_query(c, &key, &id, "select pg_sleep(20)").await;
     assert_status(&reply, StatusCode::NOT_FOUND, "transaction_not_found");
     assert_eq!(reply.json()["error"]["reason"], "expired", "{}", reply.text);
@@ -147,22 +84,8 @@ fn two_tenants_config(db: &str, acme: &str, beta: &str, admin: &str) -> String {
 }
 
 async fn transactions_open(c: &Client, admin: &str, tenant: &str) -> u64 {
-    let reply = c
-        .request(
-            Method::GET,
-            "/v1/admin/pools",
-            &[("authorization", &format!("Bearer {admin}"))],
-            "",
-        )
-        .await;
-    assert_eq!(reply.status, 200, "{}", reply.text);
-    reply.json()["upstreams"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|u| u["tenants"].as_array().unwrap().clone())
-        .find(|t| t["id"] == tenant)
-        .map(|t| t["transactionsOpen"].as_u64().unwrap())
+    c.admin_tenant(admin, tenant).await["transactionsOpen"]
+        .as_u64()
         .unwrap()
 }
 
@@ -182,11 +105,8 @@ async fn another_tenants_expired_id_answers_exactly_as_an_unknown_one() {
     ))
     .await;
     let c = &gateway.client;
-    let id = id_of(
-        &c.post("/v1/transactions", &acme, &json!({ "idleTimeoutMs": 100 }))
-            .await,
-    );
-    eventually("the transaction to expire", || async {
+    let id = begin(c, &acme, json!({ "idleTimeoutMs": 100 })).await;
+    wait_until("the transaction to expire", async || {
         transactions_open(c, &admin, "acme").await == 0
     })
     .await;
@@ -213,70 +133,30 @@ async fn another_tenants_expired_id_answers_exactly_as_an_unknown_one() {
     gateway.stop().await;
 }
 
-struct ConfigFile {
-    path: PathBuf,
-}
-
-impl ConfigFile {
-    fn new(toml: &str) -> ConfigFile {
-        let dir =
-            std::env::temp_dir().join(format!("sluice-hardening-tx-{:08x}", rand::random::<u32>()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("sluice.toml");
-        std::fs::write(&path, toml).unwrap();
-        ConfigFile { path }
-    }
-
-    fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for ConfigFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(self.path.parent().unwrap());
-    }
-}
-
 /// Bug: a reload that changed `max_transactions` started a fresh count, so the transactions
 /// opened before it and after it together exceeded the new limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_lowers_max_transactions_never_lets_old_and_new_exceed_it() {
     let db = database("").await;
     let (key, hash) = key("acme");
-    let (admin, admin_hash) = common::key("admin");
-    let base = config(&db, &hash, "", "").replace(
-        "[server]",
-        &format!("[server]\nadmin_keys = [\"{admin_hash}\"]"),
-    );
+    let (base, admin) = with_admin(&config(&db, &hash, "", ""));
     let file =
         ConfigFile::new(&base.replace("pool_size = 4", "pool_size = 6\nmax_transactions = 4"));
     let gateway = Gateway::start_file(file.path()).await;
     let c = &gateway.client;
     let mut old = Vec::new();
     for _ in 0..4 {
-        old.push(id_of(&begin(c, &key).await));
+        old.push(begin(c, &key, json!({})).await);
     }
-    assert_eq!(begin(c, &key).await.status, 503);
+    assert_eq!(begin_reply(c, &key, json!({})).await.status, 503);
 
-    std::fs::write(
-        file.path(),
-        base.replace("pool_size = 4", "pool_size = 6\nmax_transactions = 2"),
-    )
-    .unwrap();
-    let reload = c
-        .request(
-            Method::POST,
-            "/v1/admin/reload",
-            &[("authorization", &format!("Bearer {admin}"))],
-            "",
-        )
-        .await;
+    file.write(&base.replace("pool_size = 4", "pool_size = 6\nmax_transactions = 2"));
+    let reload = c.admin_reload(&admin).await;
     assert_eq!(reload.status, 200, "{}", reload.text);
 
     // Four open under a limit of two: no begin until fewer than two remain.
     for expected_open in [4, 3, 2] {
-        let refused = begin(c, &key).await;
+        let refused = begin_reply(c, &key, json!({})).await;
         assert_status(
             &refused,
             StatusCode::SERVICE_UNAVAILABLE,
@@ -290,9 +170,9 @@ async fn a_reload_that_lowers_max_transactions_never_lets_old_and_new_exceed_it(
         let id = old.pop().unwrap();
         assert_eq!(tx_end(c, &key, &id, "commit").await.status, 200);
     }
-    let new = id_of(&begin(c, &key).await);
+    let new = begin(c, &key, json!({})).await;
     assert_status(
-        &begin(c, &key).await,
+        &begin_reply(c, &key, json!({})).await,
         StatusCode::SERVICE_UNAVAILABLE,
         "too_many_transactions",
     );
@@ -309,7 +189,7 @@ async fn a_reload_that_lowers_max_transactions_never_lets_old_and_new_exceed_it(
 async fn transactions_never_take_a_tenants_last_connection() {
     let (gateway, key, _) = gateway_for("", "pool_size = 1\nqueue_timeout_ms = 500").await;
     let c = &gateway.client;
-    let refused = begin(c, &key).await;
+    let refused = begin_reply(c, &key, json!({})).await;
     assert_status(
         &refused,
         StatusCode::SERVICE_UNAVAILABLE,
@@ -335,8 +215,8 @@ async fn transactions_never_take_a_tenants_last_connection() {
     )
     .await;
     let c = &gateway.client;
-    let id = id_of(&begin(c, &key).await);
-    let refused = begin(c, &key).await;
+    let id = begin(c, &key, json!({})).await;
+    let refused = begin_reply(c, &key, json!({})).await;
     assert_status(
         &refused,
         StatusCode::SERVICE_UNAVAILABLE,

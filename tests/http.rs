@@ -91,9 +91,23 @@ async fn closed_within(stream: &mut TcpStream, limit: Duration) -> Duration {
     }
 }
 
+/// Parked connections now, read on a connection of its own (never parked itself).
+async fn parked(gateway: &Gateway, admin: &str) -> f64 {
+    Scrape::take_cold(gateway.addr, admin)
+        .await
+        .value("sluice_http_connections_parked", &[])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keep_alive_connection_serves_requests_after_idle_pauses() {
-    let (gateway, key) = gateway(5_000).await;
+    let db = database("").await;
+    let (key, hash) = key("acme");
+    let (toml, admin) = with_admin(&config(&db, &hash, "", ""));
+    let gateway = Gateway::start(&toml).await;
+    wait_until("no connection parked before the test's own", async || {
+        parked(&gateway, &admin).await == 0.0
+    })
+    .await;
     let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
     let mut pending = Vec::new();
     for n in 1..=5 {
@@ -102,8 +116,17 @@ async fn a_keep_alive_connection_serves_requests_after_idle_pauses() {
         assert_eq!(status, 200, "{body}");
         assert_eq!(doubled(&body), n * 2);
         // Idle between requests: the connection is parked, then served again.
-        tokio::time::sleep(Duration::from_millis(50 * n as u64)).await;
+        wait_until("the idle connection parked", async || {
+            parked(&gateway, &admin).await == 1.0
+        })
+        .await;
     }
+    // Gone when the client leaves.
+    drop(stream);
+    wait_until("the closed connection no longer parked", async || {
+        parked(&gateway, &admin).await == 0.0
+    })
+    .await;
     gateway.stop().await;
 }
 
@@ -122,6 +145,7 @@ async fn pipelined_requests_are_answered_in_order() {
             assert_eq!(status, 200, "{body}");
             assert_eq!(doubled(&body), (round * 10 + n) * 2);
         }
+        // An idle pause between rounds (the scenario).
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
     gateway.stop().await;
@@ -143,6 +167,7 @@ async fn requests_split_across_writes_are_reassembled() {
         &request[head_end..head_end + 10],
         &request[head_end + 10..],
     ] {
+        // The client pauses between pieces (the scenario).
         tokio::time::sleep(Duration::from_millis(80)).await;
         stream.write_all(piece).await.unwrap();
     }
@@ -156,6 +181,7 @@ async fn requests_split_across_writes_are_reassembled() {
     stream.write_all(&joined).await.unwrap();
     let (status, body) = read_response(&mut stream, &mut pending).await;
     assert_eq!((status, doubled(&body)), (200, 6));
+    // The rest of the next request comes after a pause (the scenario).
     tokio::time::sleep(Duration::from_millis(100)).await;
     stream.write_all(&second[15..]).await.unwrap();
     let (status, body) = read_response(&mut stream, &mut pending).await;
@@ -193,6 +219,7 @@ async fn refused_and_unread_bodies_leave_the_connection_usable() {
     let (status, _) = read_response(&mut stream, &mut pending).await;
     assert_eq!(status, 401);
     for n in 6..=8 {
+        // An idle pause between requests (the scenario).
         tokio::time::sleep(Duration::from_millis(30)).await;
         stream.write_all(&query_request(&key, n)).await.unwrap();
         let (status, body) = read_response(&mut stream, &mut pending).await;
@@ -228,6 +255,7 @@ async fn idle_connections_close_after_the_idle_timeout() {
         if stream.write_all(piece).await.is_err() {
             break;
         }
+        // A client that stalls mid-head (the scenario).
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     closed_within(&mut stream, Duration::from_secs(5)).await;

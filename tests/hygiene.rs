@@ -9,28 +9,14 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{Value, json};
-use tokio::io::AsyncWriteExt;
 
 /// One connection for the tenant, so state could only leak by being left on it.
 async fn one_connection(setup: &str) -> (Gateway, String, String) {
     gateway_for(setup, "pool_size = 1").await
 }
 
-async fn one(gateway: &Gateway, key: &str, sql: &str) -> Value {
-    let reply = gateway.client.query(key, sql, json!([])).await;
-    let rows = reply.rows();
-    assert_eq!(rows.len(), 1, "{sql}: {}", reply.text);
-    rows[0]
-        .as_object()
-        .unwrap()
-        .values()
-        .next()
-        .unwrap()
-        .clone()
-}
-
 async fn backend_pid(gateway: &Gateway, key: &str) -> Value {
-    one(gateway, key, "select pg_backend_pid()").await
+    single_value(gateway, key, "select pg_backend_pid()").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,7 +63,11 @@ async fn session_settings_do_not_leak() {
     for (dirty, check, clean) in cases {
         let reply = gateway.client.query(&key, dirty, json!([])).await;
         assert_eq!(reply.status, 200, "{dirty}: {}", reply.text);
-        assert_eq!(one(&gateway, &key, check).await, clean, "after `{dirty}`");
+        assert_eq!(
+            single_value(&gateway, &key, check).await,
+            clean,
+            "after `{dirty}`"
+        );
     }
     // Same connection throughout: the state was reset, not dodged by a new connection.
     assert_eq!(backend_pid(&gateway, &key).await, pid);
@@ -90,13 +80,16 @@ async fn a_function_that_changes_settings_is_caught_too() {
                  begin perform set_config('TimeZone', 'Asia/Tokyo', false); \
                  perform set_config('app.secret', 'leaked', false); return 1; end $$;";
     let (gateway, key, _) = one_connection(setup).await;
-    assert_eq!(one(&gateway, &key, "select sneaky()").await, json!(1));
     assert_eq!(
-        one(&gateway, &key, "select current_setting('TimeZone')").await,
+        single_value(&gateway, &key, "select sneaky()").await,
+        json!(1)
+    );
+    assert_eq!(
+        single_value(&gateway, &key, "select current_setting('TimeZone')").await,
         json!("UTC")
     );
     assert_eq!(
-        one(
+        single_value(
             &gateway,
             &key,
             "select coalesce(current_setting('app.secret', true), '')"
@@ -144,7 +137,7 @@ async fn temp_tables_prepared_statements_cursors_and_listens_do_not_leak() {
         let reply = gateway.client.query(&key, dirty, json!([])).await;
         assert_eq!(reply.status, 200, "{dirty}: {}", reply.text);
         assert_eq!(
-            one(&gateway, &key, check).await,
+            single_value(&gateway, &key, check).await,
             json!("0"),
             "after `{dirty}`"
         );
@@ -160,10 +153,10 @@ async fn advisory_locks_and_open_transactions_do_not_leak() {
     let admin = direct(&db).await;
     // A session-level advisory lock is released before the connection is reused.
     assert_eq!(
-        one(&gateway, &key, "select pg_advisory_lock(4242)").await,
+        single_value(&gateway, &key, "select pg_advisory_lock(4242)").await,
         json!("")
     );
-    one(&gateway, &key, "select 1").await;
+    single_value(&gateway, &key, "select 1").await;
     let free: bool = admin
         .query_one("select pg_try_advisory_lock(4242)", &[])
         .await
@@ -184,7 +177,7 @@ async fn advisory_locks_and_open_transactions_do_not_leak() {
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     // Had the `begin` survived, the row lock taken above would have given the transaction an id.
-    let fresh = one(
+    let fresh = single_value(
         &gateway,
         &key,
         "select pg_current_xact_id_if_assigned() is null",
@@ -211,7 +204,7 @@ async fn advisory_locks_and_open_transactions_do_not_leak() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateways_own_prepared_statements_survive_a_reset() {
     let (gateway, key, _) = one_connection("").await;
-    one(&gateway, &key, "select 'warm' as w").await;
+    single_value(&gateway, &key, "select 'warm' as w").await;
     assert_eq!(
         gateway
             .client
@@ -222,66 +215,41 @@ async fn the_gateways_own_prepared_statements_survive_a_reset() {
     );
     // Reset happened (work_mem is back), yet the warm statement is still prepared.
     assert_eq!(
-        one(&gateway, &key, "select current_setting('work_mem')").await,
+        single_value(&gateway, &key, "select current_setting('work_mem')").await,
         json!("4MB")
     );
-    let kept = one(&gateway, &key, "select count(*) from pg_prepared_statements where not from_sql and statement = 'select ''warm'' as w'").await;
+    let kept = single_value(&gateway, &key, "select count(*) from pg_prepared_statements where not from_sql and statement = 'select ''warm'' as w'").await;
     assert_eq!(kept, json!("1"));
     gateway.stop().await;
 }
 
-/// Sends a request on a raw socket and closes it after `after`, before the answer.
+/// Sends a request on a raw socket and closes it after `after`, before the answer: when the
+/// client leaves (before, during or after the statement) is the scenario, hence a sleep.
 async fn abandon(gateway: &Gateway, key: &str, sql: &str, after: Duration) {
-    let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
-    let body = json!({ "sql": sql }).to_string();
-    let request = format!(
-        "POST /v1/query HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
+    let stream = send_raw(gateway.addr, key, "/v1/query", &json!({ "sql": sql })).await;
     tokio::time::sleep(after).await;
     drop(stream);
-}
-
-async fn active_statements(admin: &tokio_postgres::Client, marker: &str) -> i64 {
-    admin
-        .query_one(
-            "select count(*) from pg_stat_activity where state = 'active' and query like $1 and pid <> pg_backend_pid()",
-            &[&format!("%{marker}%")],
-        )
-        .await
-        .unwrap()
-        .get(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_disconnects_mid_statement_gets_its_statement_cancelled() {
     let (gateway, key, db) = one_connection("").await;
-    let admin = direct(&db).await;
-    abandon(
-        &gateway,
-        &key,
-        "select pg_sleep(30) /* abandoned */",
-        Duration::from_millis(500),
-    )
-    .await;
+    let body = json!({ "sql": "select pg_sleep(30) /* abandoned */" });
+    let client = send_raw(gateway.addr, &key, "/v1/query", &body).await;
+    wait_running(&db, "/* abandoned */", 1).await;
+    drop(client);
     let disconnected = Instant::now();
-    let cancelled_at = loop {
-        if active_statements(&admin, "/* abandoned */").await == 0 {
-            break disconnected.elapsed();
-        }
-        assert!(
-            disconnected.elapsed() < Duration::from_secs(5),
-            "the statement was never cancelled"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    wait_not_running(&db, "/* abandoned */").await;
+    let cancelled_at = disconnected.elapsed();
     assert!(
         cancelled_at < Duration::from_secs(1),
         "cancelled within a second, took {cancelled_at:?}"
     );
     // The one connection was recovered and serves the next request.
-    assert_eq!(one(&gateway, &key, "select 'next'").await, json!("next"));
+    assert_eq!(
+        single_value(&gateway, &key, "select 'next'").await,
+        json!("next")
+    );
     gateway.stop().await;
 }
 
@@ -312,21 +280,14 @@ async fn a_thousand_abandoned_requests_leak_nothing() {
     for _ in 0..2 {
         round(50).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_not_running(&db, "/* thousand */").await;
     let before = resident_bytes();
     for _ in 0..20 {
         round(50).await;
     }
     // Everything settles: no statement left running, connections back in the pool.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while active_statements(&admin, "/* thousand */").await > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "statements still running after the clients left"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let backends = gateway_backends_in(&admin, &db).await;
+    wait_not_running(&db, "/* thousand */").await;
+    let backends = backends_in(&admin, &db).await;
     assert!(backends <= 4, "{backends} gateway backends for a pool of 4");
     let stuck: i64 = admin
         .query_one("select count(*) from pg_stat_activity where datname = current_database() and state <> 'idle' and pid <> pg_backend_pid()", &[])
@@ -371,16 +332,12 @@ async fn the_reaper_closes_idle_and_old_connections() {
     };
     let admin = direct(&db).await;
     let first = backend_pid(&gateway, &key).await;
-    assert_eq!(gateway_backends_in(&admin, &db).await, 1);
+    assert_eq!(backends_in(&admin, &db).await, 1);
     // Idle past the timeout: closed by the reaper.
-    let deadline = Instant::now() + Duration::from_secs(6);
-    while gateway_backends_in(&admin, &db).await > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the idle connection was not closed"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until("the reaper closed the idle connection", async || {
+        backends_in(&admin, &db).await == 0
+    })
+    .await;
     assert_ne!(
         backend_pid(&gateway, &key).await,
         first,
@@ -394,15 +351,9 @@ async fn the_reaper_closes_idle_and_old_connections() {
     let toml = config(&db, &hash, "pool_size = 1", "server_lifetime_ms = 1000");
     let gateway = Gateway::start(&toml).await;
     let first = backend_pid(&gateway, &key).await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_ne!(backend_pid(&gateway, &key).await, first);
+    wait_until("the old connection replaced", async || {
+        backend_pid(&gateway, &key).await != first
+    })
+    .await;
     gateway.stop().await;
-}
-
-async fn gateway_backends_in(admin: &tokio_postgres::Client, db: &str) -> i64 {
-    admin
-        .query_one("select count(*) from pg_stat_activity where datname = $1 and application_name like 'sluice/%'", &[&db])
-        .await
-        .unwrap()
-        .get(0)
 }

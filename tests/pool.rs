@@ -13,7 +13,7 @@ use sluice::dev::{TempPostgres, TempPostgresOptions, free_port};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_finds_no_connection_in_time_gets_pool_timeout() {
-    let (gateway, key, _) = gateway_for(
+    let (gateway, key, db) = gateway_for(
         "create table t (n int);",
         "pool_size = 1\nqueue_timeout_ms = 300",
     )
@@ -21,9 +21,13 @@ async fn a_request_that_finds_no_connection_in_time_gets_pool_timeout() {
     let holder = {
         let client = gateway.client.clone();
         let key = key.clone();
-        tokio::spawn(async move { client.query(&key, "select pg_sleep(1.5)", json!([])).await })
+        tokio::spawn(async move {
+            client
+                .query(&key, "select pg_sleep(2) /* holder */", json!([]))
+                .await
+        })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_running(&db, "/* holder */", 1).await;
     let started = Instant::now();
     let reply = gateway
         .client
@@ -47,7 +51,7 @@ async fn a_request_that_finds_no_connection_in_time_gets_pool_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_answers_queue_full_at_once() {
-    let (gateway, key, _) = gateway_for(
+    let (gateway, key, db, admin) = gateway_with_admin(
         "",
         "pool_size = 1\nmax_waiting = 1\nqueue_timeout_ms = 5000",
     )
@@ -57,10 +61,13 @@ async fn a_full_queue_answers_queue_full_at_once() {
         let key = key.clone();
         tokio::spawn(async move { client.query(&key, sql, json!([])).await })
     };
-    let holder = spawn("select pg_sleep(1)");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let holder = spawn("select pg_sleep(2) /* holder */");
+    wait_running(&db, "/* holder */", 1).await;
     let waiter = spawn("select 'waited' as w");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_until("one request waiting in the queue", async || {
+        gateway.client.admin_tenant(&admin, "acme").await["waiting"] == 1
+    })
+    .await;
     let started = Instant::now();
     let reply = gateway.client.query(&key, "select 1", json!([])).await;
     assert_status(&reply, StatusCode::SERVICE_UNAVAILABLE, "queue_full");
@@ -113,34 +120,16 @@ async fn a_connection_killed_mid_statement_answers_connection_lost() {
                 .await
         })
     };
-    let admin = direct(&db).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let killed: i64 = admin
-            .query_one(
-                "select count(pg_terminate_backend(pid)) from pg_stat_activity where query like '%/* victim */%' and pid <> pg_backend_pid()",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if killed > 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the statement never started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let victim = wait_running(&db, "/* victim */", 1).await;
+    direct(&db)
+        .await
+        .execute("select pg_terminate_backend($1)", &[&victim[0]])
+        .await
+        .unwrap();
     let reply = running.await.unwrap();
     assert_status(&reply, StatusCode::BAD_GATEWAY, "connection_lost");
     // The next request gets a working connection.
-    assert_eq!(
-        gateway
-            .client
-            .query(&key, "select 1 as one", json!([]))
-            .await
-            .rows(),
-        vec![json!({"one": 1})]
-    );
+    still_serves(&gateway, &key).await;
     gateway.stop().await;
 }
 
@@ -187,12 +176,11 @@ async fn a_budget_is_checked_on_first_contact_when_the_upstream_was_down_at_star
         .await
         .unwrap()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
     let admin = tokio_postgres::connect(&cluster.url("postgres"), tokio_postgres::NoTls)
         .await
         .unwrap();
     tokio::spawn(admin.1);
-    loop {
+    wait_until("the gateway contacted the server", async || {
         let reply = gateway.client.query(&key, "select 1", json!([])).await;
         assert_status(
             &reply,
@@ -209,15 +197,9 @@ async fn a_budget_is_checked_on_first_contact_when_the_upstream_was_down_at_star
             .await
             .unwrap()
             .get(0);
-        if contacted > 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the gateway never contacted the server"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        contacted > 0
+    })
+    .await;
     assert_eq!(gateway.client.get("/readyz").await.status, 503);
     let status = gateway.client.query(&key, "select 1", json!([])).await;
     assert_eq!(status.kind(), "upstream_unavailable");

@@ -19,15 +19,17 @@ async fn shutdown_in_the_middle_of_a_request_lets_it_finish_and_closes_the_pool(
         let (client, key) = (client.clone(), key.clone());
         tokio::spawn(async move {
             client
-                .query(&key, "select pg_sleep(1) as slept", json!([]))
+                .query(&key, "select pg_sleep(1) as slept /* running */", json!([]))
                 .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_running(&db, "/* running */", 1).await;
     let stopping = tokio::spawn(gateway.stop());
-    tokio::time::sleep(Duration::from_millis(100)).await;
     // Draining: not ready, but still answering.
-    assert_eq!(client.get("/readyz").await.status, 503);
+    wait_until("/readyz turns 503", async || {
+        client.get("/readyz").await.status == 503
+    })
+    .await;
     let reply = running.await.unwrap();
     assert_eq!(reply.status, 200, "{}", reply.text);
     tokio::time::timeout(Duration::from_secs(15), stopping)
@@ -97,6 +99,7 @@ impl Process {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return Some(status);
             }
+            // Polls the child's exit (no async wait on a std child).
             std::thread::sleep(Duration::from_millis(20));
         }
         None
@@ -120,13 +123,17 @@ async fn sigterm_drains_a_running_query_then_exits_zero() {
         let (client, key) = (client.clone(), key.clone());
         tokio::spawn(async move {
             client
-                .query(&key, "select pg_sleep(2) as slept", json!([]))
+                .query(&key, "select pg_sleep(2) as slept /* drained */", json!([]))
                 .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    wait_running(&db, "/* drained */", 1).await;
     process.signal(libc::SIGTERM);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_until("/readyz turns 503 after SIGTERM", async || {
+        client.get("/readyz").await.status == 503
+    })
+    .await;
+    // Once draining, every readiness probe answers at once.
     let started = Instant::now();
     let ready = client.get("/readyz").await;
     assert_eq!(ready.status, 503, "{}", ready.text);
@@ -153,11 +160,19 @@ async fn a_second_sigterm_exits_at_once() {
     let client = Client::new(&process.url);
     let running = {
         let (client, key) = (client.clone(), key.clone());
-        tokio::spawn(async move { client.query(&key, "select pg_sleep(20)", json!([])).await })
+        tokio::spawn(async move {
+            client
+                .query(&key, "select pg_sleep(20) /* endless */", json!([]))
+                .await
+        })
     };
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    wait_running(&db, "/* endless */", 1).await;
     process.signal(libc::SIGTERM);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The first SIGTERM was taken (draining), and the process waits for the query.
+    wait_until("/readyz turns 503 after SIGTERM", async || {
+        client.get("/readyz").await.status == 503
+    })
+    .await;
     assert!(
         process.child.try_wait().unwrap().is_none(),
         "still draining after the first SIGTERM"

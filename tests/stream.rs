@@ -137,21 +137,14 @@ async fn a_reader_that_pauses_pauses_the_query() {
     }
     let before = resident_bytes();
     // Not reading: Postgres ends up blocked writing to the gateway.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let backends = active(&db, "/* paused */").await;
-        if backends
+    wait_until("Postgres waits on the gateway (ClientWrite)", async || {
+        active(&db, "/* paused */")
+            .await
             .iter()
             .any(|(_, wait)| wait.as_deref() == Some("ClientWrite"))
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Postgres never waited on the gateway: {backends:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
+    // The reader stays paused a while longer (the scenario): memory must not grow meanwhile.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let paused = resident_bytes();
     assert!(
@@ -181,13 +174,12 @@ async fn a_reader_that_disconnects_half_way_cancels_the_statement() {
     assert_eq!(active(&db, "/* abandoned stream */").await.len(), 1);
     drop(stream);
     let gone = Instant::now();
-    while !active(&db, "/* abandoned stream */").await.is_empty() {
-        assert!(
-            gone.elapsed() < Duration::from_secs(3),
-            "the statement kept running"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_not_running(&db, "/* abandoned stream */").await;
+    assert!(
+        gone.elapsed() < Duration::from_secs(3),
+        "the statement ran on for {:?}",
+        gone.elapsed()
+    );
     // The connection came back clean: the pool of one serves the next request.
     let reply = gateway
         .client
@@ -297,14 +289,7 @@ async fn a_reader_that_stalls_past_the_stall_timeout_frees_the_connection() {
     assert_eq!(status, 200);
     assert!(stream.line().await.unwrap().get("fields").is_some());
     // Not reading any more, but still connected.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !active(&db, "/* stalled */").await.is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the statement of a stalled stream kept running"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_not_running(&db, "/* stalled */").await;
     let reply = gateway
         .client
         .query(&key, "select 'after' as a", json!([]))

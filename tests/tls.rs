@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, Full};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::json;
-use sluice::dev::{DevCa, TempPostgres, TempPostgresOptions};
+use sluice::dev::{DevCa, TempPostgres};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -99,15 +99,13 @@ impl TlsGateway {
             stop: Some(stop),
             task,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Client::new(&format!("http://{http}"))
-            .try_get("/healthz")
-            .await
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "gateway did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_until("the gateway answers", async || {
+            Client::new(&format!("http://{http}"))
+                .try_get("/healthz")
+                .await
+                .is_ok()
+        })
+        .await;
         gateway
     }
 
@@ -336,14 +334,10 @@ async fn a_reloaded_certificate_serves_new_connections_while_old_ones_continue()
     std::fs::write(gateway.dir.join("cert.pem"), &renewed.cert_pem).unwrap();
     std::fs::write(gateway.dir.join("key.pem"), &renewed.key_pem).unwrap();
     gateway.reload.send(()).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while peer_serial(&gateway.connect(&[b"http/1.1"]).await) != 2 {
-        assert!(
-            Instant::now() < deadline,
-            "the new certificate was not served"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("the new certificate served", async || {
+        peer_serial(&gateway.connect(&[b"http/1.1"]).await) == 2
+    })
+    .await;
     // The connection opened before the reload still works.
     assert_eq!(
         old_sender
@@ -357,6 +351,8 @@ async fn a_reloaded_certificate_serves_new_connections_while_old_ones_continue()
     // A broken certificate is refused and the current one kept.
     std::fs::write(gateway.dir.join("cert.pem"), "not a certificate").unwrap();
     gateway.reload.send(()).await.unwrap();
+    // A refused reload changes nothing that can be observed (the point of the check), so it
+    // is given time to be (wrongly) applied before the certificate is looked at.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(peer_serial(&gateway.connect(&[b"http/1.1"]).await), 2);
     gateway.stop().await;
@@ -379,21 +375,10 @@ fn tls_postgres() -> &'static std::sync::Mutex<TlsPostgres> {
         std::fs::write(&ca_file, &ca.cert_pem).unwrap();
         let other_ca_file = dir.join("other-ca.pem");
         std::fs::write(&other_ca_file, DevCa::new("someone else").unwrap().cert_pem).unwrap();
-        let options = TempPostgresOptions {
-            settings: vec![
-                ("ssl".into(), "on".into()),
-                ("ssl_cert_file".into(), "server.crt".into()),
-                ("ssl_key_file".into(), "server.key".into()),
-            ],
-            hba: Some(
-                "local all all scram-sha-256\nhostssl all all 127.0.0.1/32 scram-sha-256\n".into(),
-            ),
-            files: vec![
-                ("server.crt".into(), cert.cert_pem.into_bytes()),
-                ("server.key".into(), cert.key_pem.into_bytes()),
-            ],
-            ..Default::default()
-        };
+        let options = tls_postgres_options(
+            cert,
+            "local all all scram-sha-256\nhostssl all all 127.0.0.1/32 scram-sha-256\n",
+        );
         let cluster = TempPostgres::start(options).unwrap();
         std::sync::Mutex::new(TlsPostgres {
             cluster,
@@ -459,30 +444,23 @@ async fn verify_full_connects_with_the_right_ca_and_host_and_uses_tls() {
         "{row}"
     );
     // Cancel requests travel over TLS too: an abandoned statement is cancelled.
-    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
-    let body = json!({"sql": "select pg_sleep(30) /* tls cancel */"}).to_string();
-    let request = format!(
-        "POST /v1/query HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    drop(stream);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let active = gateway
+    let body = json!({"sql": "select pg_sleep(30) /* tls cancel */"});
+    let stream = send_raw(gateway.addr, &key, "/v1/query", &body).await;
+    // This Postgres takes only TLS, so it is watched through the gateway.
+    let running = async || {
+        gateway
             .client
             .query(&key, "select count(*) from pg_stat_activity where query like '%/* tls cancel */%' and state = 'active' and pid <> pg_backend_pid()", json!([]))
-            .await;
-        if active.rows()[0]["count"] == "0" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the statement was not cancelled over TLS"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            .await
+            .rows()[0]["count"]
+            .clone()
+    };
+    wait_until("the statement runs", async || running().await == "1").await;
+    drop(stream);
+    wait_until("the statement cancelled over TLS", async || {
+        running().await == "0"
+    })
+    .await;
     gateway.stop().await;
     let (ok, output) = check(&toml);
     assert!(ok, "{output}");
@@ -515,14 +493,7 @@ async fn a_host_name_the_certificate_does_not_list_fails_clearly() {
     // verify-ca checks the chain only: the same host works.
     let (toml, key) = upstream_config("127.0.0.1", &format!("sslmode=verify-ca&sslrootcert={ca}"));
     let gateway = Gateway::start(&toml).await;
-    assert_eq!(
-        gateway
-            .client
-            .query(&key, "select 1 as one", json!([]))
-            .await
-            .rows(),
-        vec![json!({"one": 1})]
-    );
+    still_serves(&gateway, &key).await;
     gateway.stop().await;
 }
 

@@ -173,6 +173,7 @@ async fn serve_http1_parking(mut stream: TcpStream, peer: SocketAddr, serving: &
     let mut wait_for_bytes = false;
     loop {
         if wait_for_bytes {
+            let _parked = ConnectionGauge::parked(&serving.app);
             match next_request_bytes(&mut stream, serving).await {
                 Some(bytes) => unparsed = bytes,
                 None => return, // idle too long, closed by the client, failed, or closing
@@ -511,7 +512,8 @@ impl AsyncWrite for Watched {
     }
 }
 
-/// The open-connections gauge, by protocol, for as long as a connection is served.
+/// The open-connections gauge, by protocol, for as long as a connection is served; or the
+/// parked-connections gauge, for as long as a connection is parked.
 struct ConnectionGauge(prometheus_client::metrics::gauge::Gauge);
 
 impl ConnectionGauge {
@@ -520,6 +522,13 @@ impl ConnectionGauge {
             .metrics
             .http_connections
             .get_or_create_owned(&ProtocolLabel { protocol });
+        gauge.inc();
+        ConnectionGauge(gauge)
+    }
+
+    /// Counts a connection parked until this is dropped.
+    fn parked(app: &App) -> ConnectionGauge {
+        let gauge = app.metrics.http_connections_parked.clone();
         gauge.inc();
         ConnectionGauge(gauge)
     }

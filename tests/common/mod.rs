@@ -1,20 +1,35 @@
 //! Test harness: one ephemeral Postgres per test binary (the same code as `sluice dev`), a
 //! database per test, gateways started in-process on free ports, and a plain HTTP client.
-//! Nothing here mocks Postgres or HTTP.
+//! Nothing here mocks Postgres or HTTP. Beside it: the HTTP client and one-off requests
+//! (`client`), waiting for observable conditions instead of sleeping (`wait`), what Postgres
+//! shows of the gateway (`observe`), the operator's side — admin keys, scrapes, the admin view,
+//! reloads (`admin`) — and the interactive-transaction routes (`tx`).
 
 #![allow(dead_code)]
 
+mod admin;
+mod client;
+mod observe;
+mod tx;
+mod wait;
+
+// Every test binary compiles this harness but uses only part of it.
+#[allow(unused_imports)]
+pub use admin::*;
+#[allow(unused_imports)]
+pub use client::*;
+#[allow(unused_imports)]
+pub use observe::*;
+#[allow(unused_imports)]
+pub use tx::*;
+#[allow(unused_imports)]
+pub use wait::*;
+
 use std::path::Path;
-use std::sync::{Arc, LazyLock, Mutex, OnceLock};
+use std::sync::{LazyLock, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use serde_json::{Value, json};
+use serde_json::json;
 use sluice::auth::KeyHash;
 use sluice::config::Config;
 use sluice::dev::{TempPostgres, TempPostgresOptions};
@@ -150,7 +165,10 @@ impl Gateway {
             },
         ));
         let client = Client::new(&format!("http://{addr}"));
-        // Serving once /healthz answers; a refused config ends `run` first.
+        // Serving once /healthz answers; a refused config ends `run` first. Probed with a
+        // client of its own, dropped after (closing its connection), so that the test starts
+        // with no client connection open.
+        let probe = Client::new(&format!("http://{addr}"));
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if task.is_finished() {
@@ -160,7 +178,7 @@ impl Gateway {
                 };
             }
             if let Ok(Ok(reply)) =
-                tokio::time::timeout(Duration::from_millis(500), client.try_get("/healthz")).await
+                tokio::time::timeout(Duration::from_millis(500), probe.try_get("/healthz")).await
                 && reply.status == 200
             {
                 break;
@@ -247,137 +265,73 @@ pub async fn gateway_for(setup: &str, tenant_extra: &str) -> (Gateway, String, S
     (gateway, key, db)
 }
 
-/// What came back.
-#[derive(Debug, Clone)]
-pub struct Reply {
-    pub status: u16,
-    pub headers: HeaderMap,
-    pub text: String,
+/// Asserts that `key` still gets a connection that runs a statement.
+pub async fn still_serves(c: impl AsRef<Client>, key: &str) {
+    assert_eq!(
+        single_value(c, key, "select 1 as one").await,
+        json!(1),
+        "the gateway still serves"
+    );
 }
 
-impl Reply {
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
-    }
-
-    pub fn kind(&self) -> String {
-        self.json()["error"]["kind"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
-    }
-
-    pub fn retry_after(&self) -> Option<u64> {
-        self.headers.get("retry-after")?.to_str().ok()?.parse().ok()
-    }
-
-    /// The rows of a successful query.
-    pub fn rows(&self) -> Vec<Value> {
-        assert_eq!(self.status, 200, "{}", self.text);
-        self.json()["rows"].as_array().cloned().unwrap_or_default()
+/// Options for a throwaway Postgres serving TLS with `cert` (`server.crt`/`server.key` in its
+/// data folder), authenticating as `hba` says.
+pub fn tls_postgres_options(cert: sluice::dev::DevCert, hba: &str) -> TempPostgresOptions {
+    TempPostgresOptions {
+        settings: vec![
+            ("ssl".into(), "on".into()),
+            ("ssl_cert_file".into(), "server.crt".into()),
+            ("ssl_key_file".into(), "server.key".into()),
+        ],
+        hba: Some(hba.into()),
+        files: vec![
+            ("server.crt".into(), cert.cert_pem.into_bytes()),
+            ("server.key".into(), cert.key_pem.into_bytes()),
+        ],
+        ..Default::default()
     }
 }
 
-/// A keep-alive HTTP client.
-#[derive(Clone)]
-pub struct Client {
-    inner: HyperClient<HttpConnector, Full<Bytes>>,
-    base: Arc<str>,
+/// A gateway started with `server::run` on the listeners its config names — the public one and
+/// a `metrics_listen` one — rather than on a listener of the harness's.
+pub struct ListeningGateway {
+    pub api: Client,
+    pub metrics: Client,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), sluice::server::RunError>>,
 }
 
-impl Client {
-    pub fn new(base: &str) -> Client {
-        let inner = HyperClient::builder(TokioExecutor::new()).build_http();
-        Client {
-            inner,
-            base: base.into(),
-        }
-    }
-
-    pub async fn request(
-        &self,
-        method: Method,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: impl Into<Bytes>,
-    ) -> Reply {
-        self.try_request(method, path, headers, body.into())
-            .await
-            .expect("HTTP request")
-    }
-
-    async fn try_request(
-        &self,
-        method: Method,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: Bytes,
-    ) -> Result<Reply, String> {
-        let mut request = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base));
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
-        let response = self
-            .inner
-            .request(request)
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok(Reply {
-            status,
-            headers,
-            text: String::from_utf8_lossy(&bytes).into_owned(),
+impl ListeningGateway {
+    /// `toml` plus `metrics_listen` on a free port; returns once both listeners answer.
+    pub async fn start(toml: &str) -> ListeningGateway {
+        let port = sluice::dev::free_port().unwrap();
+        let toml = toml.replace(
+            "[server]",
+            &format!("[server]\nmetrics_listen = \"127.0.0.1:{port}\""),
+        );
+        let config = Config::from_toml(&toml, Path::new(".")).unwrap();
+        let listeners = sluice::server::bind(&config).unwrap();
+        let api = listeners[0].local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(sluice::server::run(listeners, config, async move {
+            let _ = stopped.await;
+        }));
+        let api = Client::new(&format!("http://{api}"));
+        let metrics = Client::new(&format!("http://127.0.0.1:{port}"));
+        wait_until("both listeners answer", async || {
+            api.try_get("/healthz").await.is_ok() && metrics.try_get("/healthz").await.is_ok()
         })
+        .await;
+        ListeningGateway {
+            api,
+            metrics,
+            stop,
+            task,
+        }
     }
 
-    pub async fn try_get(&self, path: &str) -> Result<Reply, String> {
-        self.try_request(Method::GET, path, &[], Bytes::new()).await
-    }
-
-    pub async fn get(&self, path: &str) -> Reply {
-        self.request(Method::GET, path, &[], Bytes::new()).await
-    }
-
-    /// POST a JSON body with a key.
-    pub async fn post(&self, path: &str, key: &str, body: &Value) -> Reply {
-        let auth = format!("Bearer {key}");
-        self.request(
-            Method::POST,
-            path,
-            &[
-                ("authorization", &auth),
-                ("content-type", "application/json"),
-            ],
-            serde_json::to_vec(body).unwrap(),
-        )
-        .await
-    }
-
-    /// `/v1/query` with `sql` and `params`.
-    pub async fn query(&self, key: &str, sql: &str, params: Value) -> Reply {
-        self.post("/v1/query", key, &json!({ "sql": sql, "params": params }))
-            .await
-    }
-
-    /// The status of `select 1` with `key`: whether the key is accepted and a query runs.
-    pub async fn select_one_status(&self, key: &str) -> u16 {
-        self.query(key, "select 1", json!([])).await.status
-    }
-}
-
-pub fn assert_status(reply: &Reply, status: StatusCode, kind: &str) {
-    assert_eq!(reply.status, status.as_u16(), "{}", reply.text);
-    if !kind.is_empty() {
-        assert_eq!(reply.kind(), kind, "{}", reply.text);
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
     }
 }
