@@ -187,3 +187,25 @@ async fn a_second_sigterm_exits_at_once() {
     );
     running.abort();
 }
+
+/// Issue 18 (found while replacing sleeps): HTTP clients open spare connections they may never
+/// use. One that had sent nothing held shutdown up to its deadline (10 s here): the gateway
+/// waited for its first bytes, not for the close. Now such a connection is closed with the
+/// others, and a client that idles on a keep-alive connection does not hold the exit either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_sent_a_byte_does_not_hold_shutdown_up() {
+    let (gateway, key, _db) = gateway_for("", "").await;
+    let reply = gateway.client.query(&key, "select 1", json!([])).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let silent = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(30), gateway.stop())
+        .await
+        .expect("stops");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown waited {:?} for a connection with nothing to finish (deadline 10 s)",
+        started.elapsed()
+    );
+    drop(silent);
+}

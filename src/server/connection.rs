@@ -82,7 +82,9 @@ pub(super) struct Serving {
 /// Serves a plain TCP connection: HTTP/2 with prior knowledge if it opens with the HTTP/2
 /// preface, HTTP/1.1 (parked while idle) otherwise.
 pub(super) async fn serve_plain(stream: TcpStream, peer: SocketAddr, serving: Serving) {
-    let Some(h2) = opens_with_h2_preface(&stream, serving.protocols.idle_timeout).await else {
+    let Some(h2) =
+        opens_with_h2_preface(&stream, serving.protocols.idle_timeout, &serving.close).await
+    else {
         return;
     };
     let _open = ConnectionGauge::open(&serving.app, if h2 { "h2" } else { "http1" });
@@ -118,12 +120,23 @@ where
 
 /// Plain HTTP/2 starts with its preface ("PRI * HTTP/2.0"); anything else is HTTP/1. Waits
 /// for the first bytes no longer than a client may take to send its headers; `None` when
-/// none came (or the client left).
-async fn opens_with_h2_preface(stream: &TcpStream, timeout: Duration) -> Option<bool> {
+/// none came, the client left, or the gateway is closing connections: a connection that has
+/// sent nothing has no request to finish (HTTP clients open spare connections they may never
+/// use), and waiting for it held shutdown up to its deadline.
+async fn opens_with_h2_preface(
+    stream: &TcpStream,
+    timeout: Duration,
+    close: &CancellationToken,
+) -> Option<bool> {
     let mut first = [0u8; 3];
-    match tokio::time::timeout(timeout, stream.peek(&mut first)).await {
-        Ok(Ok(n)) if n > 0 => Some(&first[..n] == b"PRI"),
-        _ => None,
+    tokio::select! {
+        // Bytes already there win over a close that happens at the same moment.
+        biased;
+        peeked = tokio::time::timeout(timeout, stream.peek(&mut first)) => match peeked {
+            Ok(Ok(n)) if n > 0 => Some(&first[..n] == b"PRI"),
+            _ => None,
+        },
+        _ = close.cancelled() => None,
     }
 }
 

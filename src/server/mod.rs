@@ -321,7 +321,13 @@ async fn accept_loop(
                 // up the accept loop.
                 let acceptor = acceptor.clone();
                 connections.spawn(async move {
-                    match acceptor.accept(stream).await {
+                    // A handshake still going when connections close has no request to
+                    // finish; waiting for it would hold shutdown up to its deadline.
+                    let accepted = tokio::select! {
+                        accepted = acceptor.accept(stream) => accepted,
+                        _ = serving.close.cancelled() => return,
+                    };
+                    match accepted {
                         Ok(tls) => {
                             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
                             connection::serve_tls(tls, h2, peer, serving).await;
