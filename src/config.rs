@@ -997,8 +997,13 @@ fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
 /// fields, all ASCII; tracing-subscriber's directive parser panics on some multi-byte text
 /// (found by the `config` fuzz target), so anything else is refused before it gets there, and
 /// a panic in the parser all the same is a refusal, not a crash of the start or reload.
+/// Field-value matchers (`target[span{field=value}]`) are refused too: tracing-subscriber
+/// compiles each value as a regular expression, and a short one (a run of dots) took the
+/// `config` fuzz target minutes and more than 2 GB to compile; span names and targets need no
+/// field matchers.
 fn is_log_filter(filter: &str) -> bool {
     filter.is_ascii()
+        && !filter.contains('{')
         && std::panic::catch_unwind(|| tracing_subscriber::EnvFilter::try_new(filter).is_ok())
             .unwrap_or(false)
 }
@@ -1210,6 +1215,31 @@ mod tests {
 
     /// Found by the `config` fuzz target: tracing-subscriber's filter parser panicked on a
     /// multi-byte character (`end byte index … is not a char boundary`), so a typo in
+    /// A `log_level` with a field-value matcher made of dots compiled a regular expression for
+    /// minutes, past 2 GB (found by the `config` fuzz target): the start or the reload that read
+    /// it hung. Field matchers are refused; targets, spans and levels still work.
+    #[test]
+    fn a_log_level_with_a_field_matcher_is_refused_at_once() {
+        let base = "[[upstreams]]\nname = \"main\"\nurl = \"postgres://u@h/d\"\n[[tenants]]\nid = \"t\"\n\
+                    api_keys = [\"sha256:1111111111111111111111111111111111111111111111111111111111111111\"]\n";
+        let dots = ".".repeat(200);
+        for level in [
+            format!("x[span{{field={dots}}}]=debug"),
+            "sluice[request{tenant=acme}]=trace".to_owned(),
+        ] {
+            let started = std::time::Instant::now();
+            let text = format!("[server]\nlog_level = {level:?}\n{base}");
+            let error = Config::from_toml(&text, Path::new(".")).unwrap_err().0;
+            assert!(error.starts_with("server.log_level"), "{error}");
+            assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        }
+        for level in ["info", "sluice=debug,hyper=warn", "sluice[request]=debug"] {
+            let text = format!("[server]\nlog_level = {level:?}\n{base}");
+            let config = Config::from_toml(&text, Path::new(".")).unwrap();
+            assert_eq!(config.server.log_level, level);
+        }
+    }
+
     /// `log_level` crashed the start, or the reload that read it.
     #[test]
     fn a_log_level_with_multibyte_text_is_refused_not_a_panic() {
