@@ -239,6 +239,169 @@ async fn the_neon_sql_route_runs_end_users_under_their_role_and_claims() {
     gateway.stop().await;
 }
 
+/// A server-side misconfiguration: `allowed_roles` names a role the authenticator was not
+/// granted, or one that does not exist. Before, the pipelined `SET LOCAL ROLE` failing was
+/// read as the gateway's own statement failing: `500 internal` with the reason only in the log,
+/// and the connection closed. Now every route answers Postgres's error (`database`, with its
+/// SQLSTATE), and the connection — rolled back — serves the next request, clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_the_authenticator_cannot_set_is_a_database_error_not_internal() {
+    let rsa = rs256("r1");
+    let jwks = JwksServer::start(&[&rsa.jwk]).await;
+    let db = rls_database().await;
+    direct("postgres")
+        .await
+        .batch_execute(
+            "do $$ begin
+               if not exists (select from pg_roles where rolname = 'ungranted_user') then
+                 create role ungranted_user nologin;
+               end if;
+             end $$",
+        )
+        .await
+        .unwrap();
+    let (_key, hash) = key("acme");
+    let tenant = format!(
+        r#"pool_size = 1
+        user = "authenticator"
+        password = "{AUTHENTICATOR_PASSWORD}"
+        jwt = {{ issuer = "{ISSUER}", audience = "{AUDIENCE}", jwks_url = "{}", algorithms = ["RS256"], allowed_roles = ["app_user", "ungranted_user", "no_such_role"] }}"#,
+        jwks.url
+    );
+    let gateway = Gateway::start(&config(&db, &hash, &tenant, "")).await;
+    let c = &gateway.client;
+    let alice = mint(&rsa, &claims("alice", "app_user"));
+    let whoami = "select pg_backend_pid(), current_user::text, \
+                  coalesce(current_setting('request.jwt.claim.sub', true), ''), \
+                  (select count(*) from notes)::int";
+    let backend = as_user(c, &alice, whoami).await.rows()[0][0].clone();
+    let connection = format!("postgresql://app_user@gateway.example/{db}");
+
+    for (role, reason) in [
+        ("ungranted_user", "permission denied to set role"),
+        ("no_such_role", "does not exist"),
+    ] {
+        let token = mint(&rsa, &claims("mallory", role));
+        let auth = format!("Bearer {token}");
+        let replies = [
+            ("/v1/query", as_user(c, &token, "select 1").await),
+            (
+                "/v1/batch statements",
+                c.post(
+                    "/v1/batch",
+                    &token,
+                    &json!({ "statements": [{ "sql": "select 1" }, { "sql": "select 2" }] }),
+                )
+                .await,
+            ),
+            (
+                "/v1/batch script",
+                c.post(
+                    "/v1/batch",
+                    &token,
+                    &json!({ "script": "select 1; select 2" }),
+                )
+                .await,
+            ),
+            (
+                "/sql",
+                c.request(
+                    Method::POST,
+                    "/sql",
+                    &[
+                        ("authorization", auth.as_str()),
+                        ("neon-connection-string", connection.as_str()),
+                        ("content-type", "application/json"),
+                    ],
+                    json!({ "query": "select 1", "params": [] }).to_string(),
+                )
+                .await,
+            ),
+        ];
+        for (route, reply) in replies {
+            assert_eq!(reply.status, 400, "{role} on {route}: {}", reply.text);
+            let body = reply.json();
+            // `/sql` answers Neon's flat body; the others sluice's `{"error": …}`.
+            let error = if route == "/sql" {
+                &body
+            } else {
+                &body["error"]
+            };
+            assert_eq!(
+                error["kind"], "database",
+                "{role} on {route}: {}",
+                reply.text
+            );
+            assert!(
+                error["message"].as_str().unwrap().contains(reason),
+                "{role} on {route}: {}",
+                reply.text
+            );
+            let code = error["code"].as_str().unwrap();
+            assert!(
+                ["42501", "42704", "22023"].contains(&code),
+                "{role} on {route}: {}",
+                reply.text
+            );
+            assert!(
+                error.get("statementIndex").is_none_or(Value::is_null),
+                "the role is no statement's: {}",
+                reply.text
+            );
+            // The one connection was rolled back and kept: the next user gets it clean.
+            let after = as_user(c, &alice, whoami).await;
+            assert_eq!(
+                after.rows(),
+                [json!([backend, "app_user", "alice", 1])],
+                "after {role} on {route}: {}",
+                after.text
+            );
+        }
+    }
+    gateway.stop().await;
+
+    // `/v1/transactions` (which `pool_size = 1` does not allow): the begin is refused the
+    // same way, and the transaction begun next on the rolled-back connection is the user's.
+    let tenant = tenant.replace("pool_size = 1", "pool_size = 2");
+    let gateway = Gateway::start(&config(&db, &hash, &tenant, "")).await;
+    let c = &gateway.client;
+    for (role, reason) in [
+        ("ungranted_user", "permission denied to set role"),
+        ("no_such_role", "does not exist"),
+    ] {
+        let token = mint(&rsa, &claims("mallory", role));
+        let reply = c.post("/v1/transactions", &token, &json!({})).await;
+        assert_status(&reply, StatusCode::BAD_REQUEST, "database");
+        assert!(reply.text.contains(reason), "{role}: {}", reply.text);
+        let begun = c.post("/v1/transactions", &alice, &json!({})).await;
+        assert_eq!(begun.status, 201, "{}", begun.text);
+        let id = begun.json()["id"].as_str().unwrap().to_owned();
+        let inside = c
+            .post(
+                &format!("/v1/transactions/{id}/query"),
+                &alice,
+                &json!({ "sql": whoami, "rowMode": "array" }),
+            )
+            .await;
+        let row = inside.rows()[0].as_array().unwrap()[1..].to_vec();
+        assert_eq!(
+            row,
+            [json!("app_user"), json!("alice"), json!(1)],
+            "{}",
+            inside.text
+        );
+        let rollback = c
+            .post(
+                &format!("/v1/transactions/{id}/rollback"),
+                &alice,
+                &json!({}),
+            )
+            .await;
+        assert_eq!(rollback.status, 200, "{}", rollback.text);
+    }
+    gateway.stop().await;
+}
+
 /// Each refused token is `unauthorized` and names its problem.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_tokens_say_why() {
