@@ -535,6 +535,55 @@ async fn keys_rotate_without_a_restart() {
     gateway.stop().await;
 }
 
+/// Issue 15 asks for the JWKS to be refreshed on a timer too. Before, the set was fetched
+/// again only when a token arrived (stale keys, or an unknown `kid`): after a rotation the
+/// first token signed with the new key paid for the fetch, and with the set unchanged for
+/// longer than the interval nothing was fetched at all. Now a background task fetches every
+/// `jwks_refresh_s`, with no token sent, and no faster than that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_set_is_refreshed_on_a_timer_without_any_token() {
+    let old = rs256("old");
+    let new = es256("new");
+    let jwks = JwksServer::start(&[&old.jwk]).await;
+    let db = rls_database().await;
+    let (_key, hash) = key("acme");
+    // A long cooldown: a token's unknown kid may not fetch, so only the timer can.
+    let tenant = jwt_tenant(&jwks.url, ", jwks_refresh_s = 1")
+        .replace("jwks_cooldown_ms = 200", "jwks_cooldown_ms = 600000");
+    let gateway = Gateway::start(&config(&db, &hash, &tenant, "")).await;
+    let c = &gateway.client;
+    let select = "select owner from notes";
+    assert_eq!(
+        owners(&as_user(c, &mint(&old, &claims("alice", "app_user")), select).await),
+        ["alice"]
+    );
+
+    jwks.set(&[&old.jwk, &new.jwk]);
+    let before = jwks.fetches();
+    let wait_for = |count: usize| {
+        let jwks = &jwks;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while jwks.fetches() < count {
+                assert!(Instant::now() < deadline, "{} fetches", jwks.fetches());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Instant::now()
+        }
+    };
+    let first = wait_for(before + 1).await;
+    let second = wait_for(before + 2).await;
+    assert!(
+        second - first >= Duration::from_millis(800),
+        "two background fetches {:?} apart with jwks_refresh_s = 1",
+        second - first
+    );
+    // The new key was fetched before any token needed it: accepted on the first try.
+    let reply = as_user(c, &mint(&new, &claims("bob", "app_user")), select).await;
+    assert_eq!(owners(&reply), ["bob"]);
+    gateway.stop().await;
+}
+
 /// A user tries to leave state behind on the (only) connection — `reset role`, `set role`,
 /// session-level `set_config` of the claims — and the next user's
 /// request on that connection still runs as its own role with its own claims and sees only
