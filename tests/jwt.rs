@@ -304,6 +304,20 @@ async fn a_role_the_authenticator_cannot_set_is_a_database_error_not_internal() 
                 .await,
             ),
             (
+                "/v1/query NDJSON",
+                c.request(
+                    Method::POST,
+                    "/v1/query",
+                    &[
+                        ("authorization", auth.as_str()),
+                        ("accept", "application/x-ndjson"),
+                        ("content-type", "application/json"),
+                    ],
+                    json!({ "sql": "select 1" }).to_string(),
+                )
+                .await,
+            ),
+            (
                 "/sql",
                 c.request(
                     Method::POST,
@@ -399,6 +413,95 @@ async fn a_role_the_authenticator_cannot_set_is_a_database_error_not_internal() 
             .await;
         assert_eq!(rollback.status, 200, "{}", rollback.text);
     }
+    gateway.stop().await;
+}
+
+/// NDJSON streaming for end users. Before, `Accept: application/x-ndjson` with a token was
+/// refused (400): the stream had no gateway-owned transaction to hold the role and claims.
+/// Now it runs in one (BEGIN with role and claims, the statement, COMMIT before the last
+/// line): each user streams only their rows, a streamed write commits, errors are Postgres's,
+/// and the (only) connection goes back clean for the next user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_users_stream_ndjson_under_their_role_and_claims() {
+    let rsa = rs256("r1");
+    let jwks = JwksServer::start(&[&rsa.jwk]).await;
+    let db = rls_database().await;
+    let (key, hash) = key("acme");
+    let tenant = format!("pool_size = 1\n{}", jwt_tenant(&jwks.url, ""));
+    let gateway = Gateway::start(&config(&db, &hash, &tenant, "")).await;
+    let c = &gateway.client;
+    let alice = mint(&rsa, &claims("alice", "app_user"));
+    let bob = mint(&rsa, &claims("bob", "app_user"));
+    let stream = |token: &str, sql: &str| {
+        let auth = format!("Bearer {token}");
+        let body = json!({ "sql": sql, "rowMode": "array" }).to_string();
+        async move {
+            c.request(
+                Method::POST,
+                "/v1/query",
+                &[
+                    ("authorization", auth.as_str()),
+                    ("accept", "application/x-ndjson"),
+                    ("content-type", "application/json"),
+                ],
+                body,
+            )
+            .await
+        }
+    };
+    let lines = |reply: &Reply| -> Vec<Value> {
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        reply
+            .text
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    };
+    let who = "select owner, current_user::text, current_setting('request.jwt.claim.sub', true), \
+               pg_backend_pid() from notes";
+    let pid = as_user(c, &alice, "select pg_backend_pid()").await.rows()[0][0].clone();
+
+    // A streamed write commits: alice's new row is there for her next request.
+    let insert = lines(
+        &stream(
+            &alice,
+            "insert into notes (body) values ('streamed') returning owner",
+        )
+        .await,
+    );
+    assert_eq!(insert[1], json!(["alice"]), "{insert:?}");
+    assert_eq!(insert.last().unwrap()["command"], "INSERT", "{insert:?}");
+    for (token, owner, count) in [(&alice, "alice", 2), (&bob, "bob", 1)] {
+        let got = lines(&stream(token, who).await);
+        assert!(got[0]["fields"].is_array(), "{got:?}");
+        let rows = &got[1..got.len() - 1];
+        assert_eq!(rows.len(), count, "{got:?}");
+        for row in rows {
+            assert_eq!(row, &json!([owner, "app_user", owner, pid]), "{got:?}");
+        }
+        assert_eq!(got.last().unwrap()["rowCount"], count, "{got:?}");
+    }
+    // An error before the first row is an ordinary `database` answer; the escape hatches stay
+    // closed.
+    let failed = stream(&alice, "select 1/0").await;
+    assert_status(&failed, StatusCode::BAD_REQUEST, "database");
+    let escape = stream(&alice, "reset role").await;
+    assert_status(&escape, StatusCode::FORBIDDEN, "forbidden");
+    // The connection is back in the pool, clean: the API key's request runs as the
+    // authenticator with no claims left over.
+    let after = as_user(
+        c,
+        &key,
+        "select current_user::text, coalesce(current_setting('request.jwt.claims', true), ''), \
+         pg_backend_pid()",
+    )
+    .await;
+    assert_eq!(
+        after.rows(),
+        [json!(["authenticator", "", pid])],
+        "{}",
+        after.text
+    );
     gateway.stop().await;
 }
 
