@@ -249,17 +249,7 @@ async fn a_role_the_authenticator_cannot_set_is_a_database_error_not_internal() 
     let rsa = rs256("r1");
     let jwks = JwksServer::start(&[&rsa.jwk]).await;
     let db = rls_database().await;
-    direct("postgres")
-        .await
-        .batch_execute(
-            "do $$ begin
-               if not exists (select from pg_roles where rolname = 'ungranted_user') then
-                 create role ungranted_user nologin;
-               end if;
-             end $$",
-        )
-        .await
-        .unwrap();
+    ungranted_role().await;
     let (_key, hash) = key("acme");
     let tenant = format!(
         r#"pool_size = 1
@@ -414,6 +404,66 @@ async fn a_role_the_authenticator_cannot_set_is_a_database_error_not_internal() 
         assert_eq!(rollback.status, 200, "{}", rollback.text);
     }
     gateway.stop().await;
+}
+
+/// A role end users get that the authenticator cannot take (cluster-wide, so created once).
+async fn ungranted_role() {
+    direct("postgres")
+        .await
+        .batch_execute(
+            "do $$ begin
+               if not exists (select from pg_roles where rolname = 'ungranted_user') then
+                 create role ungranted_user nologin;
+               end if;
+             exception when duplicate_object or unique_violation then null;
+             end $$",
+        )
+        .await
+        .unwrap();
+}
+
+/// `sluice check` finds the misconfiguration above before deploying: each end-user role is
+/// tried as the tenant's login role. Before, it said nothing about `jwt` at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sluice_check_names_end_user_roles_the_login_role_cannot_take() {
+    let db = rls_database().await;
+    ungranted_role().await;
+    let (_key, hash) = key("acme");
+    let dir = std::env::temp_dir().join(format!("sluice-check-{}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("sluice.toml");
+    let check = |allowed: &str| {
+        let tenant = format!(
+            r#"user = "authenticator"
+            password = "{AUTHENTICATOR_PASSWORD}"
+            jwt = {{ issuer = "{ISSUER}", audience = "{AUDIENCE}", jwks_url = "http://127.0.0.1:9/jwks", algorithms = ["RS256"], allowed_roles = [{allowed}], anonymous_role = "web_anon" }}"#
+        );
+        std::fs::write(&path, config(&db, &hash, &tenant, "")).unwrap();
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("check")
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let (ok, stdout) = check(r#""app_user", "ungranted_user", "no_such_role""#);
+    assert!(!ok, "{stdout}");
+    for expected in [
+        "end-user role \"app_user\"  OK",
+        "end-user role \"web_anon\"  OK",
+        "end-user role \"ungranted_user\"  PROBLEM: the login role cannot SET it: permission denied to set role",
+        "end-user role \"no_such_role\"  PROBLEM: the login role cannot SET it: role \"no_such_role\" does not exist",
+    ] {
+        assert!(stdout.contains(expected), "{expected}: {stdout}");
+    }
+    let (ok, stdout) = check(r#""app_user""#);
+    assert!(ok, "{stdout}");
+    assert!(!stdout.contains("PROBLEM"), "{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// NDJSON streaming for end users. Before, `Accept: application/x-ndjson` with a token was
