@@ -737,6 +737,50 @@ async fn the_key_set_is_refreshed_on_a_timer_without_any_token() {
     gateway.stop().await;
 }
 
+/// The timer belongs to the tenant's key cache: a reload that points the tenant at another
+/// JWKS starts a timer for the new set and stops the old one (no fetches from a config that
+/// is gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_stops_the_old_key_sets_timer() {
+    let rsa = rs256("r1");
+    let (first, second) = (
+        JwksServer::start(&[&rsa.jwk]).await,
+        JwksServer::start(&[&rsa.jwk]).await,
+    );
+    let db = rls_database().await;
+    let (_key, hash) = key("acme");
+    let toml = |url: &str| config(&db, &hash, &jwt_tenant(url, ", jwks_refresh_s = 1"), "");
+    let dir = std::env::temp_dir().join(format!("sluice-jwks-reload-{}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("sluice.toml");
+    std::fs::write(&path, toml(&first.url)).unwrap();
+    let gateway = Gateway::start_file(&path).await;
+    let wait_for = |jwks: &JwksServer, count: usize| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let fetches = jwks.fetches.clone();
+        async move {
+            while fetches.load(std::sync::atomic::Ordering::SeqCst) < count {
+                assert!(Instant::now() < deadline, "never reached {count} fetches");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait_for(&first, 1).await;
+
+    std::fs::write(&path, toml(&second.url)).unwrap();
+    gateway.reload.as_ref().unwrap().send(()).await.unwrap();
+    wait_for(&second, 1).await;
+    let old = first.fetches();
+    wait_for(&second, 3).await;
+    assert_eq!(
+        first.fetches(),
+        old,
+        "the old set is still fetched after the reload"
+    );
+    gateway.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A user tries to leave state behind on the (only) connection — `reset role`, `set role`,
 /// session-level `set_config` of the claims — and the next user's
 /// request on that connection still runs as its own role with its own claims and sees only
