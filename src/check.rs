@@ -1,6 +1,8 @@
 //! `sluice check`: validates a config (already done by loading it) and prints the effective
 //! limits per upstream and tenant — budget against the server's limit and against the sum of
-//! the tenants' pool sizes — so an operator sees overcommit before deploying.
+//! the tenants' pool sizes — so an operator sees overcommit before deploying. For a tenant
+//! with `jwt`, it also tries each of its end-user roles as the tenant's login role (an
+//! unreadable `jwks_file` already fails the config's loading).
 
 use std::fmt::Write;
 use std::process::ExitCode;
@@ -131,6 +133,11 @@ pub async fn run(config: &Config, offline: bool) -> ExitCode {
                 tenant.transaction_max.as_millis(),
                 tenant.api_keys.len(),
             );
+            if let Some(jwt) = &tenant.jwt
+                && !check_end_user_roles(&mut out, upstream, tenant, jwt, offline).await
+            {
+                ok = false;
+            }
         }
     }
     let tls = match &config.server.tls {
@@ -147,5 +154,56 @@ pub async fn run(config: &Config, offline: bool) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// Writes whether the login role can take each end-user role of `jwt`; false on a problem.
+async fn check_end_user_roles(
+    out: &mut String,
+    upstream: &crate::config::UpstreamConfig,
+    tenant: &crate::config::TenantConfig,
+    jwt: &crate::jwt::JwtConfig,
+    offline: bool,
+) -> bool {
+    let roles: Vec<&str> = jwt
+        .allowed_roles
+        .iter()
+        .chain(&jwt.anonymous_role)
+        .map(String::as_str)
+        .collect();
+    if offline {
+        let _ = writeln!(
+            out,
+            "    end-user roles {} not checked (--offline)",
+            roles.join(", ")
+        );
+        return true;
+    }
+    match crate::pool::check_roles(upstream, tenant, &roles).await {
+        Ok(refusals) => {
+            let mut ok = true;
+            for (role, refusal) in roles.iter().zip(refusals) {
+                match refusal {
+                    None => {
+                        let _ = writeln!(out, "    end-user role \"{role}\"  OK");
+                    }
+                    Some(reason) => {
+                        ok = false;
+                        let _ = writeln!(
+                            out,
+                            "    end-user role \"{role}\"  PROBLEM: the login role cannot SET it: {reason} (it must exist and be granted: `GRANT {role} TO <login role>`, see the README's authenticator setup)"
+                        );
+                    }
+                }
+            }
+            ok
+        }
+        Err(error) => {
+            let _ = writeln!(
+                out,
+                "    end-user roles             UNREACHABLE: {error} (use --offline to skip)"
+            );
+            false
+        }
     }
 }

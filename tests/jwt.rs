@@ -239,6 +239,322 @@ async fn the_neon_sql_route_runs_end_users_under_their_role_and_claims() {
     gateway.stop().await;
 }
 
+/// A server-side misconfiguration: `allowed_roles` names a role the authenticator was not
+/// granted, or one that does not exist. Before, the pipelined `SET LOCAL ROLE` failing was
+/// read as the gateway's own statement failing: `500 internal` with the reason only in the log,
+/// and the connection closed. Now every route answers Postgres's error (`database`, with its
+/// SQLSTATE), and the connection — rolled back — serves the next request, clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_the_authenticator_cannot_set_is_a_database_error_not_internal() {
+    let rsa = rs256("r1");
+    let jwks = JwksServer::start(&[&rsa.jwk]).await;
+    let db = rls_database().await;
+    ungranted_role().await;
+    let (_key, hash) = key("acme");
+    let tenant = format!(
+        r#"pool_size = 1
+        user = "authenticator"
+        password = "{AUTHENTICATOR_PASSWORD}"
+        jwt = {{ issuer = "{ISSUER}", audience = "{AUDIENCE}", jwks_url = "{}", algorithms = ["RS256"], allowed_roles = ["app_user", "ungranted_user", "no_such_role"] }}"#,
+        jwks.url
+    );
+    let gateway = Gateway::start(&config(&db, &hash, &tenant, "")).await;
+    let c = &gateway.client;
+    let alice = mint(&rsa, &claims("alice", "app_user"));
+    let whoami = "select pg_backend_pid(), current_user::text, \
+                  coalesce(current_setting('request.jwt.claim.sub', true), ''), \
+                  (select count(*) from notes)::int";
+    let backend = as_user(c, &alice, whoami).await.rows()[0][0].clone();
+    let connection = format!("postgresql://app_user@gateway.example/{db}");
+
+    for (role, reason) in [
+        ("ungranted_user", "permission denied to set role"),
+        ("no_such_role", "does not exist"),
+    ] {
+        let token = mint(&rsa, &claims("mallory", role));
+        let auth = format!("Bearer {token}");
+        let replies = [
+            ("/v1/query", as_user(c, &token, "select 1").await),
+            (
+                "/v1/batch statements",
+                c.post(
+                    "/v1/batch",
+                    &token,
+                    &json!({ "statements": [{ "sql": "select 1" }, { "sql": "select 2" }] }),
+                )
+                .await,
+            ),
+            (
+                "/v1/batch script",
+                c.post(
+                    "/v1/batch",
+                    &token,
+                    &json!({ "script": "select 1; select 2" }),
+                )
+                .await,
+            ),
+            (
+                "/v1/query NDJSON",
+                c.request(
+                    Method::POST,
+                    "/v1/query",
+                    &[
+                        ("authorization", auth.as_str()),
+                        ("accept", "application/x-ndjson"),
+                        ("content-type", "application/json"),
+                    ],
+                    json!({ "sql": "select 1" }).to_string(),
+                )
+                .await,
+            ),
+            (
+                "/sql",
+                c.request(
+                    Method::POST,
+                    "/sql",
+                    &[
+                        ("authorization", auth.as_str()),
+                        ("neon-connection-string", connection.as_str()),
+                        ("content-type", "application/json"),
+                    ],
+                    json!({ "query": "select 1", "params": [] }).to_string(),
+                )
+                .await,
+            ),
+        ];
+        for (route, reply) in replies {
+            assert_eq!(reply.status, 400, "{role} on {route}: {}", reply.text);
+            let body = reply.json();
+            // `/sql` answers Neon's flat body; the others sluice's `{"error": …}`.
+            let error = if route == "/sql" {
+                &body
+            } else {
+                &body["error"]
+            };
+            assert_eq!(
+                error["kind"], "database",
+                "{role} on {route}: {}",
+                reply.text
+            );
+            assert!(
+                error["message"].as_str().unwrap().contains(reason),
+                "{role} on {route}: {}",
+                reply.text
+            );
+            let code = error["code"].as_str().unwrap();
+            assert!(
+                ["42501", "42704", "22023"].contains(&code),
+                "{role} on {route}: {}",
+                reply.text
+            );
+            assert!(
+                error.get("statementIndex").is_none_or(Value::is_null),
+                "the role is no statement's: {}",
+                reply.text
+            );
+            // The one connection was rolled back and kept: the next user gets it clean.
+            let after = as_user(c, &alice, whoami).await;
+            assert_eq!(
+                after.rows(),
+                [json!([backend, "app_user", "alice", 1])],
+                "after {role} on {route}: {}",
+                after.text
+            );
+        }
+    }
+    gateway.stop().await;
+
+    // `/v1/transactions` (which `pool_size = 1` does not allow): the begin is refused the
+    // same way, and the transaction begun next on the rolled-back connection is the user's.
+    let tenant = tenant.replace("pool_size = 1", "pool_size = 2");
+    let gateway = Gateway::start(&config(&db, &hash, &tenant, "")).await;
+    let c = &gateway.client;
+    for (role, reason) in [
+        ("ungranted_user", "permission denied to set role"),
+        ("no_such_role", "does not exist"),
+    ] {
+        let token = mint(&rsa, &claims("mallory", role));
+        let reply = c.post("/v1/transactions", &token, &json!({})).await;
+        assert_status(&reply, StatusCode::BAD_REQUEST, "database");
+        assert!(reply.text.contains(reason), "{role}: {}", reply.text);
+        let begun = c.post("/v1/transactions", &alice, &json!({})).await;
+        assert_eq!(begun.status, 201, "{}", begun.text);
+        let id = begun.json()["id"].as_str().unwrap().to_owned();
+        let inside = c
+            .post(
+                &format!("/v1/transactions/{id}/query"),
+                &alice,
+                &json!({ "sql": whoami, "rowMode": "array" }),
+            )
+            .await;
+        let row = inside.rows()[0].as_array().unwrap()[1..].to_vec();
+        assert_eq!(
+            row,
+            [json!("app_user"), json!("alice"), json!(1)],
+            "{}",
+            inside.text
+        );
+        let rollback = c
+            .post(
+                &format!("/v1/transactions/{id}/rollback"),
+                &alice,
+                &json!({}),
+            )
+            .await;
+        assert_eq!(rollback.status, 200, "{}", rollback.text);
+    }
+    gateway.stop().await;
+}
+
+/// A role end users get that the authenticator cannot take (cluster-wide, so created once).
+async fn ungranted_role() {
+    direct("postgres")
+        .await
+        .batch_execute(
+            "do $$ begin
+               if not exists (select from pg_roles where rolname = 'ungranted_user') then
+                 create role ungranted_user nologin;
+               end if;
+             exception when duplicate_object or unique_violation then null;
+             end $$",
+        )
+        .await
+        .unwrap();
+}
+
+/// `sluice check` finds the misconfiguration above before deploying: each end-user role is
+/// tried as the tenant's login role. Before, it said nothing about `jwt` at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sluice_check_names_end_user_roles_the_login_role_cannot_take() {
+    let db = rls_database().await;
+    ungranted_role().await;
+    let (_key, hash) = key("acme");
+    let dir = std::env::temp_dir().join(format!("sluice-check-{}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("sluice.toml");
+    let check = |allowed: &str| {
+        let tenant = format!(
+            r#"user = "authenticator"
+            password = "{AUTHENTICATOR_PASSWORD}"
+            jwt = {{ issuer = "{ISSUER}", audience = "{AUDIENCE}", jwks_url = "http://127.0.0.1:9/jwks", algorithms = ["RS256"], allowed_roles = [{allowed}], anonymous_role = "web_anon" }}"#
+        );
+        std::fs::write(&path, config(&db, &hash, &tenant, "")).unwrap();
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("check")
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let (ok, stdout) = check(r#""app_user", "ungranted_user", "no_such_role""#);
+    assert!(!ok, "{stdout}");
+    for expected in [
+        "end-user role \"app_user\"  OK",
+        "end-user role \"web_anon\"  OK",
+        "end-user role \"ungranted_user\"  PROBLEM: the login role cannot SET it: permission denied to set role",
+        "end-user role \"no_such_role\"  PROBLEM: the login role cannot SET it: role \"no_such_role\" does not exist",
+    ] {
+        assert!(stdout.contains(expected), "{expected}: {stdout}");
+    }
+    let (ok, stdout) = check(r#""app_user""#);
+    assert!(ok, "{stdout}");
+    assert!(!stdout.contains("PROBLEM"), "{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// NDJSON streaming for end users. Before, `Accept: application/x-ndjson` with a token was
+/// refused (400): the stream had no gateway-owned transaction to hold the role and claims.
+/// Now it runs in one (BEGIN with role and claims, the statement, COMMIT before the last
+/// line): each user streams only their rows, a streamed write commits, errors are Postgres's,
+/// and the (only) connection goes back clean for the next user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_users_stream_ndjson_under_their_role_and_claims() {
+    let rsa = rs256("r1");
+    let jwks = JwksServer::start(&[&rsa.jwk]).await;
+    let db = rls_database().await;
+    let (key, hash) = key("acme");
+    let tenant = format!("pool_size = 1\n{}", jwt_tenant(&jwks.url, ""));
+    let gateway = Gateway::start(&config(&db, &hash, &tenant, "")).await;
+    let c = &gateway.client;
+    let alice = mint(&rsa, &claims("alice", "app_user"));
+    let bob = mint(&rsa, &claims("bob", "app_user"));
+    let stream = |token: &str, sql: &str| {
+        let auth = format!("Bearer {token}");
+        let body = json!({ "sql": sql, "rowMode": "array" }).to_string();
+        async move {
+            c.request(
+                Method::POST,
+                "/v1/query",
+                &[
+                    ("authorization", auth.as_str()),
+                    ("accept", "application/x-ndjson"),
+                    ("content-type", "application/json"),
+                ],
+                body,
+            )
+            .await
+        }
+    };
+    let lines = |reply: &Reply| -> Vec<Value> {
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        reply
+            .text
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    };
+    let who = "select owner, current_user::text, current_setting('request.jwt.claim.sub', true), \
+               pg_backend_pid() from notes";
+    let pid = as_user(c, &alice, "select pg_backend_pid()").await.rows()[0][0].clone();
+
+    // A streamed write commits: alice's new row is there for her next request.
+    let insert = lines(
+        &stream(
+            &alice,
+            "insert into notes (body) values ('streamed') returning owner",
+        )
+        .await,
+    );
+    assert_eq!(insert[1], json!(["alice"]), "{insert:?}");
+    assert_eq!(insert.last().unwrap()["command"], "INSERT", "{insert:?}");
+    for (token, owner, count) in [(&alice, "alice", 2), (&bob, "bob", 1)] {
+        let got = lines(&stream(token, who).await);
+        assert!(got[0]["fields"].is_array(), "{got:?}");
+        let rows = &got[1..got.len() - 1];
+        assert_eq!(rows.len(), count, "{got:?}");
+        for row in rows {
+            assert_eq!(row, &json!([owner, "app_user", owner, pid]), "{got:?}");
+        }
+        assert_eq!(got.last().unwrap()["rowCount"], count, "{got:?}");
+    }
+    // An error before the first row is an ordinary `database` answer; the escape hatches stay
+    // closed.
+    let failed = stream(&alice, "select 1/0").await;
+    assert_status(&failed, StatusCode::BAD_REQUEST, "database");
+    let escape = stream(&alice, "reset role").await;
+    assert_status(&escape, StatusCode::FORBIDDEN, "forbidden");
+    // The connection is back in the pool, clean: the API key's request runs as the
+    // authenticator with no claims left over.
+    let after = as_user(
+        c,
+        &key,
+        "select current_user::text, coalesce(current_setting('request.jwt.claims', true), ''), \
+         pg_backend_pid()",
+    )
+    .await;
+    assert_eq!(
+        after.rows(),
+        [json!(["authenticator", "", pid])],
+        "{}",
+        after.text
+    );
+    gateway.stop().await;
+}
+
 /// Each refused token is `unauthorized` and names its problem.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_tokens_say_why() {
@@ -370,6 +686,99 @@ async fn keys_rotate_without_a_restart() {
         jwks.fetches() - before
     );
     gateway.stop().await;
+}
+
+/// Issue 15 asks for the JWKS to be refreshed on a timer too. Before, the set was fetched
+/// again only when a token arrived (stale keys, or an unknown `kid`): after a rotation the
+/// first token signed with the new key paid for the fetch, and with the set unchanged for
+/// longer than the interval nothing was fetched at all. Now a background task fetches every
+/// `jwks_refresh_s`, with no token sent, and no faster than that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_set_is_refreshed_on_a_timer_without_any_token() {
+    let old = rs256("old");
+    let new = es256("new");
+    let jwks = JwksServer::start(&[&old.jwk]).await;
+    let db = rls_database().await;
+    let (_key, hash) = key("acme");
+    // A long cooldown: a token's unknown kid may not fetch, so only the timer can.
+    let tenant = jwt_tenant(&jwks.url, ", jwks_refresh_s = 1")
+        .replace("jwks_cooldown_ms = 200", "jwks_cooldown_ms = 600000");
+    let gateway = Gateway::start(&config(&db, &hash, &tenant, "")).await;
+    let c = &gateway.client;
+    let select = "select owner from notes";
+    assert_eq!(
+        owners(&as_user(c, &mint(&old, &claims("alice", "app_user")), select).await),
+        ["alice"]
+    );
+
+    jwks.set(&[&old.jwk, &new.jwk]);
+    let before = jwks.fetches();
+    let wait_for = |count: usize| {
+        let jwks = &jwks;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while jwks.fetches() < count {
+                assert!(Instant::now() < deadline, "{} fetches", jwks.fetches());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Instant::now()
+        }
+    };
+    let first = wait_for(before + 1).await;
+    let second = wait_for(before + 2).await;
+    assert!(
+        second - first >= Duration::from_millis(800),
+        "two background fetches {:?} apart with jwks_refresh_s = 1",
+        second - first
+    );
+    // The new key was fetched before any token needed it: accepted on the first try.
+    let reply = as_user(c, &mint(&new, &claims("bob", "app_user")), select).await;
+    assert_eq!(owners(&reply), ["bob"]);
+    gateway.stop().await;
+}
+
+/// The timer belongs to the tenant's key cache: a reload that points the tenant at another
+/// JWKS starts a timer for the new set and stops the old one (no fetches from a config that
+/// is gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_stops_the_old_key_sets_timer() {
+    let rsa = rs256("r1");
+    let (first, second) = (
+        JwksServer::start(&[&rsa.jwk]).await,
+        JwksServer::start(&[&rsa.jwk]).await,
+    );
+    let db = rls_database().await;
+    let (_key, hash) = key("acme");
+    let toml = |url: &str| config(&db, &hash, &jwt_tenant(url, ", jwks_refresh_s = 1"), "");
+    let dir = std::env::temp_dir().join(format!("sluice-jwks-reload-{}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("sluice.toml");
+    std::fs::write(&path, toml(&first.url)).unwrap();
+    let gateway = Gateway::start_file(&path).await;
+    let wait_for = |jwks: &JwksServer, count: usize| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let fetches = jwks.fetches.clone();
+        async move {
+            while fetches.load(std::sync::atomic::Ordering::SeqCst) < count {
+                assert!(Instant::now() < deadline, "never reached {count} fetches");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait_for(&first, 1).await;
+
+    std::fs::write(&path, toml(&second.url)).unwrap();
+    gateway.reload.as_ref().unwrap().send(()).await.unwrap();
+    wait_for(&second, 1).await;
+    let old = first.fetches();
+    wait_for(&second, 3).await;
+    assert_eq!(
+        first.fetches(),
+        old,
+        "the old set is still fetched after the reload"
+    );
+    gateway.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A user tries to leave state behind on the (only) connection — `reset role`, `set role`,

@@ -96,10 +96,6 @@ pub async fn authenticate(generation: &Generation, headers: &HeaderMap) -> EndUs
 pub const NEEDS_TRANSACTION: &str = "requests with an end user's token run in a transaction: \
     `\"transaction\": false` is for API keys";
 
-/// NDJSON streaming keeps no gateway-owned transaction around the statement yet.
-pub const NO_STREAMING: &str = "NDJSON streaming is not available with an end user's token yet; \
-    send the query without Accept: application/x-ndjson";
-
 /// The `BEGIN` of a route's gateway-owned transaction: with the end user's role and claims
 /// when there is one.
 pub fn begin_for(identity: Option<&Arc<Identity>>, begin: &str) -> String {

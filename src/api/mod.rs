@@ -103,7 +103,25 @@ pub struct Generation {
 impl Generation {
     pub fn new(config: Config, tasks: &TaskTracker, metrics: &Arc<Metrics>) -> Generation {
         let pools = Pools::new(&config, tasks, metrics);
-        Generation::assemble(config, pools, None)
+        let generation = Generation::assemble(config, pools, None);
+        generation.start_jwks_refresh(tasks);
+        generation
+    }
+
+    /// Each `jwks_url` tenant's background key refresh (kept caches keep theirs).
+    fn start_jwks_refresh(&self, tasks: &TaskTracker) {
+        for (tenant, keys) in self.config.tenants.iter().zip(&self.jwt_keys) {
+            if let Some(jwt) = &tenant.jwt {
+                keys.start_refresh(jwt, tasks);
+            }
+        }
+    }
+
+    /// Shutdown: the background key refreshes end now (a reload ends a dropped cache's).
+    pub fn stop_jwks_refresh(&self) {
+        for keys in &self.jwt_keys {
+            keys.stop_refresh();
+        }
     }
 
     /// The next generation after a reload: pools reconfigured in place, rate-limit state kept
@@ -115,7 +133,9 @@ impl Generation {
         metrics: &Arc<Metrics>,
     ) -> Result<Generation, String> {
         let pools = previous.pools.reconfigure(&config, tasks, metrics)?;
-        Ok(Generation::assemble(config, pools, Some(previous)))
+        let generation = Generation::assemble(config, pools, Some(previous));
+        generation.start_jwks_refresh(tasks);
+        Ok(generation)
     }
 
     fn assemble(config: Config, pools: Pools, previous: Option<&Generation>) -> Generation {

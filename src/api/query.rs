@@ -170,10 +170,16 @@ pub async fn handle(
     let prepared = request.check(Limits::of(ctx, tenant))?;
     if let Some(identity) = &tenant.end_user {
         super::end_user::check_sql(tenant, prepared.sql)?;
-        if super::stream::wants_ndjson(ctx.headers) {
-            return Err(ApiError::BadRequest(super::end_user::NO_STREAMING.into()));
-        }
         let begin = identity.begin_sql("BEGIN");
+        if super::stream::wants_ndjson(ctx.headers) {
+            let waited = Instant::now();
+            let conn = tenant.pool.checkout().await?;
+            ctx.log.queue_wait = Some(waited.elapsed());
+            return super::stream::respond_as_end_user(
+                ctx, tenant, &request, &prepared, conn, begin,
+            )
+            .await;
+        }
         return run_as_end_user(ctx, tenant, &request, &prepared, &begin).await;
     }
     if super::stream::wants_ndjson(ctx.headers) {

@@ -11,6 +11,11 @@
 //! connection mid-statement cancels it (see `PgConnection::recover`). A client that stays but
 //! stops reading is treated the same once it has not taken a chunk for
 //! `stream_stall_timeout_ms`, and so is every stream still running at a drain's deadline.
+//!
+//! An end user's stream runs in a gateway-owned transaction: the `BEGIN` with the role and
+//! claims first (its own round trip), then the statement, then `COMMIT` before the last line.
+//! A stream that stops early leaves the transaction open; the pool's recovery rolls it back,
+//! and the role and claims (transaction-local) with it.
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
@@ -77,6 +82,8 @@ struct OwnedRequest {
     session_effect: SessionEffect,
     row_mode: RowMode,
     types: ValueFormat,
+    /// An end user's `BEGIN` (role and claims): the statement runs inside, then `COMMIT`.
+    begin: Option<String>,
 }
 
 /// When the task gives up on its client.
@@ -96,7 +103,33 @@ pub async fn respond(
     prepared: &PreparedRequest<'_>,
     holder: Holder,
 ) -> Result<Response<Body>, ApiError> {
+    respond_in(ctx, tenant, request, prepared, holder, None).await
+}
+
+/// [`respond`] for an end user: the statement runs between `begin` (`BEGIN`, the role and
+/// the claims) and `COMMIT`, on a connection from the pool.
+pub async fn respond_as_end_user(
+    ctx: &RequestContext<'_>,
+    tenant: &Tenant,
+    request: &QueryRequest<'_>,
+    prepared: &PreparedRequest<'_>,
+    checkout: Checkout,
+    begin: String,
+) -> Result<Response<Body>, ApiError> {
+    let holder = Holder::Pool(Box::new(checkout));
+    respond_in(ctx, tenant, request, prepared, holder, Some(begin)).await
+}
+
+async fn respond_in(
+    ctx: &RequestContext<'_>,
+    tenant: &Tenant,
+    request: &QueryRequest<'_>,
+    prepared: &PreparedRequest<'_>,
+    holder: Holder,
+    begin: Option<String>,
+) -> Result<Response<Body>, ApiError> {
     let owned = OwnedRequest {
+        begin,
         sql: prepared.sql.to_owned(),
         params: prepared.params.iter().map(|p| (*p).to_owned()).collect(),
         statement_timeout_ms: prepared.statement_timeout_ms,
@@ -154,6 +187,14 @@ async fn stream(
         session_effect: request.session_effect,
         types: pool.types(),
     };
+    if let Some(begin) = &request.begin
+        && let Err(error) = holder.conn().simple_query(begin).await
+    {
+        // A role the login role cannot take, say: Postgres's error, before any line. The
+        // failed transaction is rolled back when the connection goes back to the pool.
+        let _ = head.send(Err(error.into()));
+        return;
+    }
     let mut rows = match holder.conn().query(&request.sql, &params, &options).await {
         Ok(rows) => rows,
         Err(error) => {
@@ -186,7 +227,13 @@ async fn stream(
                     return;
                 }
             }
-            Ok(None) => break rows.finish().await.map_err(ApiError::from),
+            Ok(None) => {
+                let finished = rows.finish().await.map_err(ApiError::from);
+                break match (finished, &request.begin) {
+                    (Ok(tag), Some(_)) => commit(holder.conn()).await.map(|()| tag),
+                    (finished, _) => finished,
+                };
+            }
             Err(error) => break Err(error.into()),
         }
     };
@@ -207,6 +254,18 @@ async fn stream(
         }
     }
     send(&body, &mut chunk, &give).await;
+}
+
+/// Ends an end user's stream's transaction. `COMMIT` of a transaction that failed answers
+/// `ROLLBACK` without an error: that is a failure too.
+async fn commit(conn: &mut PgConnection) -> Result<(), ApiError> {
+    let tags = conn.simple_query("COMMIT").await?;
+    match tags.first() {
+        Some(tag) if tag.command == "COMMIT" => Ok(()),
+        _ => Err(ApiError::Internal {
+            reason: "the end user's transaction did not commit".into(),
+        }),
+    }
 }
 
 /// Sends the chunk (waiting while the client is slow); false when the client is gone, has

@@ -1,13 +1,15 @@
 //! JSON Web Key Sets: parsing one into verification keys, and each tenant's cache of the keys
-//! at its `jwks_url` — fetched by the gateway on first use, again when older than
-//! `jwks_refresh_s`, and when a token names a `kid` the cache does not hold (at most once per
-//! `jwks_cooldown_ms`), so an identity provider's key rotation needs no restart.
+//! at its `jwks_url` — fetched by the gateway on first use, then every `jwks_refresh_s` by a
+//! background task (and by a token that finds the keys older than that), and when a token
+//! names a `kid` the cache does not hold (at most once per `jwks_cooldown_ms`), so an identity
+//! provider's key rotation needs no restart.
 //!
 //! Only asymmetric keys (RSA, EC, OKP) are taken from a set: a symmetric (`oct`) key there
 //! is ignored, so a public set can never become an HS256 secret.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -16,6 +18,8 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::{JwtConfig, KeySource, TokenError, refuse};
 
@@ -90,6 +94,18 @@ pub struct KeyCache {
     last_attempt: Mutex<Option<Instant>>,
     /// One fetch at a time; others use the keys they have, or wait for the first fetch.
     fetching: tokio::sync::Mutex<()>,
+    /// The background refresh has been started (once per cache: a reload that keeps the
+    /// cache keeps its timer).
+    refreshing: AtomicBool,
+    /// Stops the background refresh: when the cache is dropped (a reload changed or removed
+    /// the tenant's `jwt`) or the gateway shuts down.
+    stop: CancellationToken,
+}
+
+impl Drop for KeyCache {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 impl KeyCache {
@@ -131,16 +147,7 @@ impl KeyCache {
                 _ => false,
             };
             if !fetched_meanwhile && self.may_fetch(config.jwks_cooldown) {
-                *self.last_attempt.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-                match fetch(url).await.and_then(|body| KeySet::parse(&body)) {
-                    Ok(keys) => self.fetched.store(Some(Arc::new(Fetched {
-                        keys,
-                        at: Instant::now(),
-                    }))),
-                    Err(error) => {
-                        tracing::warn!(url = %url, %error, "could not fetch the JWKS");
-                    }
-                }
+                self.fetch_locked(url).await;
             }
         }
         match self.fetched.load_full() {
@@ -149,6 +156,83 @@ impl KeyCache {
                 "the tenant's key set (jwt.jwks_url) could not be fetched; see the gateway's log",
             )),
         }
+    }
+
+    /// Fetches the set and keeps it when it parses; the caller holds `fetching`.
+    async fn fetch_locked(&self, url: &http::Uri) {
+        *self.last_attempt.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        match fetch(url).await.and_then(|body| KeySet::parse(&body)) {
+            Ok(keys) => self.fetched.store(Some(Arc::new(Fetched {
+                keys,
+                at: Instant::now(),
+            }))),
+            Err(error) => {
+                tracing::warn!(url = %url, %error, "could not fetch the JWKS");
+            }
+        }
+    }
+
+    /// Starts the timer that fetches a `jwks_url` set every `jwks_refresh` in the background,
+    /// so a rotation is picked up before the first token signed with the new key arrives.
+    /// One fetch per interval at most: the interval counts from the last fetch or attempt,
+    /// whoever made it (a token's unknown `kid` included), and a failed fetch waits a whole
+    /// interval too. The task holds the cache weakly and ends with it, or with [`stop`].
+    ///
+    /// [`stop`]: KeyCache::stop_refresh
+    pub fn start_refresh(self: &Arc<Self>, config: &JwtConfig, tasks: &TaskTracker) {
+        let Some(KeySource::Url(url)) = &config.keys else {
+            return;
+        };
+        if self.refreshing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (cache, url, every, stop) = (
+            Arc::downgrade(self),
+            url.clone(),
+            config.jwks_refresh,
+            self.stop.clone(),
+        );
+        tasks.spawn(async move {
+            let started = Instant::now();
+            let due = |cache: &Weak<KeyCache>| {
+                cache
+                    .upgrade()
+                    .map(|cache| cache.last_activity().unwrap_or(started) + every)
+            };
+            loop {
+                let Some(at) = due(&cache) else { return };
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep_until(at.into()) => {}
+                }
+                let Some(strong) = cache.upgrade() else {
+                    return;
+                };
+                let _one = tokio::select! {
+                    () = stop.cancelled() => return,
+                    one = strong.fetching.lock() => one,
+                };
+                // A token may have fetched meanwhile: then the next interval counts from it.
+                if strong.last_activity().unwrap_or(started) + every <= Instant::now() {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = strong.fetch_locked(&url) => {}
+                    }
+                }
+            }
+        });
+    }
+
+    /// Ends the background refresh (the gateway is shutting down).
+    pub fn stop_refresh(&self) {
+        self.stop.cancel();
+    }
+
+    /// When the set was last fetched or a fetch last started, whichever is later.
+    fn last_activity(&self) -> Option<Instant> {
+        let fetched = self.fetched.load().as_ref().map(|f| f.at);
+        let attempt = *self.last_attempt.lock().unwrap_or_else(|e| e.into_inner());
+        fetched.max(attempt)
     }
 
     fn may_fetch(&self, cooldown: Duration) -> bool {

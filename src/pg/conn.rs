@@ -1051,10 +1051,17 @@ impl PgConnection {
         if set_timeout {
             self.expect_command_ok().await.map_err(at(0))?;
         }
-        if begin.is_some() {
-            self.expect_command_ok().await.map_err(at(0))?;
-        }
         let mut failure: Option<PipelineError> = None;
+        if begin.is_some()
+            && let Some(error) = self.expect_begin().await.map_err(at(0))?
+        {
+            // The statements behind it fail in the aborted transaction and COMMIT rolls it
+            // back: read on, and answer with the begin's error (it is no statement's).
+            failure = Some(PipelineError {
+                statement_index: None,
+                error: QueryError::db(error),
+            });
+        }
         let mut index = 0;
         let mut started = false;
         loop {
@@ -1088,7 +1095,10 @@ impl PgConnection {
                     if !started {
                         self.lost_gateway_statement(&error);
                     }
-                    failure = Some(at(index)(QueryError::db(error)));
+                    // The first error is the cause; later ones follow from it.
+                    if failure.is_none() {
+                        failure = Some(at(index)(QueryError::db(error)));
+                    }
                 }
                 Message::CopyInResponse(_) => {
                     self.refuse_copy_in().await.map_err(at(index))?;
@@ -1165,11 +1175,14 @@ impl PgConnection {
         if set_timeout {
             self.expect_command_ok().await.map_err(at(None))?;
         }
-        if begin.is_some() {
-            self.expect_command_ok().await.map_err(at(Some(0)))?;
-        }
         let mut tags = Vec::new();
         let mut failure = None;
+        if begin.is_some()
+            && let Some(error) = self.expect_begin().await.map_err(at(None))?
+        {
+            // As in `pipeline`: the script fails in the aborted transaction, COMMIT rolls back.
+            failure = Some(at(None)(QueryError::db(error)));
+        }
         loop {
             match self
                 .recv()
@@ -1189,7 +1202,9 @@ impl PgConnection {
                 Message::ErrorResponse(body) => {
                     let error =
                         DbError::parse(body.fields()).map_err(|e| at(Some(tags.len()))(lost(e)))?;
-                    failure = Some(at(Some(tags.len()))(QueryError::db(error)));
+                    if failure.is_none() {
+                        failure = Some(at(Some(tags.len()))(QueryError::db(error)));
+                    }
                 }
                 Message::ReadyForQuery(_) => break,
                 other => return Err(at(Some(tags.len()))(self.desync(&other))),
@@ -1779,6 +1794,36 @@ impl PgConnection {
                 Err(QueryError::Gateway(error.to_string()))
             }
             None => Ok(()),
+        }
+    }
+
+    /// Reads the answer to a request's `begin` (`BEGIN …`, then an end user's claims and
+    /// `SET LOCAL ROLE`). Postgres refusing it — a role that does not exist, or that the
+    /// login role was not granted — is a configuration error the client must see as
+    /// Postgres's (`database`), and the connection is fine: the transaction is open and
+    /// aborted, so what was pipelined behind fails and the trailing `COMMIT` rolls it back.
+    /// Only a begin that failed without opening the transaction (never expected: `BEGIN`
+    /// comes first and the rest is quoted) leaves statements running outside it: that
+    /// connection is not trusted again.
+    async fn expect_begin(&mut self) -> Result<Option<DbError>, QueryError> {
+        let mut error = None;
+        loop {
+            match self.recv().await.map_err(lost)? {
+                Message::ErrorResponse(body) => {
+                    error = Some(DbError::parse(body.fields()).map_err(lost)?)
+                }
+                Message::ReadyForQuery(_) => break,
+                _ => {}
+            }
+        }
+        match error {
+            Some(error) if self.tx_status != TxStatus::Failed => {
+                self.broken = true;
+                Err(QueryError::Gateway(format!(
+                    "the request's BEGIN failed outside a transaction: {error}"
+                )))
+            }
+            error => Ok(error),
         }
     }
 

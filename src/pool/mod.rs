@@ -573,6 +573,48 @@ fn connect_config(upstream: &UpstreamConfig, tenant: &TenantConfig) -> ConnectCo
 
 /// Connects once with the upstream's own credentials and reads the server's connection limit
 /// (for `sluice check`, which runs outside any pool).
+/// For `sluice check`: whether the tenant's login role can take each of `roles` as an end
+/// user's request does (`BEGIN; SET LOCAL ROLE`, rolled back at once). Per role, Postgres's
+/// refusal, if any (a role that does not exist, or one not granted to the login role).
+pub async fn check_roles(
+    upstream: &UpstreamConfig,
+    tenant: &TenantConfig,
+    roles: &[&str],
+) -> Result<Vec<Option<String>>, String> {
+    let mut config = connect_config(upstream, tenant);
+    config
+        .settings
+        .retain(|(name, _)| name != "application_name");
+    config
+        .settings
+        .push(("application_name".into(), "sluice check".into()));
+    let mut conn = PgConnection::connect(&config)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut refusals = Vec::with_capacity(roles.len());
+    let mut failure = None;
+    for role in roles {
+        let sql = format!("BEGIN; SET LOCAL ROLE \"{}\"", role.replace('"', "\"\""));
+        let result = conn.simple_query(&sql).await;
+        let rollback = conn.simple_query("ROLLBACK").await;
+        match (result, rollback) {
+            (Ok(_), Ok(_)) => refusals.push(None),
+            (Err(crate::pg::QueryError::Db(error)), Ok(_)) => {
+                refusals.push(Some(format!("{} ({})", error.message, error.code)))
+            }
+            (Err(error), _) | (_, Err(error)) => {
+                failure = Some(error.to_string());
+                break;
+            }
+        }
+    }
+    conn.terminate(Duration::from_secs(1)).await;
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(refusals),
+    }
+}
+
 pub async fn read_server_limit(upstream: &UpstreamConfig) -> Result<ServerLimit, String> {
     let config = ConnectConfig {
         target: upstream.target.clone(),

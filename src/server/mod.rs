@@ -258,6 +258,7 @@ pub async fn run_with(
     // deadline.
     app.stop_background_work();
     app.generation().pools.close();
+    app.generation().stop_jwks_refresh();
     tasks.close();
     if tokio::time::timeout(Duration::from_secs(5), tasks.wait())
         .await
