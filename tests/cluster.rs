@@ -258,6 +258,64 @@ impl Cluster {
         reply.json()["upstreams"][0]["budget"].as_u64()
     }
 
+    /// Waits until replica `i` sees `members` members, each with its advertised address
+    /// (admin view), within a generous deadline.
+    async fn wait_members(&self, i: usize, members: usize) {
+        let auth = format!("Bearer {}", self.admin);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let view = self
+                .client(i)
+                .request(
+                    http::Method::GET,
+                    "/v1/admin/pools",
+                    &[("authorization", &auth)],
+                    Bytes::new(),
+                )
+                .await
+                .json();
+            let seen = view["upstreams"][0]["cluster"]["members"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if seen.len() == members && seen.iter().all(|m| m["advertise"].is_string()) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica {i} did not see {members} members: {view}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A counter summed over the running replicas' `/metrics`.
+    async fn metric_sum(&self, name: &str) -> f64 {
+        let auth = format!("Bearer {}", self.admin);
+        let mut sum = 0.0;
+        for i in 0..self.ports.len() {
+            if self.children[i].is_none() {
+                continue;
+            }
+            let text = self
+                .client(i)
+                .request(
+                    http::Method::GET,
+                    "/metrics",
+                    &[("authorization", &auth)],
+                    Bytes::new(),
+                )
+                .await
+                .text;
+            sum += text
+                .lines()
+                .filter(|l| l.starts_with(name))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>();
+        }
+        sum
+    }
+
     /// Sum of the budgets in force at the running replicas.
     async fn budgets(&self) -> Vec<Option<u64>> {
         let mut out = Vec::new();
@@ -676,4 +734,162 @@ async fn a_postgres_restart_under_load_keeps_the_cap_and_the_replicas_rejoin() {
         "peak {peak} data backends over the budget {BUDGET}"
     );
     assert!(tally.ok > 100, "served {}", tally.ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn transaction_calls_landing_on_another_replica_reach_the_owner_or_name_it_gone() {
+    if haproxy_missing() {
+        return;
+    }
+    let _serial = serial().await;
+    let mut cluster = Cluster::new(3, 3).await;
+    for i in 0..3 {
+        cluster.wait_members(i, 3).await;
+    }
+    let key = cluster.key.clone();
+    // A connection per request: HAProxy keeps a client's keep-alive connection on one server.
+    let front_url = format!("http://127.0.0.1:{}", cluster.front);
+    let front = || Client::new(&front_url);
+    let created = front()
+        .query(&key, "create table moves (tx int, step int)", json!([]))
+        .await;
+    assert_eq!(created.status, 200, "{}", created.text);
+
+    // Round-robin spreads the begins over the replicas (five requests per transaction, so
+    // the begins rotate) and each later call over the others.
+    let started = Instant::now();
+    let mut owners = std::collections::BTreeSet::new();
+    const TRANSACTIONS: i64 = 12;
+    for t in 0..TRANSACTIONS {
+        let begun = front().post("/v1/transactions", &key, &json!({})).await;
+        assert_eq!(begun.status, 201, "{}", begun.text);
+        let id = begun.json()["id"].as_str().unwrap().to_owned();
+        owners.insert(
+            id.rsplit_once('.')
+                .expect("the id names its owner")
+                .1
+                .to_owned(),
+        );
+        let call = |action: &str| format!("/v1/transactions/{id}/{action}");
+        for step in 0..2 {
+            let inserted = front()
+                .post(
+                    &call("query"),
+                    &key,
+                    &json!({ "sql": "insert into moves values ($1, $2)", "params": [t, step] }),
+                )
+                .await;
+            assert_eq!(inserted.status, 200, "{}", inserted.text);
+        }
+        let batch = front()
+            .post(
+                &call("batch"),
+                &key,
+                &json!({ "statements": [
+                    { "sql": "select count(*)::int as n from moves where tx = $1", "params": [t] }
+                ] }),
+            )
+            .await;
+        assert_eq!(batch.status, 200, "{}", batch.text);
+        assert!(batch.text.contains("\"n\":2"), "{}", batch.text);
+        let (end, command) = if t % 2 == 0 {
+            ("commit", "COMMIT")
+        } else {
+            ("rollback", "ROLLBACK")
+        };
+        let ended = front().post(&call(end), &key, &json!({})).await;
+        assert_eq!(ended.status, 200, "{}", ended.text);
+        assert_eq!(ended.json()["command"], command, "{}", ended.text);
+    }
+    let took = started.elapsed();
+    let rows = front()
+        .query(
+            &key,
+            "select tx, count(*)::int as n from moves group by tx order by tx",
+            json!([]),
+        )
+        .await
+        .rows();
+    let expected: Vec<Value> = (0..TRANSACTIONS)
+        .filter(|t| t % 2 == 0)
+        .map(|t| json!({ "tx": t, "n": 2 }))
+        .collect();
+    assert_eq!(
+        rows, expected,
+        "committed transactions' rows, and only theirs"
+    );
+    let forwarded = cluster
+        .metric_sum("sluice_transaction_calls_forwarded_total")
+        .await;
+    let calls = (TRANSACTIONS * 4) as f64;
+    println!(
+        "cluster figures [transactions across replicas]: {TRANSACTIONS} transactions, {calls} calls \
+         through HAProxy, {forwarded} forwarded to their owner, {:.0} ms",
+        took.as_secs_f64() * 1e3
+    );
+    assert_eq!(owners.len(), 3, "begins reached every replica: {owners:?}");
+    assert!(
+        forwarded >= calls / 3.0,
+        "most calls land away from their owner: {forwarded} of {calls} forwarded"
+    );
+
+    // The owner dies: the transaction is gone, and a call through another replica says why.
+    let direct = cluster.client(0);
+    let begun = direct.post("/v1/transactions", &key, &json!({})).await;
+    assert_eq!(begun.status, 201, "{}", begun.text);
+    let id = begun.json()["id"].as_str().unwrap().to_owned();
+    let owner = id.rsplit_once('.').unwrap().1.to_owned();
+    let insert = json!({ "sql": "insert into moves values (-1, 0)" });
+    let path = format!("/v1/transactions/{id}/query");
+    let through_other = cluster.client(1).post(&path, &key, &insert).await;
+    assert_eq!(through_other.status, 200, "{}", through_other.text);
+    cluster.kill(0).await;
+    let killed = Instant::now();
+    let mut reasons = Vec::new();
+    loop {
+        let reply = cluster.client(1).post(&path, &key, &insert).await;
+        assert_eq!(reply.status, 404, "{}", reply.text);
+        assert_eq!(reply.kind(), "transaction_not_found", "{}", reply.text);
+        let error = &reply.json()["error"];
+        assert!(
+            error["message"].as_str().unwrap().contains(&owner),
+            "the message names the owner: {}",
+            reply.text
+        );
+        let reason = error["reason"].as_str().unwrap().to_owned();
+        assert!(
+            reason == "owner_gone" || reason == "owner_unreachable",
+            "{}",
+            reply.text
+        );
+        if reasons.last() != Some(&reason) {
+            reasons.push(reason.clone());
+        }
+        if reason == "owner_gone" {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(15),
+            "the dead owner never left replica 1's view: {}",
+            reply.text
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "cluster figures [owner killed]: answers {reasons:?}; owner_gone after {:.0} ms",
+        killed.elapsed().as_secs_f64() * 1e3
+    );
+    let lost = front()
+        .query(
+            &key,
+            "select count(*)::int as n from moves where tx = -1",
+            json!([]),
+        )
+        .await
+        .rows();
+    assert_eq!(
+        lost,
+        vec![json!({ "n": 0 })],
+        "the dead owner's work is rolled back"
+    );
 }

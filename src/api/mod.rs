@@ -8,6 +8,7 @@ pub mod body;
 pub mod cors;
 pub mod end_user;
 pub mod error;
+pub mod forward;
 mod health;
 pub mod memory;
 pub mod neon;

@@ -69,6 +69,8 @@ pub(crate) struct Upstream {
     tasks: TaskTracker,
     metrics: Arc<Metrics>,
     me: Weak<Upstream>,
+    /// Cluster mode: the members and their addresses as the control loop last read them.
+    peers: Mutex<crate::cluster::Peers>,
 }
 
 struct Shared {
@@ -178,6 +180,7 @@ impl Upstream {
             tasks,
             metrics,
             me: me.clone(),
+            peers: Mutex::new(crate::cluster::Peers::new()),
         })
     }
 
@@ -593,6 +596,25 @@ impl Upstream {
     /// once the upstream is not clustered.
     pub(crate) fn cluster(&self) -> Option<crate::cluster::ClusterSettings> {
         self.lock().cluster.clone()
+    }
+
+    /// Cluster mode: the members as the control loop read them last.
+    pub(crate) fn set_peers(&self, peers: crate::cluster::Peers) {
+        *self.peers.lock().unwrap_or_else(|e| e.into_inner()) = peers;
+    }
+
+    /// Cluster mode: every member as the control loop read them last.
+    pub(crate) fn peers(&self) -> crate::cluster::Peers {
+        self.peers.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Cluster mode: `None` if `replica` is not a member, else its address if one was seen.
+    pub(crate) fn peer(&self, replica: crate::cluster::plan::ReplicaId) -> Option<Option<String>> {
+        self.peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&replica)
+            .cloned()
     }
 
     /// Cluster mode: applies this replica's budget (a share change; see
