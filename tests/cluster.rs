@@ -35,6 +35,8 @@ async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     SERIAL.lock().await
 }
 const POLL_MS: u64 = 200;
+/// `rate_per_second` and `burst` of the tenant `metered`, for the whole cluster.
+const METERED_RATE: usize = 30;
 
 fn pg() {
     postgres_with(TempPostgresOptions {
@@ -73,6 +75,8 @@ struct Cluster {
     haproxy: Child,
     front: u16,
     key: String,
+    /// The key of `metered`, a tenant with a small rate ([`METERED_RATE`]).
+    metered_key: String,
     admin: String,
     db: String,
 }
@@ -83,6 +87,7 @@ impl Cluster {
         pg();
         let db = database("").await;
         let (key, hash) = key("acme");
+        let (metered_key, metered_hash) = common::key("metered");
         let (admin, admin_hash) = common::key("admin");
         let dir =
             std::env::temp_dir().join(format!("sluice-cluster-{:08x}", rand::random::<u32>()));
@@ -123,6 +128,13 @@ impl Cluster {
                 burst = 100000
                 max_waiting = 2000
                 queue_timeout_ms = 8000
+
+                [[tenants]]
+                id = "metered"
+                api_keys = ["{metered_hash}"]
+                pool_size = 2
+                rate_per_second = {METERED_RATE}
+                burst = {METERED_RATE}
                 "#
             ),
         )
@@ -164,6 +176,7 @@ impl Cluster {
             haproxy,
             front,
             key,
+            metered_key,
             admin,
             db,
         };
@@ -891,5 +904,69 @@ async fn transaction_calls_landing_on_another_replica_reach_the_owner_or_name_it
         lost,
         vec![json!({ "n": 0 })],
         "the dead owner's work is rolled back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenant_rate_holds_for_the_whole_cluster_not_per_replica() {
+    if haproxy_missing() {
+        return;
+    }
+    let _serial = serial().await;
+    let mut cluster = Cluster::new(3, 3).await;
+    for i in 0..3 {
+        cluster.wait_members(i, 3).await;
+    }
+    // Three times the burst, spread over the replicas by round-robin (a connection each):
+    // each replica lets its third of the burst through, plus what refills meanwhile.
+    let front = format!("http://127.0.0.1:{}", cluster.front);
+    let metered_key = cluster.metered_key.clone();
+    let burst = |n: usize| {
+        let (front, key) = (front.clone(), metered_key.clone());
+        async move {
+            let started = Instant::now();
+            let mut tally: BTreeMap<u16, usize> = BTreeMap::new();
+            for _ in 0..n {
+                let status = Client::new(&front).select_one_status(&key).await;
+                *tally.entry(status).or_default() += 1;
+            }
+            (tally, started.elapsed())
+        }
+    };
+    let (tally, took) = burst(3 * METERED_RATE).await;
+    let ok = tally.get(&200).copied().unwrap_or(0);
+    // The rate refills while the burst runs: at most METERED_RATE per second cluster-wide.
+    let refill = (took.as_secs_f64() * METERED_RATE as f64).ceil() as usize;
+    println!(
+        "cluster figures [rate {METERED_RATE}/s, burst {METERED_RATE}, 3 replicas]: {tally:?} of {} in {:.0} ms",
+        3 * METERED_RATE,
+        took.as_secs_f64() * 1e3
+    );
+    assert!(
+        ok >= METERED_RATE / 2 && ok <= METERED_RATE + refill + 3,
+        "the cluster let {ok} through (burst {METERED_RATE}, refill {refill}): {tally:?}"
+    );
+    assert_eq!(
+        tally.keys().copied().collect::<Vec<_>>(),
+        vec![200, 429],
+        "{tally:?}"
+    );
+
+    // One replica leaves: the two others re-divide the rate between them.
+    cluster.kill(2).await;
+    for i in 0..2 {
+        cluster.wait_members(i, 2).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let (tally, took) = burst(2 * METERED_RATE).await;
+    let ok = tally.get(&200).copied().unwrap_or(0);
+    let refill = (took.as_secs_f64() * METERED_RATE as f64).ceil() as usize;
+    println!(
+        "cluster figures [rate {METERED_RATE}/s after a replica left, 2 replicas]: {tally:?} in {:.0} ms",
+        took.as_secs_f64() * 1e3
+    );
+    assert!(
+        ok >= METERED_RATE / 2 && ok <= METERED_RATE + refill + 3,
+        "two replicas let {ok} through (burst {METERED_RATE}, refill {refill}): {tally:?}"
     );
 }

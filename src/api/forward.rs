@@ -61,7 +61,13 @@ pub async fn to_owner(
     ) else {
         return Ok(None);
     };
-    if owner == me || ctx.headers.contains_key(FORWARDED) {
+    // Only an id as the gateway makes them travels (base64url, a dot, hex): nothing in it can
+    // change the forwarded request's meaning.
+    let well_formed = id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if owner == me || !well_formed || ctx.headers.contains_key(FORWARDED) {
         return Ok(None);
     }
     let owner_name = format!("{owner:016x}");

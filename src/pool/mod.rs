@@ -72,6 +72,12 @@ impl TenantPool {
         self.upstream.cluster().map(|c| c.id)
     }
 
+    /// Cluster mode: how many replicas share the tenant's rate (the live members of its
+    /// upstream's cluster); 0 when unknown or outside cluster mode.
+    pub fn cluster_members(&self) -> usize {
+        self.upstream.members()
+    }
+
     /// Cluster mode: whether `replica` is a member of the tenant's upstream's cluster, and its
     /// advertised address if one was seen.
     pub(crate) fn peer(&self, replica: crate::cluster::plan::ReplicaId) -> Option<Option<String>> {

@@ -71,6 +71,9 @@ pub(crate) struct Upstream {
     me: Weak<Upstream>,
     /// Cluster mode: the members and their addresses as the control loop last read them.
     peers: Mutex<crate::cluster::Peers>,
+    /// Cluster mode: how many members `peers` holds (0 before the first poll, and outside
+    /// cluster mode), read per request to divide tenants' rates.
+    members: std::sync::atomic::AtomicUsize,
 }
 
 struct Shared {
@@ -181,6 +184,7 @@ impl Upstream {
             metrics,
             me: me.clone(),
             peers: Mutex::new(crate::cluster::Peers::new()),
+            members: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -600,7 +604,15 @@ impl Upstream {
 
     /// Cluster mode: the members as the control loop read them last.
     pub(crate) fn set_peers(&self, peers: crate::cluster::Peers) {
+        self.members
+            .store(peers.len(), std::sync::atomic::Ordering::Relaxed);
         *self.peers.lock().unwrap_or_else(|e| e.into_inner()) = peers;
+    }
+
+    /// Cluster mode: the live members at the last poll (0 if none was read yet, or outside
+    /// cluster mode).
+    pub(crate) fn members(&self) -> usize {
+        self.members.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Cluster mode: every member as the control loop read them last.
