@@ -302,6 +302,39 @@ impl Cluster {
         }
     }
 
+    /// Waits until HAProxy sends to all `running` replicas (its health checks may hold one out
+    /// for a moment after a start): `running` begins in a row land on as many owners.
+    async fn wait_balanced(&self, running: usize) {
+        let front = format!("http://127.0.0.1:{}", self.front);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut ids = Vec::new();
+            for _ in 0..running {
+                let client = Client::new(&front);
+                let begun = client.post("/v1/transactions", &self.key, &json!({})).await;
+                assert_eq!(begun.status, 201, "{}", begun.text);
+                ids.push(begun.json()["id"].as_str().unwrap().to_owned());
+            }
+            let owners: std::collections::BTreeSet<&str> = ids
+                .iter()
+                .map(|id| id.rsplit_once('.').unwrap().1)
+                .collect();
+            for id in &ids {
+                let path = format!("/v1/transactions/{id}/rollback");
+                let ended = Client::new(&front).post(&path, &self.key, &json!({})).await;
+                assert_eq!(ended.status, 200, "{}", ended.text);
+            }
+            if owners.len() == running {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "HAProxy did not reach {running} replicas"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// A counter summed over the running replicas' `/metrics`.
     async fn metric_sum(&self, name: &str) -> f64 {
         let auth = format!("Bearer {}", self.admin);
@@ -759,6 +792,7 @@ async fn transaction_calls_landing_on_another_replica_reach_the_owner_or_name_it
     for i in 0..3 {
         cluster.wait_members(i, 3).await;
     }
+    cluster.wait_balanced(3).await;
     let key = cluster.key.clone();
     // A connection per request: HAProxy keeps a client's keep-alive connection on one server.
     let front_url = format!("http://127.0.0.1:{}", cluster.front);
@@ -770,6 +804,9 @@ async fn transaction_calls_landing_on_another_replica_reach_the_owner_or_name_it
 
     // Round-robin spreads the begins over the replicas (five requests per transaction, so
     // the begins rotate) and each later call over the others.
+    let forwarded_before = cluster
+        .metric_sum("sluice_transaction_calls_forwarded_total")
+        .await;
     let started = Instant::now();
     let mut owners = std::collections::BTreeSet::new();
     const TRANSACTIONS: i64 = 12;
@@ -833,7 +870,8 @@ async fn transaction_calls_landing_on_another_replica_reach_the_owner_or_name_it
     );
     let forwarded = cluster
         .metric_sum("sluice_transaction_calls_forwarded_total")
-        .await;
+        .await
+        - forwarded_before;
     let calls = (TRANSACTIONS * 4) as f64;
     println!(
         "cluster figures [transactions across replicas]: {TRANSACTIONS} transactions, {calls} calls \
@@ -917,6 +955,7 @@ async fn a_tenant_rate_holds_for_the_whole_cluster_not_per_replica() {
     for i in 0..3 {
         cluster.wait_members(i, 3).await;
     }
+    cluster.wait_balanced(3).await;
     // Three times the burst, spread over the replicas by round-robin (a connection each):
     // each replica lets its third of the burst through, plus what refills meanwhile.
     let front = format!("http://127.0.0.1:{}", cluster.front);
@@ -957,6 +996,7 @@ async fn a_tenant_rate_holds_for_the_whole_cluster_not_per_replica() {
     for i in 0..2 {
         cluster.wait_members(i, 2).await;
     }
+    cluster.wait_balanced(2).await;
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     let (tally, took) = burst(2 * METERED_RATE).await;
     let ok = tally.get(&200).copied().unwrap_or(0);
