@@ -894,6 +894,23 @@ async fn transaction_calls_landing_on_another_replica_reach_the_owner_or_name_it
     let path = format!("/v1/transactions/{id}/query");
     let through_other = cluster.client(1).post(&path, &key, &insert).await;
     assert_eq!(through_other.status, 200, "{}", through_other.text);
+    // A call already forwarded is never forwarded again: no loops, whatever the views say.
+    let auth = format!("Bearer {key}");
+    let marked = cluster
+        .client(1)
+        .request(
+            http::Method::POST,
+            &path,
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+                ("sluice-forwarded-by", "0123456789abcdef"),
+            ],
+            insert.to_string(),
+        )
+        .await;
+    assert_eq!(marked.status, 404, "{}", marked.text);
+    assert_eq!(marked.kind(), "transaction_not_found", "{}", marked.text);
     cluster.kill(0).await;
     let killed = Instant::now();
     let mut reasons = Vec::new();
