@@ -43,6 +43,8 @@ const PASSED: [HeaderName; 6] = [
     HeaderName::from_static("sluice-tenant"),
     HeaderName::from_static("x-request-id"),
 ];
+/// How much longer than the transaction's lifetime the owner may take to answer.
+const ANSWER_MARGIN: Duration = Duration::from_secs(5);
 /// Chunks of a streamed answer in flight between the owner and the client.
 const STREAM_CHUNKS: usize = 16;
 
@@ -142,12 +144,25 @@ pub async fn to_owner(
             reason: format!("building the forwarded request: {e}"),
         })?;
     tracing::debug!(transaction = %short(id), owner = %owner_name, %address, "forwarding a transaction call to its owner");
-    let answer = sender
-        .send_request(request)
-        .await
-        .map_err(|e| ApiError::ConnectionLost {
-            reason: format!("the owner replica {owner_name} at {address}: {e}"),
-        })?;
+    // No call outlives the transaction's lifetime on the owner: past it (plus a margin), an
+    // owner that has not answered is frozen or cut off.
+    let patience = tenant.config.transaction_max + ANSWER_MARGIN;
+    let answer = match tokio::time::timeout(patience, sender.send_request(request)).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(error)) => {
+            return Err(ApiError::ConnectionLost {
+                reason: format!("the owner replica {owner_name} at {address}: {error}"),
+            });
+        }
+        Err(_) => {
+            return Err(ApiError::ConnectionLost {
+                reason: format!(
+                    "the owner replica {owner_name} at {address} did not answer within {} ms",
+                    patience.as_millis()
+                ),
+            });
+        }
+    };
     let (parts, mut incoming) = answer.into_parts();
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(STREAM_CHUNKS);
     tokio::spawn(async move {
