@@ -3,7 +3,9 @@
 //!
 //! - Per tenant: `rate_per_second` sustained with `burst` (GCRA, with governor), checked before
 //!   the tenant's connection queue. Over the limit, `Retry-After` is governor's earliest time
-//!   the request would be allowed.
+//!   the request would be allowed. In cluster mode each replica enforces its share (rate and
+//!   burst divided by the live replicas, rounded up), re-divided when membership changes: the
+//!   sum is the tenant's rate when the load balancer spreads requests evenly.
 //! - Per client address: failed authentications (`auth_failures_per_minute`, 10 by default).
 //!   Past that, every request from the address gets 429 — a valid key too, so a guess that
 //!   happens to be right cannot be told from one that is wrong — until the limit recovers.
@@ -28,25 +30,59 @@ pub const MAX_TRACKED_ADDRESSES: usize = 65_536;
 
 /// One tenant's request rate.
 pub struct TenantRate {
-    limiter: DefaultDirectRateLimiter,
+    /// Rebuilt when the number of replicas sharing the rate changes (a fresh bucket: the
+    /// change may let one share's burst through).
+    limiter: arc_swap::ArcSwap<DefaultDirectRateLimiter>,
     clock: DefaultClock,
+    rate_per_second: u32,
+    burst: u32,
+    /// Replicas the rate is divided among now (1 outside cluster mode).
+    replicas: AtomicUsize,
+}
+
+fn direct_limiter(rate_per_second: u32, burst: u32) -> DefaultDirectRateLimiter {
+    let rate = NonZeroU32::new(rate_per_second).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+    DefaultDirectRateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
 }
 
 impl TenantRate {
     pub fn new(rate_per_second: u32, burst: u32) -> TenantRate {
-        let rate = NonZeroU32::new(rate_per_second).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
         TenantRate {
-            limiter: DefaultDirectRateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
+            limiter: arc_swap::ArcSwap::from_pointee(direct_limiter(rate_per_second, burst)),
             clock: DefaultClock::default(),
+            rate_per_second,
+            burst,
+            replicas: AtomicUsize::new(1),
         }
     }
 
     /// `Err(wait)` when the request is over the tenant's rate.
     pub fn check(&self) -> Result<(), Duration> {
+        self.check_among(1)
+    }
+
+    /// `Err(wait)` when the request is over this replica's share of the tenant's rate, the
+    /// rate being divided among `replicas` (0 counts as 1).
+    pub fn check_among(&self, replicas: usize) -> Result<(), Duration> {
+        let replicas = replicas.max(1);
+        if self.replicas.swap(replicas, Ordering::Relaxed) != replicas {
+            let n = u32::try_from(replicas).unwrap_or(u32::MAX);
+            self.limiter.store(std::sync::Arc::new(direct_limiter(
+                self.rate_per_second.div_ceil(n),
+                self.burst.div_ceil(n),
+            )));
+        }
         self.limiter
+            .load()
             .check()
             .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+    }
+
+    /// This replica's share now: (rate per second, burst).
+    pub fn share(&self) -> (u32, u32) {
+        let n = u32::try_from(self.replicas.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
+        (self.rate_per_second.div_ceil(n), self.burst.div_ceil(n))
     }
 }
 
@@ -216,6 +252,23 @@ mod tests {
             wait > Duration::ZERO && wait <= Duration::from_millis(100),
             "{wait:?}"
         );
+    }
+
+    #[test]
+    fn a_tenant_rate_is_divided_among_replicas_and_redivided_when_they_change() {
+        let rate = TenantRate::new(10, 3);
+        // Three replicas: a burst of 1 each, a fourth of the sustained rate rounded up.
+        assert!(rate.check_among(3).is_ok());
+        assert!(rate.check_among(3).is_err());
+        assert_eq!(rate.share(), (4, 1));
+        // Back to one: the whole burst again.
+        for _ in 0..3 {
+            assert!(rate.check_among(1).is_ok());
+        }
+        assert!(rate.check_among(1).is_err());
+        assert_eq!(rate.share(), (10, 3));
+        // Unknown membership (0) counts as one replica.
+        assert_eq!(TenantRate::new(5, 5).check_among(0), Ok(()));
     }
 
     #[test]

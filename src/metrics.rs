@@ -88,6 +88,10 @@ pub struct Metrics {
     pub transactions_expired: Family<TenantLabel, Counter>,
     pub rate_limited: Family<TenantLabel, Counter>,
     pub auth_failures: Counter,
+    /// Cluster mode: transaction calls this replica forwarded to their owner, by tenant.
+    pub transaction_calls_forwarded: Family<TenantLabel, Counter>,
+    /// Cluster mode: the members this replica sees, by upstream.
+    cluster_members: Family<UpstreamLabel, Gauge>,
     pub http_connections: Family<ProtocolLabel, Gauge>,
     /// Plain HTTP/1.1 connections parked between requests (a subset of `http_connections`).
     pub http_connections_parked: Gauge,
@@ -159,6 +163,8 @@ impl Metrics {
             transactions_expired: Family::default(),
             rate_limited: Family::default(),
             auth_failures: Counter::default(),
+            transaction_calls_forwarded: Family::default(),
+            cluster_members: Family::default(),
             http_connections: Family::default(),
             http_connections_parked: Gauge::default(),
             outcomes: Family::default(),
@@ -236,6 +242,16 @@ impl Metrics {
             metrics.auth_failures.clone(),
         );
         registry.register(
+            "transaction_calls_forwarded",
+            "Cluster mode: calls on interactive transactions forwarded to the replica that owns them, by tenant",
+            metrics.transaction_calls_forwarded.clone(),
+        );
+        registry.register(
+            "cluster_members",
+            "Cluster mode: live replicas as this one last read them (its share is upstream_budget), by upstream",
+            metrics.cluster_members.clone(),
+        );
+        registry.register(
             "http_connections",
             "Client connections open now, by protocol",
             metrics.http_connections.clone(),
@@ -271,6 +287,16 @@ impl Metrics {
         self.upstream_connections.clear();
         self.upstream_stuck.clear();
         self.transactions_open.clear();
+        self.cluster_members.clear();
+        for ((upstream, _), view) in pools.upstream_status().iter().zip(pools.cluster_views()) {
+            if let Some((_, peers)) = view {
+                self.cluster_members
+                    .get_or_create(&UpstreamLabel {
+                        upstream: upstream.clone(),
+                    })
+                    .set(peers.len() as i64);
+            }
+        }
         for (upstream, status) in pools.upstream_status() {
             let label = UpstreamLabel {
                 upstream: upstream.clone(),

@@ -153,6 +153,9 @@ struct Expired {
 pub struct BeginOptions {
     pub begin_sql: String,
     pub idle_timeout: Duration,
+    /// Cluster mode: this replica's id, named in the transaction id so that calls landing on
+    /// another replica find their way here.
+    pub owner: Option<u64>,
 }
 
 impl Transactions {
@@ -191,7 +194,10 @@ impl Transactions {
         conn.simple_query(&options.begin_sql).await?;
         let now = Instant::now();
         let transaction = Arc::new(OpenTransaction {
-            id: new_id().into(),
+            id: match options.owner {
+                Some(owner) => crate::cluster::owned_transaction_id(&new_id(), owner).into(),
+                None => new_id().into(),
+            },
             tenant: tenant.config.id.as_str().into(),
             end_user: caller(tenant),
             cancel: conn.cancel_token(),

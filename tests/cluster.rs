@@ -35,6 +35,8 @@ async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     SERIAL.lock().await
 }
 const POLL_MS: u64 = 200;
+/// `rate_per_second` and `burst` of the tenant `metered`, for the whole cluster.
+const METERED_RATE: usize = 30;
 
 fn pg() {
     postgres_with(TempPostgresOptions {
@@ -73,6 +75,8 @@ struct Cluster {
     haproxy: Child,
     front: u16,
     key: String,
+    /// The key of `metered`, a tenant with a small rate ([`METERED_RATE`]).
+    metered_key: String,
     admin: String,
     db: String,
 }
@@ -83,6 +87,7 @@ impl Cluster {
         pg();
         let db = database("").await;
         let (key, hash) = key("acme");
+        let (metered_key, metered_hash) = common::key("metered");
         let (admin, admin_hash) = common::key("admin");
         let dir =
             std::env::temp_dir().join(format!("sluice-cluster-{:08x}", rand::random::<u32>()));
@@ -123,6 +128,13 @@ impl Cluster {
                 burst = 100000
                 max_waiting = 2000
                 queue_timeout_ms = 8000
+
+                [[tenants]]
+                id = "metered"
+                api_keys = ["{metered_hash}"]
+                pool_size = 2
+                rate_per_second = {METERED_RATE}
+                burst = {METERED_RATE}
                 "#
             ),
         )
@@ -164,6 +176,7 @@ impl Cluster {
             haproxy,
             front,
             key,
+            metered_key,
             admin,
             db,
         };
@@ -256,6 +269,97 @@ impl Cluster {
         .await
         .ok()?;
         reply.json()["upstreams"][0]["budget"].as_u64()
+    }
+
+    /// Waits until replica `i` sees `members` members, each with its advertised address
+    /// (admin view), within a generous deadline.
+    async fn wait_members(&self, i: usize, members: usize) {
+        let auth = format!("Bearer {}", self.admin);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let view = self
+                .client(i)
+                .request(
+                    http::Method::GET,
+                    "/v1/admin/pools",
+                    &[("authorization", &auth)],
+                    Bytes::new(),
+                )
+                .await
+                .json();
+            let seen = view["upstreams"][0]["cluster"]["members"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if seen.len() == members && seen.iter().all(|m| m["advertise"].is_string()) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica {i} did not see {members} members: {view}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until HAProxy sends to all `running` replicas (its health checks may hold one out
+    /// for a moment after a start): `running` begins in a row land on as many owners.
+    async fn wait_balanced(&self, running: usize) {
+        let front = format!("http://127.0.0.1:{}", self.front);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut ids = Vec::new();
+            for _ in 0..running {
+                let client = Client::new(&front);
+                let begun = client.post("/v1/transactions", &self.key, &json!({})).await;
+                assert_eq!(begun.status, 201, "{}", begun.text);
+                ids.push(begun.json()["id"].as_str().unwrap().to_owned());
+            }
+            let owners: std::collections::BTreeSet<&str> = ids
+                .iter()
+                .map(|id| id.rsplit_once('.').unwrap().1)
+                .collect();
+            for id in &ids {
+                let path = format!("/v1/transactions/{id}/rollback");
+                let ended = Client::new(&front).post(&path, &self.key, &json!({})).await;
+                assert_eq!(ended.status, 200, "{}", ended.text);
+            }
+            if owners.len() == running {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "HAProxy did not reach {running} replicas"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A counter summed over the running replicas' `/metrics`.
+    async fn metric_sum(&self, name: &str) -> f64 {
+        let auth = format!("Bearer {}", self.admin);
+        let mut sum = 0.0;
+        for i in 0..self.ports.len() {
+            if self.children[i].is_none() {
+                continue;
+            }
+            let text = self
+                .client(i)
+                .request(
+                    http::Method::GET,
+                    "/metrics",
+                    &[("authorization", &auth)],
+                    Bytes::new(),
+                )
+                .await
+                .text;
+            sum += text
+                .lines()
+                .filter(|l| l.starts_with(name))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>();
+        }
+        sum
     }
 
     /// Sum of the budgets in force at the running replicas.
@@ -676,4 +780,250 @@ async fn a_postgres_restart_under_load_keeps_the_cap_and_the_replicas_rejoin() {
         "peak {peak} data backends over the budget {BUDGET}"
     );
     assert!(tally.ok > 100, "served {}", tally.ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn transaction_calls_landing_on_another_replica_reach_the_owner_or_name_it_gone() {
+    if haproxy_missing() {
+        return;
+    }
+    let _serial = serial().await;
+    let mut cluster = Cluster::new(3, 3).await;
+    for i in 0..3 {
+        cluster.wait_members(i, 3).await;
+    }
+    cluster.wait_balanced(3).await;
+    let key = cluster.key.clone();
+    // A connection per request: HAProxy keeps a client's keep-alive connection on one server.
+    let front_url = format!("http://127.0.0.1:{}", cluster.front);
+    let front = || Client::new(&front_url);
+    let created = front()
+        .query(&key, "create table moves (tx int, step int)", json!([]))
+        .await;
+    assert_eq!(created.status, 200, "{}", created.text);
+
+    // Round-robin spreads the begins over the replicas (five requests per transaction, so
+    // the begins rotate) and each later call over the others.
+    let forwarded_before = cluster
+        .metric_sum("sluice_transaction_calls_forwarded_total")
+        .await;
+    let started = Instant::now();
+    let mut owners = std::collections::BTreeSet::new();
+    const TRANSACTIONS: i64 = 12;
+    for t in 0..TRANSACTIONS {
+        let begun = front().post("/v1/transactions", &key, &json!({})).await;
+        assert_eq!(begun.status, 201, "{}", begun.text);
+        let id = begun.json()["id"].as_str().unwrap().to_owned();
+        owners.insert(
+            id.rsplit_once('.')
+                .expect("the id names its owner")
+                .1
+                .to_owned(),
+        );
+        let call = |action: &str| format!("/v1/transactions/{id}/{action}");
+        for step in 0..2 {
+            let inserted = front()
+                .post(
+                    &call("query"),
+                    &key,
+                    &json!({ "sql": "insert into moves values ($1, $2)", "params": [t, step] }),
+                )
+                .await;
+            assert_eq!(inserted.status, 200, "{}", inserted.text);
+        }
+        let batch = front()
+            .post(
+                &call("batch"),
+                &key,
+                &json!({ "statements": [
+                    { "sql": "select count(*)::int as n from moves where tx = $1", "params": [t] }
+                ] }),
+            )
+            .await;
+        assert_eq!(batch.status, 200, "{}", batch.text);
+        assert!(batch.text.contains("\"n\":2"), "{}", batch.text);
+        let (end, command) = if t % 2 == 0 {
+            ("commit", "COMMIT")
+        } else {
+            ("rollback", "ROLLBACK")
+        };
+        let ended = front().post(&call(end), &key, &json!({})).await;
+        assert_eq!(ended.status, 200, "{}", ended.text);
+        assert_eq!(ended.json()["command"], command, "{}", ended.text);
+    }
+    let took = started.elapsed();
+    let rows = front()
+        .query(
+            &key,
+            "select tx, count(*)::int as n from moves group by tx order by tx",
+            json!([]),
+        )
+        .await
+        .rows();
+    let expected: Vec<Value> = (0..TRANSACTIONS)
+        .filter(|t| t % 2 == 0)
+        .map(|t| json!({ "tx": t, "n": 2 }))
+        .collect();
+    assert_eq!(
+        rows, expected,
+        "committed transactions' rows, and only theirs"
+    );
+    let forwarded = cluster
+        .metric_sum("sluice_transaction_calls_forwarded_total")
+        .await
+        - forwarded_before;
+    let calls = (TRANSACTIONS * 4) as f64;
+    println!(
+        "cluster figures [transactions across replicas]: {TRANSACTIONS} transactions, {calls} calls \
+         through HAProxy, {forwarded} forwarded to their owner, {:.0} ms",
+        took.as_secs_f64() * 1e3
+    );
+    assert_eq!(owners.len(), 3, "begins reached every replica: {owners:?}");
+    assert!(
+        forwarded >= calls / 3.0,
+        "most calls land away from their owner: {forwarded} of {calls} forwarded"
+    );
+
+    // The owner dies: the transaction is gone, and a call through another replica says why.
+    let direct = cluster.client(0);
+    let begun = direct.post("/v1/transactions", &key, &json!({})).await;
+    assert_eq!(begun.status, 201, "{}", begun.text);
+    let id = begun.json()["id"].as_str().unwrap().to_owned();
+    let owner = id.rsplit_once('.').unwrap().1.to_owned();
+    let insert = json!({ "sql": "insert into moves values (-1, 0)" });
+    let path = format!("/v1/transactions/{id}/query");
+    let through_other = cluster.client(1).post(&path, &key, &insert).await;
+    assert_eq!(through_other.status, 200, "{}", through_other.text);
+    // A call already forwarded is never forwarded again: no loops, whatever the views say.
+    let auth = format!("Bearer {key}");
+    let marked = cluster
+        .client(1)
+        .request(
+            http::Method::POST,
+            &path,
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+                ("sluice-forwarded-by", "0123456789abcdef"),
+            ],
+            insert.to_string(),
+        )
+        .await;
+    assert_eq!(marked.status, 404, "{}", marked.text);
+    assert_eq!(marked.kind(), "transaction_not_found", "{}", marked.text);
+    cluster.kill(0).await;
+    let killed = Instant::now();
+    let mut reasons = Vec::new();
+    loop {
+        let reply = cluster.client(1).post(&path, &key, &insert).await;
+        assert_eq!(reply.status, 404, "{}", reply.text);
+        assert_eq!(reply.kind(), "transaction_not_found", "{}", reply.text);
+        let error = &reply.json()["error"];
+        assert!(
+            error["message"].as_str().unwrap().contains(&owner),
+            "the message names the owner: {}",
+            reply.text
+        );
+        let reason = error["reason"].as_str().unwrap().to_owned();
+        assert!(
+            reason == "owner_gone" || reason == "owner_unreachable",
+            "{}",
+            reply.text
+        );
+        if reasons.last() != Some(&reason) {
+            reasons.push(reason.clone());
+        }
+        if reason == "owner_gone" {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(15),
+            "the dead owner never left replica 1's view: {}",
+            reply.text
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "cluster figures [owner killed]: answers {reasons:?}; owner_gone after {:.0} ms",
+        killed.elapsed().as_secs_f64() * 1e3
+    );
+    let lost = front()
+        .query(
+            &key,
+            "select count(*)::int as n from moves where tx = -1",
+            json!([]),
+        )
+        .await
+        .rows();
+    assert_eq!(
+        lost,
+        vec![json!({ "n": 0 })],
+        "the dead owner's work is rolled back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenant_rate_holds_for_the_whole_cluster_not_per_replica() {
+    if haproxy_missing() {
+        return;
+    }
+    let _serial = serial().await;
+    let mut cluster = Cluster::new(3, 3).await;
+    for i in 0..3 {
+        cluster.wait_members(i, 3).await;
+    }
+    cluster.wait_balanced(3).await;
+    // Three times the burst, spread over the replicas by round-robin (a connection each):
+    // each replica lets its third of the burst through, plus what refills meanwhile.
+    let front = format!("http://127.0.0.1:{}", cluster.front);
+    let metered_key = cluster.metered_key.clone();
+    let burst = |n: usize| {
+        let (front, key) = (front.clone(), metered_key.clone());
+        async move {
+            let started = Instant::now();
+            let mut tally: BTreeMap<u16, usize> = BTreeMap::new();
+            for _ in 0..n {
+                let status = Client::new(&front).select_one_status(&key).await;
+                *tally.entry(status).or_default() += 1;
+            }
+            (tally, started.elapsed())
+        }
+    };
+    let (tally, took) = burst(3 * METERED_RATE).await;
+    let ok = tally.get(&200).copied().unwrap_or(0);
+    // The rate refills while the burst runs: at most METERED_RATE per second cluster-wide.
+    let refill = (took.as_secs_f64() * METERED_RATE as f64).ceil() as usize;
+    println!(
+        "cluster figures [rate {METERED_RATE}/s, burst {METERED_RATE}, 3 replicas]: {tally:?} of {} in {:.0} ms",
+        3 * METERED_RATE,
+        took.as_secs_f64() * 1e3
+    );
+    assert!(
+        ok >= METERED_RATE / 2 && ok <= METERED_RATE + refill + 3,
+        "the cluster let {ok} through (burst {METERED_RATE}, refill {refill}): {tally:?}"
+    );
+    assert_eq!(
+        tally.keys().copied().collect::<Vec<_>>(),
+        vec![200, 429],
+        "{tally:?}"
+    );
+
+    // One replica leaves: the two others re-divide the rate between them.
+    cluster.kill(2).await;
+    for i in 0..2 {
+        cluster.wait_members(i, 2).await;
+    }
+    cluster.wait_balanced(2).await;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let (tally, took) = burst(2 * METERED_RATE).await;
+    let ok = tally.get(&200).copied().unwrap_or(0);
+    let refill = (took.as_secs_f64() * METERED_RATE as f64).ceil() as usize;
+    println!(
+        "cluster figures [rate {METERED_RATE}/s after a replica left, 2 replicas]: {tally:?} in {:.0} ms",
+        took.as_secs_f64() * 1e3
+    );
+    assert!(
+        ok >= METERED_RATE / 2 && ok <= METERED_RATE + refill + 3,
+        "two replicas let {ok} through (burst {METERED_RATE}, refill {refill}): {tally:?}"
+    );
 }

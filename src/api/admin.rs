@@ -37,12 +37,14 @@ pub fn require_admin(ctx: &RequestContext<'_>) -> Result<(), ApiError> {
 pub fn pools(ctx: &RequestContext<'_>) -> Response<Body> {
     let config = &ctx.generation.config;
     let metrics = &ctx.app.metrics;
+    let clusters = ctx.generation.pools.cluster_views();
     let upstreams: Vec<Value> = ctx
         .generation
         .pools
         .upstream_status()
         .into_iter()
-        .map(|(name, status)| {
+        .zip(clusters)
+        .map(|((name, status), cluster)| {
             let tenants: Vec<Value> = status
                 .tenants
                 .iter()
@@ -84,10 +86,25 @@ pub fn pools(ctx: &RequestContext<'_>) -> Response<Body> {
                 "available": status.available,
                 "lastError": status.last_error,
                 "tenants": tenants,
+                "cluster": cluster.map(cluster_view),
             })
         })
         .collect();
     Body::json_response(StatusCode::OK, &json!({ "upstreams": upstreams }))
+}
+
+/// Cluster mode: this replica and the members it sees, with the addresses they advertise
+/// (where calls on their transactions are forwarded).
+fn cluster_view((me, peers): (u64, crate::cluster::Peers)) -> Value {
+    let mut members: Vec<(u64, Option<String>)> = peers.into_iter().collect();
+    members.sort();
+    let members: Vec<Value> = members
+        .into_iter()
+        .map(|(replica, advertise)| {
+            json!({ "replica": format!("{replica:016x}"), "advertise": advertise })
+        })
+        .collect();
+    json!({ "replica": format!("{me:016x}"), "members": members })
 }
 
 /// Reads the config file again and applies it; an invalid config is refused whole and the

@@ -30,6 +30,12 @@ pub enum ApiError {
         expired: bool,
     },
     TransactionBusy,
+    /// Cluster mode: the replica that owns the transaction is gone or cannot be reached
+    /// (`reason`: `owner_gone`, `owner_unreachable`); `message` says which replica and why.
+    TransactionOwnerGone {
+        reason: &'static str,
+        message: String,
+    },
     PayloadTooLarge {
         limit: usize,
     },
@@ -79,7 +85,9 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
-            ApiError::TransactionNotFound { .. } => "transaction_not_found",
+            ApiError::TransactionNotFound { .. } | ApiError::TransactionOwnerGone { .. } => {
+                "transaction_not_found"
+            }
             ApiError::TransactionBusy => "transaction_busy",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::ResponseTooLarge { .. } => "response_too_large",
@@ -99,7 +107,9 @@ impl ApiError {
             ApiError::BadRequest(_) | ApiError::Database { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::NotFound | ApiError::TransactionNotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::NotFound
+            | ApiError::TransactionNotFound { .. }
+            | ApiError::TransactionOwnerGone { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TransactionBusy => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } | ApiError::ResponseTooLarge { .. } => {
@@ -143,6 +153,7 @@ impl ApiError {
             }
             ApiError::TransactionNotFound { expired: false } => "no such transaction".into(),
             ApiError::TransactionBusy => "another call is running on this transaction".into(),
+            ApiError::TransactionOwnerGone { message, .. } => message.clone(),
             ApiError::PayloadTooLarge { limit } => format!("the request body is larger than {limit} bytes"),
             ApiError::ResponseTooLarge { limit } => format!(
                 "the result is larger than {limit} bytes; select fewer rows, or stream it with Accept: application/x-ndjson"
@@ -179,6 +190,9 @@ impl ApiError {
             }
             ApiError::TransactionNotFound { expired: true } => {
                 error.insert("reason".into(), "expired".into());
+            }
+            ApiError::TransactionOwnerGone { reason, .. } => {
+                error.insert("reason".into(), (*reason).into());
             }
             ApiError::PayloadTooLarge { limit } | ApiError::ResponseTooLarge { limit } => {
                 error.insert("limit".into(), (*limit).into());

@@ -8,6 +8,7 @@ pub mod body;
 pub mod cors;
 pub mod end_user;
 pub mod error;
+pub mod forward;
 mod health;
 pub mod memory;
 pub mod neon;
@@ -387,7 +388,9 @@ impl RequestContext<'_> {
                 let config = self.generation.config.tenants[index].clone();
                 cors::check_origin(self.headers, &config)?;
                 self.log.tenant = Some(config.id.clone());
-                if let Err(retry_after) = self.generation.rates[index].check() {
+                // In cluster mode, this replica's share of the rate (crate::admission).
+                let replicas = self.generation.pools.tenant(index).cluster_members();
+                if let Err(retry_after) = self.generation.rates[index].check_among(replicas) {
                     let label = crate::metrics::TenantLabel {
                         tenant: config.id.clone(),
                     };

@@ -88,6 +88,7 @@ pub async fn begin(
             &begin_sql(request.isolation, request.read_only, request.deferrable),
         ),
         idle_timeout,
+        owner: tenant.pool.replica_id(),
     };
     let waited = Instant::now();
     let transaction = ctx.app.transactions.begin(tenant, options).await?;
@@ -109,6 +110,10 @@ pub async fn call(
     body: &[u8],
 ) -> Result<http::Response<Body>, ApiError> {
     ctx.log.transaction = Some(short(id));
+    // Cluster mode: a transaction another replica owns is called there.
+    if let Some(response) = super::forward::to_owner(ctx, tenant, id, action, body).await? {
+        return Ok(response);
+    }
     let transactions = ctx.app.transactions.clone();
     // The body is checked before the transaction is touched: a malformed call never makes
     // another wait.

@@ -162,6 +162,16 @@ impl Control {
             .await
             .map_err(|e| e.to_string())?;
 
+        // The members' advertised addresses: the last statement of each idle control session.
+        let addresses = conn
+            .fetch_text(
+                "select application_name, query from pg_stat_activity \
+                 where application_name like $1 and state = 'idle'",
+                &[&control_like],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+
         let mut seen = Observation::default();
         for row in &activity {
             let (Some(name), Some(count)) = (cell(row, 0), cell(row, 1)) else {
@@ -188,6 +198,26 @@ impl Control {
                 seen.members.insert(slot, replica);
             }
         }
+        let mut peers: super::Peers = seen.members.values().map(|r| (*r, None)).collect();
+        for row in &addresses {
+            if let (Some(Named::Control(replica, _)), Some(address)) = (
+                cell(row, 0).and_then(|n| parse_application_name(settings.namespace, n)),
+                cell(row, 1).and_then(super::parse_advertise),
+            ) && let Some(entry) = peers.get_mut(&replica)
+            {
+                *entry = Some(address);
+            }
+        }
+        // Our own session is busy reading; a member caught mid-poll keeps the address read
+        // before.
+        for (replica, address) in peers.iter_mut() {
+            if *replica == id {
+                address.clone_from(&settings.advertise);
+            } else if address.is_none() {
+                *address = up.peer(*replica).flatten();
+            }
+        }
+        up.set_peers(peers);
         // Our own slot as the server shows it: if it is not there, we are not a member.
         if let Some(slot) = self.slot
             && seen.members.get(&slot) != Some(&id)
@@ -267,6 +297,13 @@ impl Control {
                 }
                 Err(_) => {}
             }
+        }
+        // Last, so the session idles with it as its `query` until the next poll.
+        if let Some(advertise) = &settings.advertise {
+            let conn = self.conn.as_mut().expect("connected above");
+            conn.simple_query(&super::advertise_statement(advertise))
+                .await
+                .map_err(|e| e.to_string())?;
         }
         Ok(())
     }

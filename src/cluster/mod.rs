@@ -14,6 +14,13 @@
 //!   ([`plan::decide`]); a departed replica's sessions are terminated (`pg_terminate_backend`)
 //!   once a grace period has passed, and count until they are gone.
 //!
+//! - **Transactions across replicas.** An interactive transaction's id ends in its owner's
+//!   replica id (`tx_<random>.<replica>`); each replica publishes its `advertise` address as
+//!   the last statement text of its control session (`pg_stat_activity.query`, readable by
+//!   the upstream's role, no table needed), and reads the others' in its poll into the
+//!   upstream's peer directory ([`Peers`]). A call that lands elsewhere is forwarded there
+//!   (`crate::api::forward`).
+//!
 //! The budget is applied through the pool's own accounting ([`crate::pool`]'s budget state
 //! machine, as a share change), so every promise of a single gateway holds per replica too.
 
@@ -41,6 +48,8 @@ pub(crate) struct ClusterSettings {
     pub poll_interval: Duration,
     /// The control session's connection (the upstream's own credentials and database).
     pub control: Arc<ConnectConfig>,
+    /// This replica's `cluster.advertise`, published for forwarded transaction calls.
+    pub advertise: Option<String>,
 }
 
 impl ClusterSettings {
@@ -57,6 +66,7 @@ impl ClusterSettings {
             max_replicas: cluster.max_replicas,
             poll_interval: cluster.poll_interval,
             control: Arc::new(control),
+            advertise: cluster.advertise.clone(),
         }
     }
 
@@ -149,6 +159,45 @@ fn parse_id(hex: &str) -> Option<ReplicaId> {
     u64::from_str_radix(hex, 16).ok()
 }
 
+/// The live members of a cluster as this replica last saw them, with their published
+/// `advertise` address (if any was seen). Kept by the upstream, written by its control loop.
+pub(crate) type Peers = std::collections::HashMap<ReplicaId, Option<String>>;
+
+const ADVERTISE_PREFIX: &str = "select 'sluice-advertise:";
+
+/// The statement a control session runs last in each poll: its text (visible to the others
+/// in `pg_stat_activity.query` while the session idles) carries the address, hex-encoded so no
+/// character of it needs quoting.
+pub(crate) fn advertise_statement(advertise: &str) -> String {
+    let hex: String = advertise.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("{ADVERTISE_PREFIX}{hex}'")
+}
+
+/// The address an [`advertise_statement`] carries.
+pub(crate) fn parse_advertise(query: &str) -> Option<String> {
+    let hex = query.strip_prefix(ADVERTISE_PREFIX)?.strip_suffix('\'')?;
+    if hex.len() % 2 != 0 || hex.len() > 512 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+/// The transaction id `random` owned by `replica`: `tx_<random>.<16 hex digits>` (base64url,
+/// which never contains a dot, then the owner).
+pub(crate) fn owned_transaction_id(random: &str, replica: ReplicaId) -> String {
+    format!("{random}.{replica:016x}")
+}
+
+/// The owner a transaction id names, if it names one.
+pub(crate) fn transaction_owner(id: &str) -> Option<ReplicaId> {
+    let (_, owner) = id.rsplit_once('.')?;
+    parse_id(owner)
+}
+
 /// What the server must hold for one upstream in cluster mode: the cluster budget plus one
 /// control session per possible replica (`sluice check` shows it).
 pub fn footprint(upstream: &UpstreamConfig, cluster: &ClusterConfig) -> usize {
@@ -191,6 +240,26 @@ mod tests {
         ] {
             assert_eq!(parse_application_name(ns, other), None, "{other}");
         }
+    }
+
+    #[test]
+    fn advertised_addresses_and_owners_round_trip() {
+        for address in [
+            "127.0.0.1:8080",
+            "sluice-0.sluice.ns.svc:8080",
+            "[::1]:1'; --",
+        ] {
+            let statement = advertise_statement(address);
+            // Only the literal's own quotes: nothing of the address needs escaping.
+            assert_eq!(statement.matches('\'').count(), 2, "{statement}");
+            assert_eq!(parse_advertise(&statement).as_deref(), Some(address));
+        }
+        assert_eq!(parse_advertise("select 1"), None);
+        assert_eq!(parse_advertise("select 'sluice-advertise:6'"), None);
+        let id = owned_transaction_id("tx_abc-_Z", 0x0123_4567_89ab_cdef);
+        assert_eq!(transaction_owner(&id), Some(0x0123_4567_89ab_cdef));
+        assert_eq!(transaction_owner("tx_abc-_Z"), None);
+        assert_eq!(transaction_owner("tx_abc.xyz"), None);
     }
 
     #[test]

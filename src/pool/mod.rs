@@ -65,6 +65,26 @@ pub struct TenantPool {
     queue_timeout: Duration,
 }
 
+impl TenantPool {
+    /// Cluster mode: this replica's id on the tenant's upstream (it names the owner in
+    /// transaction ids).
+    pub(crate) fn replica_id(&self) -> Option<crate::cluster::plan::ReplicaId> {
+        self.upstream.cluster().map(|c| c.id)
+    }
+
+    /// Cluster mode: how many replicas share the tenant's rate (the live members of its
+    /// upstream's cluster); 0 when unknown or outside cluster mode.
+    pub fn cluster_members(&self) -> usize {
+        self.upstream.members()
+    }
+
+    /// Cluster mode: whether `replica` is a member of the tenant's upstream's cluster, and its
+    /// advertised address if one was seen.
+    pub(crate) fn peer(&self, replica: crate::cluster::plan::ReplicaId) -> Option<Option<String>> {
+        self.upstream.peer(replica)
+    }
+}
+
 impl Pools {
     /// Builds the pools for `config`; connections open lazily, on demand. Background work
     /// (connecting, closing, the reaper) runs on `tasks`.
@@ -307,6 +327,20 @@ impl Pools {
         self.upstreams
             .iter()
             .map(|u| (u.name().to_owned(), u.status()))
+            .collect()
+    }
+
+    /// Cluster mode, per upstream (as [`Pools::upstream_status`]): this replica's id and the
+    /// members it last saw with their addresses; `None` outside cluster mode.
+    pub(crate) fn cluster_views(
+        &self,
+    ) -> Vec<Option<(crate::cluster::plan::ReplicaId, crate::cluster::Peers)>> {
+        self.upstreams
+            .iter()
+            .map(|u| {
+                let id = u.cluster()?.id;
+                Some((id, u.peers()))
+            })
             .collect()
     }
 

@@ -69,6 +69,11 @@ pub(crate) struct Upstream {
     tasks: TaskTracker,
     metrics: Arc<Metrics>,
     me: Weak<Upstream>,
+    /// Cluster mode: the members and their addresses as the control loop last read them.
+    peers: Mutex<crate::cluster::Peers>,
+    /// Cluster mode: how many members `peers` holds (0 before the first poll, and outside
+    /// cluster mode), read per request to divide tenants' rates.
+    members: std::sync::atomic::AtomicUsize,
 }
 
 struct Shared {
@@ -178,6 +183,8 @@ impl Upstream {
             tasks,
             metrics,
             me: me.clone(),
+            peers: Mutex::new(crate::cluster::Peers::new()),
+            members: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -593,6 +600,33 @@ impl Upstream {
     /// once the upstream is not clustered.
     pub(crate) fn cluster(&self) -> Option<crate::cluster::ClusterSettings> {
         self.lock().cluster.clone()
+    }
+
+    /// Cluster mode: the members as the control loop read them last.
+    pub(crate) fn set_peers(&self, peers: crate::cluster::Peers) {
+        self.members
+            .store(peers.len(), std::sync::atomic::Ordering::Relaxed);
+        *self.peers.lock().unwrap_or_else(|e| e.into_inner()) = peers;
+    }
+
+    /// Cluster mode: the live members at the last poll (0 if none was read yet, or outside
+    /// cluster mode).
+    pub(crate) fn members(&self) -> usize {
+        self.members.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Cluster mode: every member as the control loop read them last.
+    pub(crate) fn peers(&self) -> crate::cluster::Peers {
+        self.peers.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Cluster mode: `None` if `replica` is not a member, else its address if one was seen.
+    pub(crate) fn peer(&self, replica: crate::cluster::plan::ReplicaId) -> Option<Option<String>> {
+        self.peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&replica)
+            .cloned()
     }
 
     /// Cluster mode: applies this replica's budget (a share change; see
