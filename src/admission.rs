@@ -186,8 +186,9 @@ impl AuthFailures {
         }
     }
 
-    /// Addresses currently tracked (for tests and metrics).
-    pub fn tracked(&self) -> usize {
+    /// Addresses currently tracked (the bound's unit test).
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
         self.failures.len()
     }
 }

@@ -313,16 +313,6 @@ rm -rf "$1""#;
         )
     }
 
-    /// The directory of the server's Unix socket (`host=` for a local connection).
-    pub fn socket_dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// Where the server's log goes.
-    pub fn log_path(&self) -> PathBuf {
-        self.dir.join("postgres.log")
-    }
-
     /// Stops the server (fast shutdown: sessions are terminated), keeping its data.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.server.take() {
@@ -343,10 +333,6 @@ rm -rf "$1""#;
     pub fn restart(&mut self) -> Result<(), String> {
         self.stop();
         self.boot()
-    }
-
-    pub fn is_running(&self) -> bool {
-        self.server.is_some()
     }
 
     fn as_owner(&self, mut command: Command) -> Command {

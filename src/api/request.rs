@@ -1,0 +1,317 @@
+//! What a handler knows of the request it serves ([`RequestContext`]): the tenant its key (or
+//! end user's token) resolves to, admitted under its rate limits; its body, read within the
+//! size, time and memory limits; the request id; and the JSON decoding of request bodies.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::HeaderValue;
+use http_body_util::BodyExt;
+
+use super::error::ApiError;
+use super::memory::{MEMORY_WAIT, MemoryLease};
+use super::{App, Generation, batch, cors, end_user, neon, query};
+use crate::auth::Principal;
+use crate::config::TenantConfig;
+use crate::pool::TenantPool;
+
+/// A tenant resolved from a request's key.
+#[derive(Clone)]
+pub struct Tenant {
+    pub index: usize,
+    pub config: Arc<TenantConfig>,
+    pub pool: TenantPool,
+    /// The end user the request acts for (a verified token, or the anonymous role): its
+    /// statements run in a gateway-owned transaction as that role, with its claims.
+    pub end_user: Option<Arc<crate::jwt::Identity>>,
+}
+
+/// What the per-request log line reports.
+#[derive(Debug, Default)]
+pub struct RequestLog {
+    pub tenant: Option<String>,
+    /// The transaction's id, shortened (never logged in full).
+    pub transaction: Option<String>,
+    pub queue_wait: Option<Duration>,
+    pub exec: Option<Duration>,
+    pub rows: u64,
+}
+
+/// Everything a handler needs about the request it serves.
+pub struct RequestContext<'r> {
+    pub app: &'r App,
+    pub generation: &'r Generation,
+    pub headers: &'r http::HeaderMap,
+    pub peer: IpAddr,
+    pub max_response_bytes: usize,
+    pub log: RequestLog,
+    /// What this request holds of the gateway's memory budget: its body, then its response.
+    pub memory: Option<MemoryLease>,
+    /// An end user's token, verified before routing (see [`end_user`]).
+    pub end_user: end_user::EndUser,
+    /// Set by a route that runs end users' statements as their role and claims
+    /// (`end_user::begin_for`, `end_user::check_sql`); other routes refuse their tokens rather
+    /// than run them as the tenant's login role.
+    pub accepts_end_users: bool,
+}
+
+impl RequestContext<'_> {
+    /// The tenant whose key the request carries, admitted under its rate limit; admin keys
+    /// are not tenants.
+    pub fn tenant(&mut self) -> Result<Tenant, ApiError> {
+        let (principal, end_user) = match &self.end_user {
+            end_user::EndUser::NotApplicable => (self.principal()?, None),
+            end_user::EndUser::Verified { .. } if !self.accepts_end_users => {
+                return Err(ApiError::Forbidden(
+                    "this route does not take end users' tokens: use /v1/query, /v1/batch or \
+                     /v1/transactions"
+                        .into(),
+                ));
+            }
+            end_user::EndUser::Verified { tenant, identity } => {
+                (Principal::Tenant(*tenant), Some(identity.clone()))
+            }
+            end_user::EndUser::Refused(reason) => {
+                self.app.metrics.auth_failures.inc();
+                return Err(ApiError::Unauthorized(reason.clone()));
+            }
+        };
+        match principal {
+            Principal::Tenant(index) => {
+                let config = self.generation.config.tenants[index].clone();
+                cors::check_origin(self.headers, &config)?;
+                self.log.tenant = Some(config.id.clone());
+                // In cluster mode, this replica's share of the rate (crate::admission).
+                let replicas = self.generation.pools.tenant(index).cluster_members();
+                if let Err(retry_after) = self.generation.rates[index].check_among(replicas) {
+                    let label = crate::metrics::TenantLabel {
+                        tenant: config.id.clone(),
+                    };
+                    self.app.metrics.rate_limited.get_or_create(&label).inc();
+                    return Err(ApiError::RateLimited {
+                        retry_after,
+                        reason: "the tenant's request rate limit is exceeded; retry after Retry-After",
+                    });
+                }
+                if let (Some(rates), Some(subject)) = (
+                    &self.generation.subject_rates[index],
+                    end_user.as_ref().and_then(|e| e.subject.as_deref()),
+                ) && let Err(retry_after) = rates.check(subject)
+                {
+                    let label = crate::metrics::TenantLabel {
+                        tenant: config.id.clone(),
+                    };
+                    self.app.metrics.rate_limited.get_or_create(&label).inc();
+                    return Err(ApiError::RateLimited {
+                        retry_after,
+                        reason: "the end user's request rate limit (rate_per_second_per_subject) \
+                                 is exceeded; retry after Retry-After",
+                    });
+                }
+                Ok(Tenant {
+                    index,
+                    config,
+                    pool: self.generation.pools.tenant(index).clone(),
+                    end_user,
+                })
+            }
+            Principal::Admin => Err(ApiError::Forbidden(
+                "an admin key cannot run SQL; use a tenant's key".into(),
+            )),
+        }
+    }
+
+    /// Who the key belongs to. An address with too many failed attempts gets 429 whatever
+    /// key it sends, so guessing cannot go on.
+    pub(crate) fn principal(&self) -> Result<Principal, ApiError> {
+        let blocked = |retry_after| ApiError::RateLimited {
+            retry_after,
+            reason: "too many failed authentications from this address; retry after Retry-After",
+        };
+        let failures = &self.generation.auth_failures;
+        if let Some(wait) = failures.blocked_for(self.peer) {
+            return Err(blocked(wait));
+        }
+        let header = self
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes);
+        self.generation.keys.authenticate(header).map_err(|error| {
+            self.app.metrics.auth_failures.inc();
+            match failures.record_failure(self.peer) {
+                Some(wait) => blocked(wait),
+                None => ApiError::Unauthorized(error.to_string()),
+            }
+        })
+    }
+}
+
+/// A request body as the server hands it over: hyper's, or hyper's wrapped by the connection
+/// (which watches for its end).
+pub trait RequestBody:
+    http_body::Body<Data = Bytes, Error: std::fmt::Display> + Send + Unpin + 'static
+{
+}
+
+impl<B> RequestBody for B where
+    B: http_body::Body<Data = Bytes, Error: std::fmt::Display> + Send + Unpin + 'static
+{
+}
+
+/// How much of a refused (too large) body is still read and dropped, and for how long, so the
+/// client — still sending — receives the 413 instead of a connection reset. Beyond these, the
+/// connection is simply closed.
+const DRAIN_BYTES: usize = 16 * 1024 * 1024;
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+/// Reads the request body within `max_body_bytes` (checked while reading, so an oversized
+/// body is refused without being buffered), the body read timeout and the gateway's memory
+/// budget: the declared length is reserved before reading (a chunked body's bytes as they
+/// come), waiting up to [`MEMORY_WAIT`] for others to release.
+pub(super) async fn read_body<B: RequestBody>(
+    ctx: &mut RequestContext<'_>,
+    mut incoming: B,
+) -> Result<Bytes, ApiError> {
+    let server = &ctx.generation.config.server;
+    let limit = server.max_body_bytes;
+    let declared = ctx
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let too_large = |incoming| async move {
+        drain(incoming, declared).await;
+        Err(ApiError::PayloadTooLarge { limit })
+    };
+    if declared.is_some_and(|length| length > limit as u64) {
+        return too_large(incoming).await;
+    }
+    let overloaded = |_| ApiError::Overloaded {
+        retry_after: Duration::from_secs(1),
+    };
+    let memory_deadline = tokio::time::Instant::now() + MEMORY_WAIT;
+    let lease = ctx
+        .memory
+        .as_mut()
+        .expect("the lease lives until the response");
+    let reserved = declared.unwrap_or(0) as usize;
+    lease
+        .grow(reserved, memory_deadline)
+        .await
+        .map_err(overloaded)?;
+    let mut body = bytes::BytesMut::with_capacity(declared.map_or(1024, |l| l as usize));
+    let read = tokio::time::timeout(server.body_read_timeout, async {
+        while let Some(frame) = incoming.frame().await {
+            let frame = frame.map_err(|e| {
+                ApiError::BadRequest(format!("could not read the request body: {e}"))
+            })?;
+            if let Ok(data) = frame.into_data() {
+                if body.len() + data.len() > limit {
+                    return Ok(false);
+                }
+                let beyond = (body.len() + data.len()).saturating_sub(reserved.max(body.len()));
+                if beyond > 0 {
+                    lease
+                        .grow(beyond, memory_deadline)
+                        .await
+                        .map_err(overloaded)?;
+                }
+                body.extend_from_slice(&data);
+            }
+        }
+        Ok(true)
+    })
+    .await;
+    match read {
+        Err(_) => Err(ApiError::BadRequest(format!(
+            "the request body did not arrive within {} s",
+            server.body_read_timeout.as_secs()
+        ))),
+        Ok(Err(error)) => Err(error),
+        Ok(Ok(false)) => too_large(incoming).await,
+        Ok(Ok(true)) => Ok(body.freeze()),
+    }
+}
+
+/// Reads and drops what is left of a refused body, within bounds (see [`DRAIN_BYTES`]).
+async fn drain<B: RequestBody>(mut incoming: B, declared: Option<u64>) {
+    if declared.is_some_and(|length| length > DRAIN_BYTES as u64) {
+        return;
+    }
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        let mut drained = 0usize;
+        while let Some(Ok(frame)) = incoming.frame().await {
+            drained += frame.data_ref().map_or(0, |d| d.len());
+            if drained > DRAIN_BYTES {
+                return;
+            }
+        }
+    })
+    .await;
+}
+
+/// Parses a JSON body into a request type; serde's message names the field and the problem.
+pub fn parse_json<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::BadRequest(
+            "the request body is empty; send a JSON object".into(),
+        ));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))
+}
+
+/// Decodes and checks a request body as the route at `path` does before it uses a connection
+/// (the default limits standing in for a tenant's); `Err` is the client's error message. For
+/// fuzzing the request decoder: whatever the bytes, it must answer, never panic.
+#[doc(hidden)]
+pub fn decode_request(path: &str, body: &[u8]) -> Result<(), String> {
+    use crate::config::defaults;
+    let limits = query::Limits {
+        max_sql_bytes: defaults::MAX_SQL_BYTES,
+        statement_timeout_ms: defaults::STATEMENT_TIMEOUT_MS,
+        session_reset: crate::config::SessionReset::default(),
+    };
+    let message = |error: ApiError| format!("{}: {}", error.kind(), error.message());
+    let checked = match path {
+        "/v1/query" | "/v1/transactions/id/query" => parse_json::<query::QueryRequest>(body)
+            .and_then(|request| request.check(limits).map(drop)),
+        "/v1/batch" | "/v1/transactions/id/batch" => parse_json::<batch::BatchRequest>(body)
+            .and_then(|request| match (&request.statements, &request.script) {
+                (Some(statements), _) => {
+                    batch::check_statements(statements, request.timeout_ms, limits).map(drop)
+                }
+                (None, Some(script)) => batch::check_script(
+                    script,
+                    request.transaction.unwrap_or(true),
+                    limits.max_sql_bytes,
+                )
+                .map(drop),
+                (None, None) => Ok(()),
+            }),
+        "/sql" => neon::decode(body, limits),
+        _ => Ok(()),
+    };
+    checked.map_err(message)
+}
+
+/// The client's `x-request-id` when it is reasonable, else a new random one.
+pub(super) fn request_id(headers: &http::HeaderMap) -> HeaderValue {
+    if let Some(value) = headers.get("x-request-id")
+        && !value.is_empty()
+        && value.len() <= 128
+        && value.as_bytes().iter().all(|c| c.is_ascii_graphic())
+    {
+        return value.clone();
+    }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let random: [u8; 16] = rand::random();
+    let mut hex = [0u8; 32];
+    for (pair, byte) in hex.chunks_exact_mut(2).zip(random) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0xf)];
+    }
+    HeaderValue::from_bytes(&hex).expect("hex is a valid header value")
+}
