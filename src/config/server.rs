@@ -219,8 +219,6 @@ mod tests {
     use crate::config::Config;
     use crate::config::tests::{KEY, config};
 
-    /// Found by the `config` fuzz target: tracing-subscriber's filter parser panicked on a
-    /// multi-byte character (`end byte index … is not a char boundary`), so a typo in
     /// A `log_level` with a field-value matcher made of dots compiled a regular expression for
     /// minutes, past 2 GB (found by the `config` fuzz target): the start or the reload that read
     /// it hung. Field matchers are refused; targets, spans and levels still work.
@@ -246,6 +244,8 @@ mod tests {
         }
     }
 
+    /// Found by the `config` fuzz target: tracing-subscriber's filter parser panicked on a
+    /// multi-byte character (`end byte index … is not a char boundary`), so a typo in
     /// `log_level` crashed the start, or the reload that read it.
     #[test]
     fn a_log_level_with_multibyte_text_is_refused_not_a_panic() {
