@@ -16,14 +16,6 @@ use serde_json::value::RawValue;
 
 use super::types::{PgType, ValueKind};
 
-/// A parameter the client sent that cannot be bound as written.
-#[derive(Debug, thiserror::Error)]
-#[error("parameter ${index}: {reason}")]
-pub struct ParamError {
-    pub index: usize,
-    pub reason: String,
-}
-
 /// Postgres's `MAXDIM`: an array has at most 6 dimensions.
 pub const MAX_ARRAY_DIMENSIONS: usize = 6;
 

@@ -183,11 +183,6 @@ impl PgConnection {
         self.broken || self.write_interrupted
     }
 
-    /// Marks the session as needing a reset before reuse (used when the gateway cannot tell).
-    pub fn mark_session_dirty(&mut self) {
-        self.session_dirty = true;
-    }
-
     /// Marks the connection to be closed after the current request, instead of reset and
     /// reused: what ran on it left state no reset can undo.
     pub fn retire(&mut self) {
@@ -197,10 +192,6 @@ impl PgConnection {
     /// Whether the connection is to be closed after the current request.
     pub fn is_retiring(&self) -> bool {
         self.retire
-    }
-
-    pub fn statement_count(&self) -> usize {
-        self.statements.len()
     }
 
     /// Checks, without waiting, whether the server has closed the connection or sent something
