@@ -653,20 +653,24 @@ async fn a_rolling_restart_under_load_fails_nothing_but_retryable_rejections() {
     until_settled(&cluster, 3, Duration::from_secs(20)).await;
     let sampler = Sampler::start(&cluster.db).await;
     let until = Instant::now() + Duration::from_secs(600);
-    let stop = Instant::now();
-    let _ = stop;
     let (done_tx, done_rx) = tokio::sync::watch::channel(false);
     let front = cluster.front;
     let key = cluster.key.clone();
+    // Successes so far, so the load can run on past the restarts until enough was served: on a
+    // quiet machine the three restarts can be over in about a second.
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let clients: Vec<_> = (0..50)
         .map(|_| {
-            let (key, mut done) = (key.clone(), done_rx.clone());
+            let (key, mut done, served) = (key.clone(), done_rx.clone(), served.clone());
             tokio::spawn(async move {
                 let http = http();
                 let mut tally = Tally::default();
                 while !*done.borrow_and_update() && Instant::now() < until {
                     let start = Instant::now();
                     let outcome = query(&http, front, &key, "select pg_sleep(0.005)").await;
+                    if matches!(outcome, Ok((200, _))) {
+                        served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     tally.add(outcome, start.elapsed());
                 }
                 tally
@@ -679,6 +683,14 @@ async fn a_rolling_restart_under_load_fails_nothing_but_retryable_rejections() {
         cluster.wait_ready(i).await;
     }
     until_settled(&cluster, 3, Duration::from_secs(20)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while served.load(std::sync::atomic::Ordering::Relaxed) < 600 {
+        assert!(
+            Instant::now() < deadline,
+            "the cluster stopped answering after the restarts"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     done_tx.send(true).unwrap();
     let mut tally = Tally::default();
     for client in clients {
