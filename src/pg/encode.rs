@@ -103,6 +103,14 @@ impl RowEncoder {
             }
             index += 1;
         }
+        if index != fields.len() {
+            // A server that describes seven columns and sends two: the row would silently
+            // lose columns (or, as an object, keys).
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "row has fewer columns than its description",
+            ));
+        }
         out.push(close);
         Ok(())
     }
