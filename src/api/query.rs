@@ -255,13 +255,8 @@ async fn run_as_end_user(
         .await;
     ctx.log.exec = Some(executed.elapsed());
     drop(conn);
-    result.map_err(|failure| {
-        // One statement: its error is the request's, with no index to name.
-        super::batch::pipeline_error(crate::pg::PipelineError {
-            statement_index: None,
-            error: failure.error,
-        })
-    })?;
+    // One statement: its error is the request's, with no index to name.
+    result.map_err(|failure| ApiError::from(failure.error))?;
     writer.check_size()?;
     ctx.log.rows = writer.total_rows;
     Ok(Body::json_bytes(StatusCode::OK, out))

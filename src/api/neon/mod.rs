@@ -193,13 +193,8 @@ async fn single_as_end_user(
     let result = conn
         .pipeline(&statement, Some(&begin), &query_options, &mut writer)
         .await
-        .map_err(|failure| {
-            // One statement: its error is the request's, with no index to name.
-            pipeline_error(crate::pg::PipelineError {
-                statement_index: None,
-                error: failure.error,
-            })
-        })
+        // One statement: its error is the request's, with no index to name.
+        .map_err(|failure| ApiError::from(failure.error))
         .and_then(|_| writer.check_size().map(|()| writer.total_rows));
     ctx.log.exec = Some(executed.elapsed());
     drop(conn);
