@@ -338,7 +338,9 @@ async fn a_reloaded_certificate_serves_new_connections_while_old_ones_continue()
         peer_serial(&gateway.connect(&[b"http/1.1"]).await) == 2
     })
     .await;
-    // The connection opened before the reload still works.
+    // The connection opened before the reload still works. (Ready first: the client takes the
+    // next request only once it has seen the end of the previous response.)
+    old_sender.ready().await.unwrap();
     assert_eq!(
         old_sender
             .send_request(gateway.query_request("select 2"))
