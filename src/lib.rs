@@ -41,6 +41,7 @@ pub mod check;
 pub mod cluster;
 pub mod config;
 pub mod cors;
+#[cfg(feature = "dev")]
 pub mod dev;
 #[cfg(feature = "fault-injection")]
 pub mod fault;

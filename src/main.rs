@@ -111,21 +111,33 @@ fn main() -> ExitCode {
                 }
             })
         }
-        Command::Dev { listen, json, tls } => {
-            let _log_guard = (!json).then(|| {
-                init_logging(
-                    LogFormat::Text,
-                    "info",
-                    sluice::logging::DEFAULT_BUFFER_BYTES,
-                )
-            });
-            let options = sluice::dev::DevOptions { listen, json, tls };
-            match runtime().block_on(sluice::dev::run(options, shutdown_signal())) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => fail(&error),
-            }
-        }
+        Command::Dev { listen, json, tls } => run_dev(listen, json, tls),
     }
+}
+
+#[cfg(feature = "dev")]
+fn run_dev(listen: SocketAddr, json: bool, tls: bool) -> ExitCode {
+    let _log_guard = (!json).then(|| {
+        init_logging(
+            LogFormat::Text,
+            "info",
+            sluice::logging::DEFAULT_BUFFER_BYTES,
+        )
+    });
+    let options = sluice::dev::DevOptions { listen, json, tls };
+    match runtime().block_on(sluice::dev::run(options, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => fail(&error),
+    }
+}
+
+/// The subcommand stays in `--help` so that users of such a build get the message below.
+#[cfg(not(feature = "dev"))]
+fn run_dev(_listen: SocketAddr, _json: bool, _tls: bool) -> ExitCode {
+    fail(
+        "this binary was built without the `dev` feature (cargo build --no-default-features); \
+         `sluice dev` needs a build with it: cargo build --features dev",
+    )
 }
 
 fn runtime() -> tokio::runtime::Runtime {
