@@ -15,7 +15,7 @@ use super::error::ApiError;
 use super::query::{Limits, check_sql, check_statement};
 use super::results::ResultWriter;
 use super::{RequestContext, Tenant};
-use crate::pg::encode::write_json_string;
+use crate::pg::json::write_json_string;
 use crate::pg::{
     CommandTag, PgConnection, PipelineError, PipelineStatement, QueryError, QueryOptions, RowMode,
     SessionEffect, SqlAnalysis, ValueFormat,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use postgres_protocol::message::backend::DataRowBody;
 
 use super::error::ApiError;
-use crate::pg::encode::write_json_string;
+use crate::pg::json::write_json_string;
 use crate::pg::{CommandTag, ResultSink, RowEncoder, RowMode, Statement, ValueFormat};
 
 pub struct ResultWriter<'o> {

@@ -29,7 +29,7 @@ use super::body::Body;
 use super::error::ApiError;
 use super::query::{PreparedRequest, QueryRequest};
 use super::{RequestContext, Tenant};
-use crate::pg::encode::write_json_string;
+use crate::pg::json::write_json_string;
 use crate::pg::{PgConnection, QueryOptions, RowEncoder, RowMode, SessionEffect, ValueFormat};
 use crate::pool::{Checkout, TenantPool};
 use crate::transactions::TransactionCall;

@@ -7,6 +7,7 @@ use std::io;
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::message::backend::DataRowBody;
 
+use super::json::write_json_string;
 use super::statement::Field;
 use super::types::{PgType, ValueKind};
 
@@ -289,59 +290,6 @@ fn write_array_level(
     }
 }
 
-/// Writes `raw` as a JSON string. Postgres sends UTF-8 (the gateway asks for it); bytes that are
-/// not valid UTF-8 (a `SQL_ASCII` database) are replaced rather than corrupting the response.
-pub fn write_json_string(out: &mut Vec<u8>, raw: &[u8]) {
-    match std::str::from_utf8(raw) {
-        Ok(text) => write_escaped(out, text.as_bytes()),
-        Err(_) => write_escaped(out, String::from_utf8_lossy(raw).as_bytes()),
-    }
-}
-
-fn write_escaped(out: &mut Vec<u8>, text: &[u8]) {
-    out.reserve(text.len() + 2);
-    out.push(b'"');
-    let mut run_start = 0;
-    for (i, &byte) in text.iter().enumerate() {
-        let escape = ESCAPE[byte as usize];
-        if escape == 0 {
-            continue;
-        }
-        out.extend_from_slice(&text[run_start..i]);
-        run_start = i + 1;
-        match escape {
-            b'u' => {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.extend_from_slice(b"\\u00");
-                out.push(HEX[(byte >> 4) as usize]);
-                out.push(HEX[(byte & 0xf) as usize]);
-            }
-            other => out.extend_from_slice(&[b'\\', other]),
-        }
-    }
-    out.extend_from_slice(&text[run_start..]);
-    out.push(b'"');
-}
-
-/// For each byte: 0 if it is written as is, else the character after the backslash (`u` for a
-/// `\u00XX` escape).
-static ESCAPE: [u8; 256] = {
-    let mut table = [0u8; 256];
-    let mut i = 0;
-    while i < 0x20 {
-        table[i] = b'u';
-        i += 1;
-    }
-    table[b'\n' as usize] = b'n';
-    table[b'\r' as usize] = b'r';
-    table[b'\t' as usize] = b't';
-    table[0x08] = b'b';
-    table[0x0c] = b'f';
-    table[b'"' as usize] = b'"';
-    table[b'\\' as usize] = b'\\';
-    table
-};
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -454,12 +402,5 @@ mod tests {
         let encoded = typed(1007, &raw);
         assert_eq!(encoded.len(), raw.len() + 2, "the text, as a JSON string");
         assert!(encoded.starts_with("\"{{{{{{{"));
-    }
-
-    #[test]
-    fn invalid_utf8_is_replaced_not_passed_through() {
-        let mut out = Vec::new();
-        write_json_string(&mut out, b"a\xffb");
-        assert_eq!(String::from_utf8(out).unwrap(), "\"a\u{fffd}b\"");
     }
 }

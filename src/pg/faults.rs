@@ -25,7 +25,7 @@ mod armed {
     use std::sync::Mutex;
 
     use super::Fault;
-    use crate::pg::Target;
+    use crate::pg::target::Target;
 
     /// (port, fault, remaining hits; `u32::MAX` until disarmed).
     static ARMED: Mutex<Vec<(u16, Fault, u32)>> = Mutex::new(Vec::new());
@@ -88,12 +88,12 @@ pub(crate) use armed::{armed, strikes};
 
 #[cfg(not(any(test, feature = "fault-injection")))]
 #[inline(always)]
-pub(crate) fn strikes(_: &crate::pg::Target, _: Fault) -> bool {
+pub(crate) fn strikes(_: &crate::pg::target::Target, _: Fault) -> bool {
     false
 }
 
 #[cfg(not(any(test, feature = "fault-injection")))]
 #[inline(always)]
-pub(crate) fn armed(_: &crate::pg::Target, _: Fault) -> bool {
+pub(crate) fn armed(_: &crate::pg::target::Target, _: Fault) -> bool {
     false
 }

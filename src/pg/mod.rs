@@ -6,9 +6,12 @@ pub mod conn;
 pub mod encode;
 pub mod error;
 pub mod faults;
+pub mod json;
 pub mod params;
 pub mod sql;
 pub mod statement;
+mod stream;
+mod target;
 pub mod tls;
 pub mod types;
 

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::encode::write_json_string;
+use super::json::write_json_string;
 use super::types::PgType;
 
 /// One result column.

@@ -27,8 +27,8 @@ use rustls::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::conn::Stream;
 use super::error::ConnectError;
+use super::stream::Stream;
 
 /// libpq's `sslmode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 use crate::api::body::Body;
 use crate::api::error::ApiError;
-use crate::pg::encode::write_json_string;
+use crate::pg::json::write_json_string;
 use crate::pg::{
     CommandTag, DbError, Field, ResultSink, RowEncoder, RowMode, Statement, ValueFormat,
 };

@@ -41,8 +41,9 @@ mod reset;
 mod rows;
 mod startup;
 
+use crate::pg::stream::Stream;
+pub use crate::pg::target::Target;
 pub use cancel::CancelToken;
-pub(crate) use io::Stream;
 pub use pipeline::{PipelineError, PipelineStatement, ResultSink};
 pub use rows::Rows;
 
@@ -75,24 +76,6 @@ pub struct AuthPolicy {
     /// logs in as well).
     pub allow_insecure_password: bool,
     pub channel_binding: ChannelBindingMode,
-}
-
-/// A server address: TCP host and port, or a Unix socket file
-/// (`host=/var/run/postgresql` and port 5432 give `/var/run/postgresql/.s.PGSQL.5432`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    Tcp { host: String, port: u16 },
-    Unix { path: String },
-}
-
-impl std::fmt::Display for Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Target::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
-            Target::Tcp { host, port } => write!(f, "{host}:{port}"),
-            Target::Unix { path } => write!(f, "{path}"),
-        }
-    }
 }
 
 /// The transaction status of the last ReadyForQuery.
