@@ -81,7 +81,6 @@ pub fn params(data: &[u8]) {
     let Ok(raw) = serde_json::from_str::<&RawValue>(text) else {
         return;
     };
-    let _ = crate::pg::params::needs_types(&[raw]);
     let mut out = BytesMut::new();
     for oid in PARAM_TYPES {
         let ty = oid.and_then(types::builtin);

@@ -34,12 +34,6 @@ pub fn check(raw: &RawValue) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether any parameter needs its placeholder's type before it can be encoded: a JSON array
-/// is an array literal for an array placeholder and JSON text for any other.
-pub fn needs_types(params: &[&RawValue]) -> bool {
-    params.iter().any(|p| first_byte(p) == b'[')
-}
-
 /// Encodes one parameter into `out`; `Ok(false)` means SQL NULL (nothing written).
 pub fn encode(raw: &RawValue, ty: Option<&PgType>, out: &mut BytesMut) -> Result<bool, String> {
     let text = raw.get();
@@ -225,10 +219,6 @@ mod tests {
             encoded("[\"(1,1),(0,0)\"]", Some(1020)).unwrap(),
             "{\"(1,1),(0,0)\"}"
         );
-        assert!(needs_types(&[&*serde_json::from_str::<Box<RawValue>>(
-            "[1]"
-        )
-        .unwrap()]));
     }
 
     fn refused(json: &str, oid: Option<u32>) -> String {

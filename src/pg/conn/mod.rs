@@ -172,11 +172,6 @@ impl PgConnection {
         self.retire = true;
     }
 
-    /// Whether the connection is to be closed after the current request.
-    pub fn is_retiring(&self) -> bool {
-        self.retire
-    }
-
     /// Checks, without waiting, whether the server has closed the connection or sent something
     /// while it sat idle (a FATAL "terminating connection" when Postgres restarts). Costs no
     /// round trip, so it runs on every check-out.
