@@ -201,20 +201,24 @@ impl PgConnection {
         }
     }
 
-    /// Reads the answer to one simple-protocol command of the gateway's own; any error is the
-    /// gateway's, and the connection is no longer trusted.
-    pub(super) async fn expect_command_ok(&mut self) -> Result<(), QueryError> {
+    /// Reads up to the next ReadyForQuery; the error the server sent on the way, if any.
+    async fn error_until_ready(&mut self) -> Result<Option<DbError>, QueryError> {
         let mut error = None;
         loop {
             match self.recv().await.map_err(lost)? {
                 Message::ErrorResponse(body) => {
                     error = Some(DbError::parse(body.fields()).map_err(lost)?)
                 }
-                Message::ReadyForQuery(_) => break,
+                Message::ReadyForQuery(_) => return Ok(error),
                 _ => {}
             }
         }
-        match error {
+    }
+
+    /// Reads the answer to one simple-protocol command of the gateway's own; any error is the
+    /// gateway's, and the connection is no longer trusted.
+    pub(super) async fn expect_command_ok(&mut self) -> Result<(), QueryError> {
+        match self.error_until_ready().await? {
             Some(error) => {
                 self.broken = true;
                 Err(QueryError::Gateway(error.to_string()))
@@ -232,17 +236,7 @@ impl PgConnection {
     /// comes first and the rest is quoted) leaves statements running outside it: that
     /// connection is not trusted again.
     pub(super) async fn expect_begin(&mut self) -> Result<Option<DbError>, QueryError> {
-        let mut error = None;
-        loop {
-            match self.recv().await.map_err(lost)? {
-                Message::ErrorResponse(body) => {
-                    error = Some(DbError::parse(body.fields()).map_err(lost)?)
-                }
-                Message::ReadyForQuery(_) => break,
-                _ => {}
-            }
-        }
-        match error {
+        match self.error_until_ready().await? {
             Some(error) if self.tx_status != TxStatus::Failed => {
                 self.broken = true;
                 Err(QueryError::Gateway(format!(

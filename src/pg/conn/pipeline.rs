@@ -39,6 +39,15 @@ pub struct PipelineError {
     pub error: QueryError,
 }
 
+/// `map_err` for a pipeline's failures: the error happened at statement `index` (`None`:
+/// outside any one statement, such as the flush or `COMMIT`).
+fn failed_at(index: Option<usize>) -> impl Fn(QueryError) -> PipelineError {
+    move |error| PipelineError {
+        statement_index: index,
+        error,
+    }
+}
+
 impl PgConnection {
     /// Runs `statements` in one pipeline: their Bind/Execute messages and a single Sync —
     /// wrapped in `begin` … `COMMIT` when `begin` is given (a `/v1/batch`), bare inside an
@@ -52,13 +61,7 @@ impl PgConnection {
         options: &QueryOptions<'_>,
         sink: &mut impl ResultSink,
     ) -> Result<Option<CommandTag>, PipelineError> {
-        let failed = |index: Option<usize>| {
-            move |error: QueryError| PipelineError {
-                statement_index: index,
-                error,
-            }
-        };
-        self.ensure_in_sync().map_err(failed(None))?;
+        self.ensure_in_sync().map_err(failed_at(None))?;
         self.statements.protect();
         let result = self
             .pipeline_protected(statements, begin, options, sink)
@@ -74,12 +77,7 @@ impl PgConnection {
         options: &QueryOptions<'_>,
         sink: &mut impl ResultSink,
     ) -> Result<Option<CommandTag>, PipelineError> {
-        let at = |index: usize| {
-            move |error: QueryError| PipelineError {
-                statement_index: Some(index),
-                error,
-            }
-        };
+        let at = |index: usize| failed_at(Some(index));
         // Prepare what the cache lacks, all at once.
         let mut prepared: Vec<Option<Arc<Statement>>> = statements
             .iter()
@@ -101,10 +99,7 @@ impl PgConnection {
                     let index = statements
                         .iter()
                         .position(|s| s.sql == missing[i.min(missing.len() - 1)]);
-                    PipelineError {
-                        statement_index: index,
-                        error,
-                    }
+                    failed_at(index)(error)
                 })?;
             for (slot, statement) in prepared.iter_mut().zip(statements) {
                 if slot.is_none() {
@@ -274,13 +269,7 @@ impl PgConnection {
         begin: Option<&str>,
         statement_timeout_ms: u64,
     ) -> Result<Vec<CommandTag>, PipelineError> {
-        let at = |index: Option<usize>| {
-            move |error: QueryError| PipelineError {
-                statement_index: index,
-                error,
-            }
-        };
-        self.ensure_in_sync().map_err(at(None))?;
+        self.ensure_in_sync().map_err(failed_at(None))?;
         let checkpoint = self.checkpoint();
         let set_timeout = self.queue_statement_timeout(statement_timeout_ms);
         for sql in [begin, Some(script), begin.map(|_| "COMMIT")]
@@ -288,57 +277,60 @@ impl PgConnection {
             .flatten()
         {
             frontend::query(sql, &mut self.write_buf)
-                .map_err(|e| at(None)(self.rewind(checkpoint, e)))?;
+                .map_err(|e| failed_at(None)(self.rewind(checkpoint, e)))?;
             self.pending_syncs += 1;
         }
         // Scripts are for DDL and migrations: reset the session before the connection is reused.
         self.session_dirty = true;
-        self.flush().await.map_err(|e| at(None)(lost(e)))?;
+        self.flush().await.map_err(|e| failed_at(None)(lost(e)))?;
         if set_timeout {
-            self.expect_command_ok().await.map_err(at(None))?;
+            self.expect_command_ok().await.map_err(failed_at(None))?;
         }
         let mut tags = Vec::new();
         let mut failure = None;
         if begin.is_some()
-            && let Some(error) = self.expect_begin().await.map_err(at(None))?
+            && let Some(error) = self.expect_begin().await.map_err(failed_at(None))?
         {
             // As in `pipeline`: the script fails in the aborted transaction, COMMIT rolls back.
-            failure = Some(at(None)(QueryError::db(error)));
+            failure = Some(failed_at(None)(QueryError::db(error)));
         }
         loop {
             match self
                 .recv()
                 .await
-                .map_err(|e| at(Some(tags.len()))(lost(e)))?
+                .map_err(|e| failed_at(Some(tags.len()))(lost(e)))?
             {
                 Message::CommandComplete(body) => {
                     tags.push(CommandTag::parse(
-                        body.tag().map_err(|e| at(Some(tags.len()))(lost(e)))?,
+                        body.tag()
+                            .map_err(|e| failed_at(Some(tags.len()))(lost(e)))?,
                     ));
                 }
                 Message::EmptyQueryResponse | Message::RowDescription(_) | Message::DataRow(_) => {}
-                Message::CopyInResponse(_) => {
-                    self.refuse_copy_in().await.map_err(at(Some(tags.len())))?
-                }
+                Message::CopyInResponse(_) => self
+                    .refuse_copy_in()
+                    .await
+                    .map_err(failed_at(Some(tags.len())))?,
                 Message::CopyOutResponse(_) | Message::CopyData(_) | Message::CopyDone => {}
                 Message::ErrorResponse(body) => {
-                    let error =
-                        DbError::parse(body.fields()).map_err(|e| at(Some(tags.len()))(lost(e)))?;
+                    let error = DbError::parse(body.fields())
+                        .map_err(|e| failed_at(Some(tags.len()))(lost(e)))?;
                     if failure.is_none() {
-                        failure = Some(at(Some(tags.len()))(QueryError::db(error)));
+                        failure = Some(failed_at(Some(tags.len()))(QueryError::db(error)));
                     }
                 }
                 Message::ReadyForQuery(_) => break,
-                other => return Err(at(Some(tags.len()))(self.desync(&other))),
+                other => return Err(failed_at(Some(tags.len()))(self.desync(&other))),
             }
         }
         if begin.is_some() {
             let mut commit_error = None;
             loop {
-                match self.recv().await.map_err(|e| at(None)(lost(e)))? {
+                match self.recv().await.map_err(|e| failed_at(None)(lost(e)))? {
                     Message::ErrorResponse(body) => {
-                        commit_error =
-                            Some(DbError::parse(body.fields()).map_err(|e| at(None)(lost(e)))?)
+                        commit_error = Some(
+                            DbError::parse(body.fields()).map_err(|e| failed_at(None)(lost(e)))?,
+                        )
                     }
                     Message::ReadyForQuery(_) => break,
                     _ => {}
@@ -347,7 +339,7 @@ impl PgConnection {
             if failure.is_none()
                 && let Some(error) = commit_error
             {
-                failure = Some(at(None)(QueryError::db(error)));
+                failure = Some(failed_at(None)(QueryError::db(error)));
             }
         }
         match failure {
