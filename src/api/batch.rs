@@ -13,9 +13,9 @@ use serde_json::value::RawValue;
 use super::body::Body;
 use super::error::ApiError;
 use super::query::{Limits, check_sql, check_statement};
-use super::results::ResultWriter;
+use super::results::{BoundedSink, ResultWriter, write_command};
 use super::{RequestContext, Tenant};
-use crate::pg::json::write_json_string;
+use crate::pg::json::write_json_array;
 use crate::pg::{
     CommandTag, PgConnection, PipelineError, PipelineStatement, QueryError, QueryOptions, RowMode,
     SessionEffect, SqlAnalysis, ValueFormat,
@@ -184,21 +184,16 @@ pub async fn handle(
             let waited = Instant::now();
             let mut conn = tenant.pool.checkout().await?;
             ctx.log.queue_wait = Some(waited.elapsed());
-            let executed = Instant::now();
-            let mut out = Vec::with_capacity(256);
-            let result = run_pipeline(
+            let out = run_pipeline(
+                ctx,
                 &mut conn,
                 &statements,
                 Some(&begin),
                 timeout,
                 tenant,
                 &request,
-                ctx.max_response_bytes,
-                &mut out,
             )
-            .await;
-            ctx.log.exec = Some(executed.elapsed());
-            ctx.log.rows = result?;
+            .await?;
             Ok(Body::json_bytes(StatusCode::OK, out))
         }
         (None, Some(script)) => {
@@ -253,18 +248,17 @@ pub async fn handle(
     }
 }
 
-/// Runs checked statements as one pipeline and writes `{"results":[…]}`; the rows written.
-#[allow(clippy::too_many_arguments)]
+/// Runs checked statements as one pipeline into a `{"results":[…]}` body, timing it and
+/// counting its rows for the request log.
 pub async fn run_pipeline(
+    ctx: &mut RequestContext<'_>,
     conn: &mut PgConnection,
     statements: &[PipelineStatement<'_>],
     begin: Option<&str>,
     statement_timeout_ms: u64,
     tenant: &Tenant,
     request: &BatchRequest<'_>,
-    max_bytes: usize,
-    out: &mut Vec<u8>,
-) -> Result<u64, ApiError> {
+) -> Result<Vec<u8>, ApiError> {
     let session_effect = statements
         .iter()
         .map(|s| s.session_effect)
@@ -278,15 +272,24 @@ pub async fn run_pipeline(
     for statement in statements {
         tracing::debug!(target: "sluice::sql", tenant = %tenant.config.id, sql = statement.sql, "statement");
     }
+    let executed = Instant::now();
+    let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"{\"results\":[");
-    let mut writer = ResultWriter::new(out, request.row_mode, request.types, max_bytes);
-    conn.pipeline(statements, begin, &options, &mut writer)
-        .await
-        .map_err(pipeline_error)?;
+    let mut writer = ResultWriter::new(
+        &mut out,
+        request.row_mode,
+        request.types,
+        ctx.max_response_bytes,
+    );
+    let result = conn
+        .pipeline(statements, begin, &options, &mut writer)
+        .await;
+    ctx.log.exec = Some(executed.elapsed());
+    result.map_err(pipeline_error)?;
     writer.check_size()?;
-    let rows = writer.total_rows;
-    writer.out().extend_from_slice(b"]}");
-    Ok(rows)
+    ctx.log.rows = writer.total_rows();
+    out.extend_from_slice(b"]}");
+    Ok(out)
 }
 
 /// Without a transaction, each statement of the script runs on its own; the first failure
@@ -318,21 +321,13 @@ async fn run_one_by_one(
 /// `{"results":[{"command":…,"rowCount":…},…]}`
 fn script_results(tags: &[CommandTag]) -> Vec<u8> {
     let mut out = Vec::with_capacity(32 + tags.len() * 40);
-    out.extend_from_slice(b"{\"results\":[");
-    for (i, tag) in tags.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(b"{\"command\":");
-        write_json_string(&mut out, tag.command.as_bytes());
-        out.extend_from_slice(b",\"rowCount\":");
-        match tag.row_count {
-            Some(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
-            None => out.extend_from_slice(b"null"),
-        }
+    out.extend_from_slice(b"{\"results\":");
+    write_json_array(&mut out, tags, |out, tag| {
+        out.push(b'{');
+        write_command(out, tag);
         out.push(b'}');
-    }
-    out.extend_from_slice(b"]}");
+    });
+    out.push(b'}');
     out
 }
 

@@ -9,13 +9,12 @@ use serde_json::value::RawValue;
 
 use super::body::Body;
 use super::error::ApiError;
-use super::results::ResultWriter;
+use super::results::{BoundedSink, ResultWriter};
 use super::{RequestContext, Tenant};
 use crate::config::SessionReset;
 use crate::pg::sql::{MAX_COMMENT_DEPTH, MAX_PAREN_DEPTH};
 use crate::pg::{
-    CommandTag, PgConnection, QueryOptions, RowMode, SessionEffect, SqlAnalysis, ValueFormat,
-    params,
+    PgConnection, QueryOptions, RowMode, SessionEffect, SqlAnalysis, ValueFormat, params,
 };
 
 /// The body of `/v1/query` (and of `/v1/transactions/{id}/query`).
@@ -41,6 +40,18 @@ pub struct PreparedRequest<'a> {
     pub statement_timeout_ms: u64,
 }
 
+impl PreparedRequest<'_> {
+    /// How to run the statement on `tenant`'s pool; logs it (at debug) as it is about to run.
+    fn options<'t>(&self, tenant: &'t Tenant) -> QueryOptions<'t> {
+        tracing::debug!(target: "sluice::sql", tenant = %tenant.config.id, sql = self.sql, "statement");
+        QueryOptions {
+            statement_timeout_ms: self.statement_timeout_ms,
+            session_effect: self.analysis.session_effect,
+            types: tenant.pool.types(),
+        }
+    }
+}
+
 /// What bounds the statements of one request: the server's and the tenant's limits.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -61,6 +72,11 @@ impl Limits {
 }
 
 impl QueryRequest<'_> {
+    /// The writer of this request's result (its `rowMode` and `types`) into `out`.
+    pub(crate) fn writer<'o>(&self, out: &'o mut Vec<u8>, max_bytes: usize) -> ResultWriter<'o> {
+        ResultWriter::new(out, self.row_mode, self.types, max_bytes)
+    }
+
     /// Rejects what Postgres would reject anyway, without using a connection: empty SQL,
     /// several statements, a parameter count that does not match the placeholders.
     pub fn check(&self, limits: Limits) -> Result<PreparedRequest<'_>, ApiError> {
@@ -198,29 +214,47 @@ pub async fn handle(
     let waited = Instant::now();
     let mut conn = tenant.pool.checkout().await?;
     ctx.log.queue_wait = Some(waited.elapsed());
-    let executed = Instant::now();
     let mut out = Vec::with_capacity(256);
-    out.push(b'{');
-    let result = run_into(
-        &mut conn,
-        &prepared,
-        tenant,
-        request.row_mode,
-        request.types,
-        ctx.max_response_bytes,
-        &mut out,
-    )
-    .await;
-    ctx.log.exec = Some(executed.elapsed());
+    let mut writer = request.writer(&mut out, ctx.max_response_bytes);
+    let result = run_one(ctx, &mut conn, &prepared, tenant, &mut writer).await;
     drop(conn);
-    let summary = result?;
-    ctx.log.rows = summary.rows;
-    out.push(b'}');
+    result?;
     Ok(Body::json_bytes(StatusCode::OK, out))
 }
 
-/// An end user's statement: pipelined behind `begin` (`BEGIN`, the role and the claims) and
-/// followed by `COMMIT`, all in one round trip; the result is written as a lone statement's.
+/// Runs one statement on `conn` (checked out, or a transaction's) and writes its result
+/// through `writer` — for `/v1/query`, a transaction's query and `POST /sql` alike. Times it
+/// and counts its rows for the request log.
+pub(crate) async fn run_one(
+    ctx: &mut RequestContext<'_>,
+    conn: &mut PgConnection,
+    prepared: &PreparedRequest<'_>,
+    tenant: &Tenant,
+    writer: &mut impl BoundedSink,
+) -> Result<(), ApiError> {
+    let executed = Instant::now();
+    let options = prepared.options(tenant);
+    let result = async {
+        let mut rows = conn.query(prepared.sql, prepared.params, &options).await?;
+        writer.begin_statement(0, &rows.statement());
+        while let Some(row) = rows.next().await? {
+            writer.row(&row).map_err(|e| ApiError::ConnectionLost {
+                reason: format!("malformed row from the server: {e}"),
+            })?;
+        }
+        let tag = rows.finish().await?;
+        writer.check_size()?;
+        writer.end_statement(&tag);
+        Ok::<_, ApiError>(())
+    }
+    .await;
+    ctx.log.exec = Some(executed.elapsed());
+    result?;
+    ctx.log.rows = writer.total_rows();
+    Ok(())
+}
+
+/// An end user's statement on `/v1/query`, its result written as a lone statement's.
 async fn run_as_end_user(
     ctx: &mut RequestContext<'_>,
     tenant: &Tenant,
@@ -228,75 +262,40 @@ async fn run_as_end_user(
     prepared: &PreparedRequest<'_>,
     begin: &str,
 ) -> Result<http::Response<Body>, ApiError> {
+    let mut out = Vec::with_capacity(256);
+    let mut writer = request.writer(&mut out, ctx.max_response_bytes);
+    pipeline_as_end_user(ctx, tenant, prepared, begin, &mut writer).await?;
+    Ok(Body::json_bytes(StatusCode::OK, out))
+}
+
+/// An end user's statement: pipelined behind `begin` (`BEGIN`, the role and the claims) and
+/// followed by `COMMIT`, all in one round trip, its result written by `writer` — for
+/// `/v1/query` and `POST /sql` alike. Times it and counts its rows for the request log.
+pub(crate) async fn pipeline_as_end_user(
+    ctx: &mut RequestContext<'_>,
+    tenant: &Tenant,
+    prepared: &PreparedRequest<'_>,
+    begin: &str,
+    writer: &mut impl BoundedSink,
+) -> Result<(), ApiError> {
     let statement = [crate::pg::PipelineStatement {
         sql: prepared.sql,
         params: prepared.params,
         session_effect: prepared.analysis.session_effect,
     }];
-    let options = QueryOptions {
-        statement_timeout_ms: prepared.statement_timeout_ms,
-        session_effect: prepared.analysis.session_effect,
-        types: tenant.pool.types(),
-    };
-    tracing::debug!(target: "sluice::sql", tenant = %tenant.config.id, sql = prepared.sql, "statement");
+    let options = prepared.options(tenant);
     let waited = Instant::now();
     let mut conn = tenant.pool.checkout().await?;
     ctx.log.queue_wait = Some(waited.elapsed());
     let executed = Instant::now();
-    let mut out = Vec::with_capacity(256);
-    let mut writer = ResultWriter::new(
-        &mut out,
-        request.row_mode,
-        request.types,
-        ctx.max_response_bytes,
-    );
     let result = conn
-        .pipeline(&statement, Some(begin), &options, &mut writer)
+        .pipeline(&statement, Some(begin), &options, writer)
         .await;
     ctx.log.exec = Some(executed.elapsed());
     drop(conn);
     // One statement: its error is the request's, with no index to name.
     result.map_err(|failure| ApiError::from(failure.error))?;
     writer.check_size()?;
-    ctx.log.rows = writer.total_rows;
-    Ok(Body::json_bytes(StatusCode::OK, out))
-}
-
-/// What one executed statement produced.
-pub struct StatementSummary {
-    pub tag: CommandTag,
-    pub rows: u64,
-}
-
-/// Runs one statement on `conn` and writes its result (see [`ResultWriter`]) to `out`.
-pub async fn run_into(
-    conn: &mut PgConnection,
-    request: &PreparedRequest<'_>,
-    tenant: &Tenant,
-    row_mode: RowMode,
-    types: ValueFormat,
-    max_bytes: usize,
-    out: &mut Vec<u8>,
-) -> Result<StatementSummary, ApiError> {
-    let options = QueryOptions {
-        statement_timeout_ms: request.statement_timeout_ms,
-        session_effect: request.analysis.session_effect,
-        types: tenant.pool.types(),
-    };
-    tracing::debug!(target: "sluice::sql", tenant = %tenant.config.id, sql = request.sql, "statement");
-    let mut rows = conn.query(request.sql, request.params, &options).await?;
-    let mut writer = ResultWriter::new(out, row_mode, types, max_bytes);
-    writer.begin(&rows.statement());
-    while let Some(row) = rows.next().await? {
-        writer.row(&row).map_err(|e| ApiError::ConnectionLost {
-            reason: format!("malformed row from the server: {e}"),
-        })?;
-    }
-    let tag = rows.finish().await?;
-    writer.check_size()?;
-    writer.end(&tag);
-    Ok(StatementSummary {
-        rows: writer.total_rows,
-        tag,
-    })
+    ctx.log.rows = writer.total_rows();
+    Ok(())
 }

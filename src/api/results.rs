@@ -11,17 +11,102 @@ use postgres_protocol::message::backend::DataRowBody;
 
 use super::error::ApiError;
 use crate::pg::json::write_json_string;
-use crate::pg::{CommandTag, ResultSink, RowEncoder, RowMode, Statement, ValueFormat};
+use crate::pg::{CommandTag, Field, ResultSink, RowEncoder, RowMode, Statement, ValueFormat};
+
+/// What every result writer keeps besides its output: rows counted, and the response size
+/// limit. Past `max_bytes` the remaining rows are read and dropped and the result is
+/// `response_too_large`.
+pub struct RowBudget {
+    max_bytes: usize,
+    rows_in_statement: u64,
+    /// Rows written over every statement, for the request log.
+    total_rows: u64,
+    too_large: bool,
+}
+
+impl RowBudget {
+    pub fn new(max_bytes: usize) -> Self {
+        RowBudget {
+            max_bytes,
+            rows_in_statement: 0,
+            total_rows: 0,
+            too_large: false,
+        }
+    }
+
+    /// A statement's rows begin: the next row is its first.
+    pub fn start_statement(&mut self) {
+        self.rows_in_statement = 0;
+    }
+
+    /// Writes `row` to `out` (a comma before all but a statement's first), unless the
+    /// response is already past the limit.
+    pub fn write_row(
+        &mut self,
+        out: &mut Vec<u8>,
+        encoder: &mut RowEncoder,
+        fields: &[Field],
+        row: &DataRowBody,
+    ) -> io::Result<()> {
+        if self.too_large {
+            return Ok(());
+        }
+        // Encoded JSON is never shorter than the row's raw values, so a row whose raw bytes
+        // alone pass the limit is refused before a byte of it is encoded: one 300 MB value
+        // must not first become 300 MB of JSON.
+        if out.len() + row.buffer().len() > self.max_bytes {
+            self.too_large = true;
+            return Ok(());
+        }
+        if self.rows_in_statement > 0 {
+            out.push(b',');
+        }
+        encoder.write_row(out, fields, row)?;
+        self.rows_in_statement += 1;
+        self.total_rows += 1;
+        self.too_large = out.len() > self.max_bytes;
+        Ok(())
+    }
+}
+
+/// A result writer under the response size limit: `/v1/query`'s and `POST /sql`'s.
+pub trait BoundedSink: ResultSink {
+    fn budget(&self) -> &RowBudget;
+
+    /// `response_too_large` if the rows did not fit.
+    fn check_size(&self) -> Result<(), ApiError> {
+        let budget = self.budget();
+        if budget.too_large {
+            Err(ApiError::ResponseTooLarge {
+                limit: budget.max_bytes,
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Rows written over every statement, for the request log.
+    fn total_rows(&self) -> u64 {
+        self.budget().total_rows
+    }
+}
+
+/// `"command":…,"rowCount":…` — a statement's command tag, in every response shape.
+pub fn write_command(out: &mut Vec<u8>, tag: &CommandTag) {
+    out.extend_from_slice(b"\"command\":");
+    write_json_string(out, tag.command.as_bytes());
+    out.extend_from_slice(b",\"rowCount\":");
+    match tag.row_count {
+        Some(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
+        None => out.extend_from_slice(b"null"),
+    }
+}
 
 pub struct ResultWriter<'o> {
     out: &'o mut Vec<u8>,
     encoder: RowEncoder,
-    max_bytes: usize,
     statement: Option<Arc<Statement>>,
-    rows_in_statement: u64,
-    /// Rows written over every statement, for the request log.
-    pub total_rows: u64,
-    too_large: bool,
+    budget: RowBudget,
 }
 
 impl<'o> ResultWriter<'o> {
@@ -29,11 +114,8 @@ impl<'o> ResultWriter<'o> {
         ResultWriter {
             out,
             encoder: RowEncoder::new(mode, format),
-            max_bytes,
             statement: None,
-            rows_in_statement: 0,
-            total_rows: 0,
-            too_large: false,
+            budget: RowBudget::new(max_bytes),
         }
     }
 
@@ -43,60 +125,28 @@ impl<'o> ResultWriter<'o> {
         RowEncoder::write_fields(&statement.fields, self.out);
         self.out.extend_from_slice(b",\"rows\":[");
         self.statement = Some(statement.clone());
-        self.rows_in_statement = 0;
+        self.budget.start_statement();
     }
 
     pub fn row(&mut self, row: &DataRowBody) -> io::Result<()> {
-        if self.too_large {
-            return Ok(());
-        }
         let Some(statement) = &self.statement else {
             return Ok(());
         };
-        // Encoded JSON is never shorter than the row's raw values, so a row whose raw bytes
-        // alone pass the limit is refused before a byte of it is encoded: one 300 MB value
-        // must not first become 300 MB of JSON.
-        if self.out.len() + row.buffer().len() > self.max_bytes {
-            self.too_large = true;
-            return Ok(());
-        }
-        if self.rows_in_statement > 0 {
-            self.out.push(b',');
-        }
-        self.encoder.write_row(self.out, &statement.fields, row)?;
-        self.rows_in_statement += 1;
-        self.total_rows += 1;
-        self.too_large = self.out.len() > self.max_bytes;
-        Ok(())
+        self.budget
+            .write_row(self.out, &mut self.encoder, &statement.fields, row)
     }
 
     /// `],"command":…,"rowCount":…`
     pub fn end(&mut self, tag: &CommandTag) {
-        self.out.extend_from_slice(b"],\"command\":");
-        write_json_string(self.out, tag.command.as_bytes());
-        self.out.extend_from_slice(b",\"rowCount\":");
-        match tag.row_count {
-            Some(n) => self
-                .out
-                .extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
-            None => self.out.extend_from_slice(b"null"),
-        }
+        self.out.extend_from_slice(b"],");
+        write_command(self.out, tag);
         self.statement = None;
     }
+}
 
-    /// `response_too_large` if the rows did not fit.
-    pub fn check_size(&self) -> Result<(), ApiError> {
-        if self.too_large {
-            Err(ApiError::ResponseTooLarge {
-                limit: self.max_bytes,
-            })
-        } else {
-            Ok(())
-        }
-    }
-
-    pub fn out(&mut self) -> &mut Vec<u8> {
-        self.out
+impl BoundedSink for ResultWriter<'_> {
+    fn budget(&self) -> &RowBudget {
+        &self.budget
     }
 }
 

@@ -29,7 +29,6 @@ use super::body::Body;
 use super::error::ApiError;
 use super::query::{PreparedRequest, QueryRequest};
 use super::{RequestContext, Tenant};
-use crate::pg::json::write_json_string;
 use crate::pg::{PgConnection, QueryOptions, RowEncoder, RowMode, SessionEffect, ValueFormat};
 use crate::pool::{Checkout, TenantPool};
 use crate::transactions::TransactionCall;
@@ -239,13 +238,8 @@ async fn stream(
     };
     match result.map_err(|error| holder.error(error)) {
         Ok(tag) => {
-            chunk.extend_from_slice(b"{\"command\":");
-            write_json_string(&mut chunk, tag.command.as_bytes());
-            chunk.extend_from_slice(b",\"rowCount\":");
-            match tag.row_count {
-                Some(n) => chunk.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
-                None => chunk.extend_from_slice(b"null"),
-            }
+            chunk.push(b'{');
+            super::results::write_command(&mut chunk, &tag);
             chunk.extend_from_slice(b"}\n");
         }
         Err(error) => {

@@ -10,7 +10,7 @@ use serde_json::json;
 use super::batch::{BatchRequest, Isolation, begin_sql, check_statements, run_pipeline};
 use super::body::Body;
 use super::error::ApiError;
-use super::query::{Limits, QueryRequest, run_into};
+use super::query::{Limits, QueryRequest, run_one};
 use super::{RequestContext, Tenant};
 use crate::pg::QueryError;
 use crate::transactions::{BeginOptions, TransactionCall, TransactionError, rfc3339, short};
@@ -133,22 +133,11 @@ pub async fn call(
                 let holder = super::stream::Holder::Transaction(call);
                 return super::stream::respond(ctx, tenant, &request, &prepared, holder).await;
             }
-            let executed = Instant::now();
             let mut out = Vec::with_capacity(256);
-            out.push(b'{');
-            let result = run_into(
-                call.conn(),
-                &prepared,
-                tenant,
-                request.row_mode,
-                request.types,
-                ctx.max_response_bytes,
-                &mut out,
-            )
-            .await;
-            ctx.log.exec = Some(executed.elapsed());
-            ctx.log.rows = result.map_err(|e| call_error(&call, e))?.rows;
-            out.push(b'}');
+            let mut writer = request.writer(&mut out, ctx.max_response_bytes);
+            run_one(ctx, call.conn(), &prepared, tenant, &mut writer)
+                .await
+                .map_err(|e| call_error(&call, e))?;
             Ok(Body::json_bytes(StatusCode::OK, out))
         }
         Action::Batch => {
@@ -173,21 +162,17 @@ pub async fn call(
             }
             let transaction = transactions.get(id, tenant)?;
             let mut call = transactions.call(&transaction)?;
-            let executed = Instant::now();
-            let mut out = Vec::with_capacity(256);
-            let result = run_pipeline(
+            let out = run_pipeline(
+                ctx,
                 call.conn(),
                 &statements,
                 None,
                 timeout,
                 tenant,
                 &request,
-                ctx.max_response_bytes,
-                &mut out,
             )
-            .await;
-            ctx.log.exec = Some(executed.elapsed());
-            ctx.log.rows = result.map_err(|e| call_error(&call, e))?;
+            .await
+            .map_err(|e| call_error(&call, e))?;
             Ok(Body::json_bytes(StatusCode::OK, out))
         }
         Action::Commit | Action::Rollback => {

@@ -7,7 +7,7 @@ use std::io;
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::message::backend::DataRowBody;
 
-use super::json::write_json_string;
+use super::json::{write_json_array, write_json_string};
 use super::statement::Field;
 use super::types::{PgType, ValueKind};
 
@@ -48,11 +48,7 @@ impl RowEncoder {
 
     /// `[{"name": …, "oid": …, "type": …}, …]`
     pub fn write_fields(fields: &[Field], out: &mut Vec<u8>) {
-        out.push(b'[');
-        for (i, field) in fields.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
+        write_json_array(out, fields, |out, field| {
             out.extend_from_slice(b"{\"name\":");
             write_json_string(out, field.name.as_bytes());
             out.extend_from_slice(b",\"oid\":");
@@ -60,8 +56,7 @@ impl RowEncoder {
             out.extend_from_slice(b",\"type\":");
             write_json_string(out, field.ty.name.as_bytes());
             out.push(b'}');
-        }
-        out.push(b']');
+        });
     }
 
     /// One row, as an object keyed by column name or an array in column order.

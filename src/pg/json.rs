@@ -11,6 +11,22 @@ pub fn write_json_string(out: &mut Vec<u8>, raw: &[u8]) {
     }
 }
 
+/// `[…]`: each of `items` written by `write_item`, separated by commas.
+pub fn write_json_array<T>(
+    out: &mut Vec<u8>,
+    items: &[T],
+    mut write_item: impl FnMut(&mut Vec<u8>, &T),
+) {
+    out.push(b'[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_item(out, item);
+    }
+    out.push(b']');
+}
+
 fn write_escaped(out: &mut Vec<u8>, text: &[u8]) {
     out.reserve(text.len() + 2);
     out.push(b'"');

@@ -19,7 +19,8 @@ use self::response::NeonWriter;
 use super::batch::{Isolation, StatementRequest, begin_sql, check_statements, pipeline_error};
 use super::body::Body;
 use super::error::ApiError;
-use super::query::{Limits, check_statement};
+use super::query::{Limits, check_statement, pipeline_as_end_user, run_one};
+use super::results::BoundedSink;
 use super::{RequestBody, RequestContext, Tenant};
 use crate::pg::{QueryOptions, SessionEffect};
 
@@ -121,12 +122,6 @@ async fn single(
     let waited = Instant::now();
     let mut conn = tenant.pool.checkout().await?;
     ctx.log.queue_wait = Some(waited.elapsed());
-    let executed = Instant::now();
-    let query_options = QueryOptions {
-        statement_timeout_ms: prepared.statement_timeout_ms,
-        session_effect: prepared.analysis.session_effect,
-        types: tenant.pool.types(),
-    };
     let mut out = Vec::with_capacity(256);
     let mut writer = NeonWriter::new(
         &mut out,
@@ -134,26 +129,9 @@ async fn single(
         &array_modes,
         ctx.max_response_bytes,
     );
-    tracing::debug!(target: "sluice::sql", tenant = %tenant.config.id, sql = prepared.sql, "statement");
-    let result = async {
-        let mut rows = conn
-            .query(prepared.sql, prepared.params, &query_options)
-            .await?;
-        writer.begin(0, &rows.statement());
-        while let Some(row) = rows.next().await? {
-            writer.row(&row).map_err(|e| ApiError::ConnectionLost {
-                reason: format!("malformed row from the server: {e}"),
-            })?;
-        }
-        let tag = rows.finish().await?;
-        writer.check_size()?;
-        writer.end(&tag);
-        Ok::<_, ApiError>(writer.total_rows)
-    }
-    .await;
-    ctx.log.exec = Some(executed.elapsed());
+    let result = run_one(ctx, &mut conn, &prepared, tenant, &mut writer).await;
     drop(conn);
-    ctx.log.rows = result?;
+    result?;
     Ok(Body::json_bytes(StatusCode::OK, out))
 }
 
@@ -167,22 +145,7 @@ async fn single_as_end_user(
     array_modes: &[bool],
     identity: &crate::jwt::Identity,
 ) -> Result<Response<Body>, ApiError> {
-    let statement = [crate::pg::PipelineStatement {
-        sql: prepared.sql,
-        params: prepared.params,
-        session_effect: prepared.analysis.session_effect,
-    }];
-    let query_options = QueryOptions {
-        statement_timeout_ms: prepared.statement_timeout_ms,
-        session_effect: prepared.analysis.session_effect,
-        types: tenant.pool.types(),
-    };
     let begin = identity.begin_sql("BEGIN");
-    tracing::debug!(target: "sluice::sql", tenant = %tenant.config.id, sql = prepared.sql, "statement");
-    let waited = Instant::now();
-    let mut conn = tenant.pool.checkout().await?;
-    ctx.log.queue_wait = Some(waited.elapsed());
-    let executed = Instant::now();
     let mut out = Vec::with_capacity(256);
     let mut writer = NeonWriter::new(
         &mut out,
@@ -190,15 +153,7 @@ async fn single_as_end_user(
         array_modes,
         ctx.max_response_bytes,
     );
-    let result = conn
-        .pipeline(&statement, Some(&begin), &query_options, &mut writer)
-        .await
-        // One statement: its error is the request's, with no index to name.
-        .map_err(|failure| ApiError::from(failure.error))
-        .and_then(|_| writer.check_size().map(|()| writer.total_rows));
-    ctx.log.exec = Some(executed.elapsed());
-    drop(conn);
-    ctx.log.rows = result?;
+    pipeline_as_end_user(ctx, tenant, prepared, &begin, &mut writer).await?;
     Ok(Body::json_bytes(StatusCode::OK, out))
 }
 
@@ -262,7 +217,7 @@ async fn batch(
         .pipeline(&statements, Some(&begin), &query_options, &mut writer)
         .await
         .map_err(pipeline_error)
-        .and_then(|_| writer.check_size().map(|()| writer.total_rows));
+        .and_then(|_| writer.check_size().map(|()| writer.total_rows()));
     ctx.log.exec = Some(executed.elapsed());
     drop(conn);
     ctx.log.rows = result?;

@@ -14,7 +14,8 @@ use serde_json::{Map, Value};
 
 use crate::api::body::Body;
 use crate::api::error::ApiError;
-use crate::pg::json::write_json_string;
+use crate::api::results::{BoundedSink, RowBudget, write_command};
+use crate::pg::json::{write_json_array, write_json_string};
 use crate::pg::{
     CommandTag, DbError, Field, ResultSink, RowEncoder, RowMode, Statement, ValueFormat,
 };
@@ -26,12 +27,8 @@ pub struct NeonWriter<'o> {
     format: ValueFormat,
     /// Each statement's row mode (a single query has one).
     array_modes: &'o [bool],
-    max_bytes: usize,
     current: Option<(Arc<Statement>, RowEncoder, bool)>,
-    rows_in_statement: u64,
-    /// Rows written over every statement, for the request log.
-    pub total_rows: u64,
-    too_large: bool,
+    budget: RowBudget,
 }
 
 impl<'o> NeonWriter<'o> {
@@ -51,11 +48,8 @@ impl<'o> NeonWriter<'o> {
                 ValueFormat::Json
             },
             array_modes,
-            max_bytes,
             current: None,
-            rows_in_statement: 0,
-            total_rows: 0,
-            too_large: false,
+            budget: RowBudget::new(max_bytes),
         }
     }
 
@@ -71,59 +65,33 @@ impl<'o> NeonWriter<'o> {
             RowMode::Object
         };
         self.current = Some((statement.clone(), RowEncoder::new(mode, self.format), array));
-        self.rows_in_statement = 0;
+        self.budget.start_statement();
     }
 
     pub fn row(&mut self, row: &DataRowBody) -> io::Result<()> {
-        if self.too_large {
-            return Ok(());
-        }
         let Some((statement, encoder, _)) = &mut self.current else {
             return Ok(());
         };
-        // As on `/v1/query`: a row whose raw bytes alone pass the limit is not encoded.
-        if self.out.len() + row.buffer().len() > self.max_bytes {
-            self.too_large = true;
-            return Ok(());
-        }
-        if self.rows_in_statement > 0 {
-            self.out.push(b',');
-        }
-        encoder.write_row(self.out, &statement.fields, row)?;
-        self.rows_in_statement += 1;
-        self.total_rows += 1;
-        self.too_large = self.out.len() > self.max_bytes;
-        Ok(())
+        self.budget
+            .write_row(self.out, encoder, &statement.fields, row)
     }
 
     /// `],"command":…,"rowCount":…,"rowAsArray":…}`
     pub fn end(&mut self, tag: &CommandTag) {
         let array = self.current.take().is_some_and(|(_, _, array)| array);
-        self.out.extend_from_slice(b"],\"command\":");
-        write_json_string(self.out, tag.command.as_bytes());
-        self.out.extend_from_slice(b",\"rowCount\":");
-        match tag.row_count {
-            Some(n) => self
-                .out
-                .extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
-            None => self.out.extend_from_slice(b"null"),
-        }
+        self.out.extend_from_slice(b"],");
+        write_command(self.out, tag);
         self.out.extend_from_slice(if array {
             b",\"rowAsArray\":true}"
         } else {
             b",\"rowAsArray\":false}"
         });
     }
+}
 
-    /// `response_too_large` if the rows did not fit.
-    pub fn check_size(&self) -> Result<(), ApiError> {
-        if self.too_large {
-            Err(ApiError::ResponseTooLarge {
-                limit: self.max_bytes,
-            })
-        } else {
-            Ok(())
-        }
+impl BoundedSink for NeonWriter<'_> {
+    fn budget(&self) -> &RowBudget {
+        &self.budget
     }
 }
 
@@ -148,11 +116,7 @@ impl ResultSink for NeonWriter<'_> {
 /// — node-postgres's `FieldDef`, which the driver hands on as `fields`.
 fn write_fields(fields: &[Field], out: &mut Vec<u8>) {
     let mut number = itoa::Buffer::new();
-    out.push(b'[');
-    for (i, field) in fields.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
+    write_json_array(out, fields, |out, field| {
         out.extend_from_slice(b"{\"name\":");
         write_json_string(out, field.name.as_bytes());
         out.extend_from_slice(b",\"dataTypeID\":");
@@ -166,8 +130,7 @@ fn write_fields(fields: &[Field], out: &mut Vec<u8>) {
         out.extend_from_slice(b",\"dataTypeModifier\":");
         out.extend_from_slice(number.format(field.source.type_modifier).as_bytes());
         out.extend_from_slice(b",\"format\":\"text\"}");
-    }
-    out.push(b']');
+    });
 }
 
 /// An error as Neon answers it. A Postgres error: 400 and Neon's flat body (`message`, `code`,
