@@ -527,14 +527,7 @@ async fn failed_connection_string_passwords_count_toward_the_auth_failure_limit(
     assert_neon_error(&blocked, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
     assert!(blocked.retry_after().is_some());
     // The same limiter as every route: /v1/query is blocked for this address too.
-    assert_eq!(
-        gateway
-            .client
-            .query(&key, "select 1", json!([]))
-            .await
-            .status,
-        429
-    );
+    assert_eq!(gateway.client.select_one_status(&key).await, 429);
     gateway.stop().await;
 }
 
@@ -648,7 +641,6 @@ async fn sql_keeps_hygiene_and_cancels_the_statement_of_a_client_that_disconnect
         "the setting did not leak"
     );
 
-    let admin = direct(&db).await;
     let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
     let body = json!({"query": "select pg_sleep(30) /* neon abandoned */"}).to_string();
     let request = format!(
@@ -656,52 +648,17 @@ async fn sql_keeps_hygiene_and_cancels_the_statement_of_a_client_that_disconnect
         body.len()
     );
     stream.write_all(request.as_bytes()).await.unwrap();
-    let active = || async {
-        let n: i64 = admin
-            .query_one(
-                "select count(*) from pg_stat_activity where state = 'active' and query like '%neon abandoned%' and pid <> pg_backend_pid()",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        n
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while active().await == 0 {
-        assert!(Instant::now() < deadline, "the statement never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_running(&db, "neon abandoned", 1).await;
     drop(stream);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while active().await > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the statement was never cancelled"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(
-        gateway
-            .client
-            .query(&key, "select 1", json!([]))
-            .await
-            .status,
-        200
-    );
+    // Dropping the connection cancels the statement.
+    wait_not_running(&db, "neon abandoned").await;
+    assert_eq!(gateway.client.select_one_status(&key).await, 200);
     gateway.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_requests_are_counted_and_routed_as_sql() {
-    let db = database("").await;
-    let (key, hash) = key("acme");
-    let (admin, admin_hash) = common::key("admin");
-    let toml = config(&db, &hash, "", "").replace(
-        "[server]",
-        &format!("[server]\nadmin_keys = [\"{admin_hash}\"]"),
-    );
-    let gateway = Gateway::start(&toml).await;
+    let (gateway, key, db, admin) = gateway_with_admin("", "").await;
     let cs = connection_string("acme", &key, &db);
     assert_eq!(
         sql(
@@ -720,16 +677,7 @@ async fn sql_requests_are_counted_and_routed_as_sql() {
     )
     .await;
     assert_eq!(bad.status, 400);
-    let auth = format!("Bearer {admin}");
-    let metrics = gateway
-        .client
-        .request(
-            Method::GET,
-            "/metrics",
-            &[("authorization", &auth)],
-            bytes::Bytes::new(),
-        )
-        .await;
+    let metrics = gateway.client.get_as("/metrics", Some(&admin)).await;
     for outcome in ["ok", "database"] {
         let line = metrics
             .text

@@ -348,14 +348,7 @@ async fn bad_requests_are_refused_before_reaching_postgres() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_are_required_and_admin_keys_cannot_run_sql() {
-    let db = database("").await;
-    let (key, hash) = key("acme");
-    let (admin, admin_hash) = common::key("admin");
-    let toml = config(&db, &hash, "", "").replace(
-        "[server]",
-        &format!("[server]\nadmin_keys = [\"{admin_hash}\"]"),
-    );
-    let gateway = Gateway::start(&toml).await;
+    let (gateway, key, _db, admin) = gateway_with_admin("", "").await;
     let c = &gateway.client;
     let missing = c
         .request(Method::POST, "/v1/query", &[], r#"{"sql":"select 1"}"#)
