@@ -49,14 +49,10 @@ fn owners(reply: &Reply) -> Vec<String> {
 /// login role, so row-level security could not tell users apart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn row_level_security_separates_two_users_and_the_anonymous_role() {
-    let rsa = rs256("r1");
-    let jwks = JwksServer::start(&[&rsa.jwk]).await;
-    let db = rls_database().await;
-    let (_key, hash) = key("acme");
-    let gateway = Gateway::start(&config(&db, &hash, &jwt_tenant(&jwks.url, ""), "")).await;
+    let (gateway, _key, db, rsa, _jwks) = end_user_gateway("").await;
     let c = &gateway.client;
-    let alice = mint(&rsa, &claims("alice", "app_user"));
-    let bob = mint(&rsa, &claims("bob", "app_user"));
+    let alice = app_user(&rsa, "alice");
+    let bob = app_user(&rsa, "bob");
 
     let select = "select owner, body from notes order by id";
     assert_eq!(owners(&as_user(c, &alice, select).await), ["alice"]);
@@ -130,9 +126,7 @@ async fn row_level_security_separates_two_users_and_the_anonymous_role() {
         "{}",
         batch.text
     );
-    let begun = c.post("/v1/transactions", &alice, &json!({})).await;
-    assert_eq!(begun.status, 201, "{}", begun.text);
-    let id = begun.json()["id"].as_str().unwrap().to_owned();
+    let id = begin(c, &alice, json!({})).await;
     let inside = c
         .post(
             &format!("/v1/transactions/{id}/query"),
@@ -170,31 +164,20 @@ async fn row_level_security_separates_two_users_and_the_anonymous_role() {
 /// route refused end users' tokens (403) even though every other tenant route took them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_neon_sql_route_runs_end_users_under_their_role_and_claims() {
-    let rsa = rs256("r1");
-    let jwks = JwksServer::start(&[&rsa.jwk]).await;
-    let db = rls_database().await;
-    let (_key, hash) = key("acme");
-    let gateway = Gateway::start(&config(&db, &hash, &jwt_tenant(&jwks.url, ""), "")).await;
+    let (gateway, _key, db, rsa, _jwks) = end_user_gateway("").await;
     let c = &gateway.client;
-    let alice = mint(&rsa, &claims("alice", "app_user"));
-    let bob = mint(&rsa, &claims("bob", "app_user"));
+    let alice = app_user(&rsa, "alice");
+    let bob = app_user(&rsa, "bob");
     let connection = format!("postgresql://app_user@gateway.example/{db}");
     let sql = |token: &str, body: Value| {
-        let auth = format!("Bearer {token}");
+        let token = token.to_owned();
         let connection = connection.clone();
         async move {
-            c.request(
-                Method::POST,
-                "/sql",
-                &[
-                    ("authorization", auth.as_str()),
-                    ("neon-connection-string", connection.as_str()),
-                    ("neon-array-mode", "true"),
-                    ("content-type", "application/json"),
-                ],
-                body.to_string(),
-            )
-            .await
+            let headers = [
+                ("neon-connection-string", connection.as_str()),
+                ("neon-array-mode", "true"),
+            ];
+            c.post_with("/sql", &token, &headers, &body).await
         }
     };
     let select = json!({ "query": "select distinct owner from notes", "params": [] });
@@ -260,7 +243,7 @@ async fn a_role_the_authenticator_cannot_set_is_a_database_error_not_internal() 
     );
     let gateway = Gateway::start(&config(&db, &hash, &tenant, "")).await;
     let c = &gateway.client;
-    let alice = mint(&rsa, &claims("alice", "app_user"));
+    let alice = app_user(&rsa, "alice");
     let whoami = "select pg_backend_pid(), current_user::text, \
                   coalesce(current_setting('request.jwt.claim.sub', true), ''), \
                   (select count(*) from notes)::int";
@@ -272,7 +255,6 @@ async fn a_role_the_authenticator_cannot_set_is_a_database_error_not_internal() 
         ("no_such_role", "does not exist"),
     ] {
         let token = mint(&rsa, &claims("mallory", role));
-        let auth = format!("Bearer {token}");
         let replies = [
             ("/v1/query", as_user(c, &token, "select 1").await),
             (
@@ -295,29 +277,21 @@ async fn a_role_the_authenticator_cannot_set_is_a_database_error_not_internal() 
             ),
             (
                 "/v1/query NDJSON",
-                c.request(
-                    Method::POST,
+                c.post_with(
                     "/v1/query",
-                    &[
-                        ("authorization", auth.as_str()),
-                        ("accept", "application/x-ndjson"),
-                        ("content-type", "application/json"),
-                    ],
-                    json!({ "sql": "select 1" }).to_string(),
+                    &token,
+                    &[("accept", "application/x-ndjson")],
+                    &json!({ "sql": "select 1" }),
                 )
                 .await,
             ),
             (
                 "/sql",
-                c.request(
-                    Method::POST,
+                c.post_with(
                     "/sql",
-                    &[
-                        ("authorization", auth.as_str()),
-                        ("neon-connection-string", connection.as_str()),
-                        ("content-type", "application/json"),
-                    ],
-                    json!({ "query": "select 1", "params": [] }).to_string(),
+                    &token,
+                    &[("neon-connection-string", connection.as_str())],
+                    &json!({ "query": "select 1", "params": [] }),
                 )
                 .await,
             ),
@@ -377,9 +351,7 @@ async fn a_role_the_authenticator_cannot_set_is_a_database_error_not_internal() 
         let reply = c.post("/v1/transactions", &token, &json!({})).await;
         assert_status(&reply, StatusCode::BAD_REQUEST, "database");
         assert!(reply.text.contains(reason), "{role}: {}", reply.text);
-        let begun = c.post("/v1/transactions", &alice, &json!({})).await;
-        assert_eq!(begun.status, 201, "{}", begun.text);
-        let id = begun.json()["id"].as_str().unwrap().to_owned();
+        let id = begin(c, &alice, json!({})).await;
         let inside = c
             .post(
                 &format!("/v1/transactions/{id}/query"),
@@ -473,28 +445,19 @@ async fn sluice_check_names_end_user_roles_the_login_role_cannot_take() {
 /// and the (only) connection goes back clean for the next user.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_users_stream_ndjson_under_their_role_and_claims() {
-    let rsa = rs256("r1");
-    let jwks = JwksServer::start(&[&rsa.jwk]).await;
-    let db = rls_database().await;
-    let (key, hash) = key("acme");
-    let tenant = format!("pool_size = 1\n{}", jwt_tenant(&jwks.url, ""));
-    let gateway = Gateway::start(&config(&db, &hash, &tenant, "")).await;
+    let (gateway, key, _db, rsa, _jwks) = end_user_gateway("pool_size = 1").await;
     let c = &gateway.client;
-    let alice = mint(&rsa, &claims("alice", "app_user"));
-    let bob = mint(&rsa, &claims("bob", "app_user"));
+    let alice = app_user(&rsa, "alice");
+    let bob = app_user(&rsa, "bob");
     let stream = |token: &str, sql: &str| {
-        let auth = format!("Bearer {token}");
-        let body = json!({ "sql": sql, "rowMode": "array" }).to_string();
+        let token = token.to_owned();
+        let body = json!({ "sql": sql, "rowMode": "array" });
         async move {
-            c.request(
-                Method::POST,
+            c.post_with(
                 "/v1/query",
-                &[
-                    ("authorization", auth.as_str()),
-                    ("accept", "application/x-ndjson"),
-                    ("content-type", "application/json"),
-                ],
-                body,
+                &token,
+                &[("accept", "application/x-ndjson")],
+                &body,
             )
             .await
         }
@@ -558,11 +521,7 @@ async fn end_users_stream_ndjson_under_their_role_and_claims() {
 /// Each refused token is `unauthorized` and names its problem.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_tokens_say_why() {
-    let rsa = rs256("r1");
-    let jwks = JwksServer::start(&[&rsa.jwk]).await;
-    let db = rls_database().await;
-    let (_key, hash) = key("acme");
-    let gateway = Gateway::start(&config(&db, &hash, &jwt_tenant(&jwks.url, ""), "")).await;
+    let (gateway, _key, _db, rsa, _jwks) = end_user_gateway("").await;
     let c = &gateway.client;
     let with = |change: fn(&mut Value)| {
         let mut claims = claims("alice", "app_user");
@@ -788,15 +747,10 @@ async fn a_reload_stops_the_old_key_sets_timer() {
 /// owns nothing and inherits nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_end_user_leaves_no_role_or_claims_behind_for_the_next_user() {
-    let rsa = rs256("r1");
-    let jwks = JwksServer::start(&[&rsa.jwk]).await;
-    let db = rls_database().await;
-    let (key, hash) = key("acme");
-    let tenant = format!("pool_size = 1\n{}", jwt_tenant(&jwks.url, ""));
-    let gateway = Gateway::start(&config(&db, &hash, &tenant, "")).await;
+    let (gateway, key, db, rsa, _jwks) = end_user_gateway("pool_size = 1").await;
     let c = &gateway.client;
-    let alice = mint(&rsa, &claims("alice", "app_user"));
-    let bob = mint(&rsa, &claims("bob", "app_user"));
+    let alice = app_user(&rsa, "alice");
+    let bob = app_user(&rsa, "bob");
     let pid = |reply: &Reply| reply.rows()[0][0].as_i64().unwrap();
     let first = pid(&as_user(c, &bob, "select pg_backend_pid()").await);
 
@@ -897,18 +851,11 @@ async fn an_end_user_leaves_no_role_or_claims_behind_for_the_next_user() {
 /// user of the same tenant does not notice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_subject_has_its_own_rate_limit() {
-    let rsa = rs256("r1");
-    let jwks = JwksServer::start(&[&rsa.jwk]).await;
-    let db = rls_database().await;
-    let (_key, hash) = key("acme");
-    let tenant = format!(
-        "rate_per_second_per_subject = 1\n{}",
-        jwt_tenant(&jwks.url, "")
-    );
-    let gateway = Gateway::start(&config(&db, &hash, &tenant, "")).await;
+    let (gateway, _key, _db, rsa, _jwks) =
+        end_user_gateway("rate_per_second_per_subject = 1").await;
     let c = &gateway.client;
-    let alice = mint(&rsa, &claims("alice", "app_user"));
-    let bob = mint(&rsa, &claims("bob", "app_user"));
+    let alice = app_user(&rsa, "alice");
+    let bob = app_user(&rsa, "bob");
     assert_eq!(as_user(c, &alice, "select 1").await.status, 200);
     let limited = as_user(c, &alice, "select 1").await;
     assert_status(&limited, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
@@ -940,7 +887,7 @@ async fn added_latency_of_jwt_auth() {
     );
     let gateway = Gateway::start(&config(&db, &hash, &tenant, "")).await;
     let c = &gateway.client;
-    let rs_token = mint(&rsa, &claims("alice", "app_user"));
+    let rs_token = app_user(&rsa, "alice");
     let es_token = mint(&es, &claims("alice", "app_user"));
     let sql = "select pg_backend_pid()";
     const N: u32 = 2000;

@@ -121,17 +121,25 @@ impl Client {
 
     /// POST a JSON body with a key.
     pub async fn post(&self, path: &str, key: &str, body: &Value) -> Reply {
+        self.post_with(path, key, &[], body).await
+    }
+
+    /// POST a JSON body with a key and more headers (`accept`, Neon's, …).
+    pub async fn post_with(
+        &self,
+        path: &str,
+        key: &str,
+        headers: &[(&str, &str)],
+        body: &Value,
+    ) -> Reply {
         let auth = format!("Bearer {key}");
-        self.request(
-            Method::POST,
-            path,
-            &[
-                ("authorization", &auth),
-                ("content-type", "application/json"),
-            ],
-            serde_json::to_vec(body).unwrap(),
-        )
-        .await
+        let mut all = vec![
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+        ];
+        all.extend_from_slice(headers);
+        self.request(Method::POST, path, &all, serde_json::to_vec(body).unwrap())
+            .await
     }
 
     /// `/v1/query` with `sql` and `params`.

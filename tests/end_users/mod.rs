@@ -214,3 +214,31 @@ pub fn jwt_tenant(jwks_url: &str, extra_jwt: &str) -> String {
         jwt = {{ issuer = "{ISSUER}", audience = "{AUDIENCE}", jwks_url = "{jwks_url}", algorithms = ["RS256", "ES256"], allowed_roles = ["app_user"], anonymous_role = "web_anon", jwks_cooldown_ms = 200 {extra_jwt} }}"#
     )
 }
+
+/// A token for `sub` as `app_user`, signed by `signer`.
+pub fn app_user(signer: &Signer, sub: &str) -> String {
+    mint(signer, &claims(sub, "app_user"))
+}
+
+/// The common start of an end-user test (as `gateway_for` is of others): an RS256 key `r1`
+/// served by a JWKS server, the row-level-security database, and a gateway whose tenant
+/// `acme` (with `tenant_extra`'s lines) logs in as the authenticator and takes tokens signed
+/// by that key. Gateway, tenant key, database, signing key, and the JWKS server (keep it bound
+/// while the gateway runs).
+pub async fn end_user_gateway(
+    tenant_extra: &str,
+) -> (crate::common::Gateway, String, String, Signer, JwksServer) {
+    let rsa = rs256("r1");
+    let jwks = JwksServer::start(&[&rsa.jwk]).await;
+    let db = rls_database().await;
+    let (key, hash) = crate::common::key("acme");
+    let tenant = format!("{tenant_extra}\n{}", jwt_tenant(&jwks.url, ""));
+    let toml = crate::common::config(&db, &hash, &tenant, "");
+    (
+        crate::common::Gateway::start(&toml).await,
+        key,
+        db,
+        rsa,
+        jwks,
+    )
+}
