@@ -18,23 +18,14 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
+
+from harness import free_port, new_key, rss_kb, serve, start_dev, stop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def rss_kb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 class Sampler(threading.Thread):
@@ -94,16 +85,11 @@ def main():
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
 
     work = tempfile.mkdtemp(prefix="sluice-memory-")
-    dev = subprocess.Popen([args.sluice, "dev", "--json", "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE,
-                           stderr=open(os.path.join(work, "dev.log"), "w"), text=True)
+    dev, info = start_dev(args.sluice, work)
     gateway = None
     try:
-        info = json.loads(dev.stdout.readline())
-        key_out = subprocess.run([args.sluice, "key"], capture_output=True, text=True, check=True).stdout
-        key = next(l.split()[1] for l in key_out.splitlines() if l.startswith("key:"))
-        key_hash = next(w.strip('"[]') for w in key_out.split() if w.strip('"[]').startswith("sha256:"))
-        import socket
-        s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+        key, key_hash = new_key(args.sluice)
+        port = free_port()
         config = os.path.join(work, "sluice.toml")
         with open(config, "w") as f:
             f.write(f"""[server]
@@ -122,14 +108,7 @@ max_waiting = 100000
 queue_timeout_ms = 60000
 statement_timeout_ms = 60000
 """)
-        gateway = subprocess.Popen([args.sluice, "serve", "--config", config],
-                                   stderr=open(os.path.join(work, "gateway.log"), "w"))
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1)
-                break
-            except Exception:
-                time.sleep(0.05)
+        gateway = serve(args.sluice, config, port, work)
         results = {"bodies": [], "big_value": []}
         body = json.dumps({"sql": "select length($1) as n", "params": ["x" * 1_000_000]}).encode()
         big = json.dumps({"sql": "select repeat('x', 300000000) as v"}).encode()
@@ -147,12 +126,7 @@ statement_timeout_ms = 60000
                       f"{r['after_kb'] / 1024:.1f} MiB | {r['after_kb'] / max(r['before_kb'], 1):.2f} | {r['outcome']} |")
     finally:
         for p in (gateway, dev):
-            if p and p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop(p, 30)
 
 
 if __name__ == "__main__":

@@ -40,15 +40,14 @@ import json
 import os
 import pwd
 import random
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.parse
-import urllib.request
+
+from harness import free_port, new_key, rss_kb, serve, start_dev, stop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUDGET = 16
@@ -68,25 +67,10 @@ def pg_bin(name):
     return name
 
 
-def rss_kb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
 def cpu_s(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def new_key(sluice):
-    out = subprocess.run([sluice, "key"], capture_output=True, text=True, check=True).stdout
-    key = next(l.split()[1] for l in out.splitlines() if l.startswith("key:"))
-    key_hash = next(w.strip('"[]') for w in out.split() if w.strip('"[]').startswith("sha256:"))
-    return key, key_hash
 
 
 def with_user(url, user, password):
@@ -511,32 +495,23 @@ def main():
     out = args.out or os.path.join(ROOT, "bench/results", f"soak-{started:%Y-%m-%d}")
 
     work = tempfile.mkdtemp(prefix="sluice-soak-")
-    dev = subprocess.Popen([args.sluice, "dev", "--json", "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE,
-                           stderr=open(os.path.join(work, "dev.log"), "w"), text=True)
+    dev, info = start_dev(args.sluice, work)
     gateway = None
     data_dir = None
     try:
-        info = json.loads(dev.stdout.readline())
         su_url = info["databaseUrl"]
         data_dir = psql(su_url, "show data_directory")
         psql(su_url, "create role soak login password 'soak-pw'; create table soak_t(id bigserial primary key, v int); "
                      "alter table soak_t owner to soak")
         (key_a, hash_a), (key_b, hash_b), (admin_key, admin_hash) = (new_key(args.sluice) for _ in range(3))
-        s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+        port = free_port()
         config = os.path.join(work, "sluice.toml")
         config_args = {"port": port, "admin_hash": admin_hash, "hash_a": hash_a, "hash_b": hash_b,
                        "url": with_user(su_url, "soak", "soak-pw")}
         with open(config, "w") as f:
             f.write(config_text(pool_a=POOL_A[0], **config_args))
-        gateway = subprocess.Popen([args.sluice, "serve", "--config", config],
-                                   env=dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "warn")),
-                                   stderr=open(os.path.join(work, "gateway.log"), "w"))
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1)
-                break
-            except Exception:
-                time.sleep(0.05)
+        gateway = serve(args.sluice, config, port, work,
+                        env=dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "warn")))
         soak = Soak(args, port, {"a": key_a, "b": key_b}, admin_key, su_url, config, config_args, gateway.pid)
         asyncio.run(soak.run())
         summary = summarise(soak, args)
@@ -555,12 +530,7 @@ def main():
         print(f"written: {out}.md, {out}.json (logs in {work})")
         return 0 if all(ok for _, ok, _ in summary["criteria"]) else 1
     finally:
-        if gateway and gateway.poll() is None:
-            gateway.send_signal(signal.SIGTERM)
-            try:
-                gateway.wait(40)
-            except subprocess.TimeoutExpired:
-                gateway.kill()
+        stop(gateway, 40)
         if data_dir and os.path.exists(os.path.join(data_dir, "postmaster.pid")):
             # A restarted server is no longer `sluice dev`'s child: stop it here, before dev
             # removes its directory (dev stops only the server it started).
@@ -569,12 +539,7 @@ def main():
             if os.geteuid() == 0 and owner != "root":
                 cmd = ["runuser", "-u", owner, "--"] + cmd
             subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
-        if dev.poll() is None:
-            dev.send_signal(signal.SIGTERM)
-            try:
-                dev.wait(40)
-            except subprocess.TimeoutExpired:
-                dev.kill()
+        stop(dev, 40)
 
 
 if __name__ == "__main__":
