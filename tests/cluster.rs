@@ -45,6 +45,19 @@ fn pg() {
     });
 }
 
+/// A scenario's start: `None` (skipped) without HAProxy; else this scenario's turn (hold the
+/// guard) and a cluster of `replicas` (`running` of them started).
+async fn scenario(
+    replicas: usize,
+    running: usize,
+) -> Option<(tokio::sync::MutexGuard<'static, ()>, Cluster)> {
+    if haproxy_missing() {
+        return None;
+    }
+    let serial = serial().await;
+    Some((serial, Cluster::new(replicas, running).await))
+}
+
 fn haproxy_missing() -> bool {
     let missing = Command::new("haproxy")
         .arg("-v")
@@ -304,6 +317,15 @@ impl Cluster {
 
     /// Waits until HAProxy sends to all `running` replicas (its health checks may hold one out
     /// for a moment after a start): `running` begins in a row land on as many owners.
+    /// Every one of the `running` replicas sees them all, and the front spreads requests
+    /// over them.
+    async fn wait_formed(&self, running: usize) {
+        for i in 0..running {
+            self.wait_members(i, running).await;
+        }
+        self.wait_balanced(running).await;
+    }
+
     async fn wait_balanced(&self, running: usize) {
         let front = format!("http://127.0.0.1:{}", self.front);
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -483,7 +505,10 @@ impl Tally {
         self.latencies[i]
     }
 
-    fn report(&mut self, scenario: &str, peak: i64, samples: i64) {
+    /// Stops `sampler`, prints the scenario's figures, and checks that the data backends never
+    /// passed the budget; the number of samples.
+    async fn report(&mut self, scenario: &str, sampler: Sampler) -> i64 {
+        let (peak, samples) = sampler.finish().await;
         let (p50, p99) = (self.percentile(0.5), self.percentile(0.99));
         println!(
             "cluster figures [{scenario}]: served {}, rejected {:?}, peak data backends {peak} (budget {BUDGET}, {samples} samples), p50 {:.1} ms, p99 {:.1} ms",
@@ -492,6 +517,11 @@ impl Tally {
             p50.as_secs_f64() * 1e3,
             p99.as_secs_f64() * 1e3,
         );
+        assert!(
+            peak <= BUDGET as i64,
+            "peak {peak} data backends over the budget {BUDGET}"
+        );
+        samples
     }
 
     /// Every rejection is one a client retries: 429/503 from sluice (nothing ran).
@@ -598,11 +628,9 @@ async fn until_settled(cluster: &Cluster, running: usize, within: Duration) -> D
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_burst_through_haproxy_never_exceeds_the_cluster_budget_across_kill_restart_and_join() {
-    if haproxy_missing() {
+    let Some((_serial, mut cluster)) = scenario(4, 3).await else {
         return;
-    }
-    let _serial = serial().await;
-    let mut cluster = Cluster::new(4, 3).await;
+    };
     until_settled(&cluster, 3, Duration::from_secs(20)).await;
     let sampler = Sampler::start(&cluster.db).await;
     let until = Instant::now() + Duration::from_secs(8);
@@ -629,12 +657,7 @@ async fn a_burst_through_haproxy_never_exceeds_the_cluster_budget_across_kill_re
     cluster.wait_ready(1).await;
     let mut tally = burst.await.unwrap();
     until_settled(&cluster, 4, Duration::from_secs(20)).await;
-    let (peak, samples) = sampler.finish().await;
-    tally.report("burst, kill -9, restart, join", peak, samples);
-    assert!(
-        peak <= BUDGET as i64,
-        "peak {peak} data backends over the budget {BUDGET}"
-    );
+    let samples = tally.report("burst, kill -9, restart, join", sampler).await;
     assert!(samples > 100, "the sampler ran ({samples} samples)");
     assert!(
         tally.ok > 1_000,
@@ -645,11 +668,9 @@ async fn a_burst_through_haproxy_never_exceeds_the_cluster_budget_across_kill_re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rolling_restart_under_load_fails_nothing_but_retryable_rejections() {
-    if haproxy_missing() {
+    let Some((_serial, mut cluster)) = scenario(3, 3).await else {
         return;
-    }
-    let _serial = serial().await;
-    let mut cluster = Cluster::new(3, 3).await;
+    };
     until_settled(&cluster, 3, Duration::from_secs(20)).await;
     let sampler = Sampler::start(&cluster.db).await;
     let until = Instant::now() + Duration::from_secs(600);
@@ -696,12 +717,7 @@ async fn a_rolling_restart_under_load_fails_nothing_but_retryable_rejections() {
     for client in clients {
         tally.merge(client.await.unwrap());
     }
-    let (peak, samples) = sampler.finish().await;
-    tally.report("rolling restart", peak, samples);
-    assert!(
-        peak <= BUDGET as i64,
-        "peak {peak} data backends over the budget {BUDGET}"
-    );
+    tally.report("rolling restart", sampler).await;
     assert!(
         tally.only_retryable(),
         "non-retryable failures: {:?}",
@@ -712,11 +728,9 @@ async fn a_rolling_restart_under_load_fails_nothing_but_retryable_rejections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stopped_replica_keeps_its_share_reserved_while_its_lock_is_held() {
-    if haproxy_missing() {
+    let Some((_serial, cluster)) = scenario(3, 3).await else {
         return;
-    }
-    let _serial = serial().await;
-    let cluster = Cluster::new(3, 3).await;
+    };
     until_settled(&cluster, 3, Duration::from_secs(20)).await;
     let before = cluster.budgets().await;
     let sampler = Sampler::start(&cluster.db).await;
@@ -742,27 +756,20 @@ async fn a_stopped_replica_keeps_its_share_reserved_while_its_lock_is_held() {
     }
     cluster.signal(2, libc::SIGCONT);
     let mut tally = burst.await.unwrap();
-    let (peak, samples) = sampler.finish().await;
-    tally.report("SIGSTOP 10 s", peak, samples);
+    tally.report("SIGSTOP 10 s", sampler).await;
     let reserved = before[2].unwrap();
     assert!(
         max_others + reserved <= BUDGET as u64,
         "the survivors took the stopped replica's share: {max_others} + {reserved}"
-    );
-    assert!(
-        peak <= BUDGET as i64,
-        "peak {peak} data backends over the budget {BUDGET}"
     );
     until_settled(&cluster, 3, Duration::from_secs(20)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_postgres_restart_under_load_keeps_the_cap_and_the_replicas_rejoin() {
-    if haproxy_missing() {
+    let Some((_serial, cluster)) = scenario(3, 3).await else {
         return;
-    }
-    let _serial = serial().await;
-    let cluster = Cluster::new(3, 3).await;
+    };
     until_settled(&cluster, 3, Duration::from_secs(20)).await;
     let sampler = Sampler::start(&cluster.db).await;
     let until = Instant::now() + Duration::from_secs(6);
@@ -785,26 +792,16 @@ async fn a_postgres_restart_under_load_keeps_the_cap_and_the_replicas_rejoin() {
         restarted.elapsed().as_secs_f64() * 1e3
     );
     let mut tally = burst.await.unwrap();
-    let (peak, samples) = sampler.finish().await;
-    tally.report("Postgres restart", peak, samples);
-    assert!(
-        peak <= BUDGET as i64,
-        "peak {peak} data backends over the budget {BUDGET}"
-    );
+    tally.report("Postgres restart", sampler).await;
     assert!(tally.ok > 100, "served {}", tally.ok);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn transaction_calls_landing_on_another_replica_reach_the_owner_or_name_it_gone() {
-    if haproxy_missing() {
+    let Some((_serial, mut cluster)) = scenario(3, 3).await else {
         return;
-    }
-    let _serial = serial().await;
-    let mut cluster = Cluster::new(3, 3).await;
-    for i in 0..3 {
-        cluster.wait_members(i, 3).await;
-    }
-    cluster.wait_balanced(3).await;
+    };
+    cluster.wait_formed(3).await;
     let key = cluster.key.clone();
     // A connection per request: HAProxy keeps a client's keep-alive connection on one server.
     let front_url = format!("http://127.0.0.1:{}", cluster.front);
@@ -976,15 +973,10 @@ async fn transaction_calls_landing_on_another_replica_reach_the_owner_or_name_it
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tenant_rate_holds_for_the_whole_cluster_not_per_replica() {
-    if haproxy_missing() {
+    let Some((_serial, mut cluster)) = scenario(3, 3).await else {
         return;
-    }
-    let _serial = serial().await;
-    let mut cluster = Cluster::new(3, 3).await;
-    for i in 0..3 {
-        cluster.wait_members(i, 3).await;
-    }
-    cluster.wait_balanced(3).await;
+    };
+    cluster.wait_formed(3).await;
     // Three times the burst, spread over the replicas by round-robin (a connection each):
     // each replica lets its third of the burst through, plus what refills meanwhile.
     let front = format!("http://127.0.0.1:{}", cluster.front);
