@@ -4,11 +4,12 @@
 // TypeScript test, runs every test file with node's test runner, and stops the gateway.
 // The gateway binary comes from $SLUICE_BIN, by default the repository's debug build.
 
-import { spawn, spawnSync } from 'node:child_process';
-import { accessSync, constants, mkdirSync, openSync, readdirSync, rmSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
+
+import { gatewayBinary, startDevGateway } from '../../../scripts/dev-gateway.mjs';
 
 // Prisma 7 needs Node.js 20.19+, 22.12+ or 24+; on an older Node.js its test is skipped, loudly.
 const [major, minor] = process.versions.node.split('.').map(Number);
@@ -17,13 +18,7 @@ if (!prismaRuns) console.warn(`SKIPPING the Prisma test: Prisma 7 needs Node.js 
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 process.chdir(root);
-const bin = resolve(process.env.SLUICE_BIN ?? '../../target/debug/sluice');
-try {
-  accessSync(bin, constants.X_OK);
-} catch {
-  console.error(`The sluice gateway binary is missing: ${bin}\nBuild it with \`cargo build\` at the repository root, or point SLUICE_BIN at one.`);
-  process.exit(1);
-}
+const bin = gatewayBinary();
 
 const run = (command, args, env = {}) => {
   const result = spawnSync(process.execPath, [command, ...args], { stdio: 'inherit', env: { ...process.env, ...env } });
@@ -49,20 +44,7 @@ if (prismaRuns) {
 }
 
 const log = '.test-build/gateway.log';
-const gateway = spawn(bin, ['dev', '--listen', '127.0.0.1:0', '--json'], { stdio: ['ignore', 'pipe', openSync(log, 'w')] });
-const stopGateway = () => gateway.exitCode === null && gateway.kill('SIGTERM');
-process.on('SIGINT', () => (stopGateway(), process.exit(130)));
-
-const dev = await new Promise((resolveDev, reject) => {
-  const timer = setTimeout(() => reject(new Error('`sluice dev` printed nothing within 120 s')), 120_000);
-  createInterface({ input: gateway.stdout }).once('line', (line) => (clearTimeout(timer), resolveDev(JSON.parse(line))));
-  gateway.once('exit', (code) => reject(new Error(`\`sluice dev\` exited with ${code}; see ${log}`)));
-}).catch((error) => {
-  console.error(error.message);
-  stopGateway();
-  process.exit(1);
-});
-console.log(`gateway ${dev.url} (log: ${log})`);
+const { dev, stop } = await startDevGateway(bin, log);
 
 const files = process.argv.slice(2).length
   ? process.argv.slice(2)
@@ -82,10 +64,5 @@ const tests = spawnSync(process.execPath, ['--test', '--test-reporter=spec', '--
   },
 });
 
-stopGateway();
-const stopped = await Promise.race([
-  new Promise((r) => (gateway.exitCode !== null ? r(true) : gateway.once('exit', () => r(true)))),
-  new Promise((r) => setTimeout(() => r(false), 20_000)),
-]);
-if (!stopped) gateway.kill('SIGKILL');
+await stop();
 process.exit(tests.status ?? 1);

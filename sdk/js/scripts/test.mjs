@@ -2,21 +2,15 @@
 // (`sluice dev`), runs every test file against them with node's test runner, and stops them.
 // The gateway binary comes from $SLUICE_BIN, by default the repository's debug build.
 
-import { spawn, spawnSync } from 'node:child_process';
-import { accessSync, constants, mkdirSync, openSync, readdirSync, rmSync } from 'node:fs';
-import { resolve } from 'node:path';
-import { createInterface } from 'node:readline';
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+
+import { gatewayBinary, startDevGateway } from '../../../scripts/dev-gateway.mjs';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 process.chdir(root);
-const bin = resolve(process.env.SLUICE_BIN ?? '../../target/debug/sluice');
-try {
-  accessSync(bin, constants.X_OK);
-} catch {
-  console.error(`The sluice gateway binary is missing: ${bin}\nBuild it with \`cargo build\` at the repository root, or point SLUICE_BIN at one.`);
-  process.exit(1);
-}
+const bin = gatewayBinary();
 
 rmSync('.test-build', { recursive: true, force: true });
 // Prisma's client for test/prisma.test.ts. The `prisma-client` generator needs no engine, but the
@@ -32,20 +26,7 @@ if (tsc.status !== 0) process.exit(tsc.status ?? 1);
 
 mkdirSync('.test-build', { recursive: true });
 const log = '.test-build/gateway.log';
-const gateway = spawn(bin, ['dev', '--listen', '127.0.0.1:0', '--json'], { stdio: ['ignore', 'pipe', openSync(log, 'w')] });
-const stopGateway = () => gateway.exitCode === null && gateway.kill('SIGTERM');
-process.on('SIGINT', () => (stopGateway(), process.exit(130)));
-
-const dev = await new Promise((resolveDev, reject) => {
-  const timer = setTimeout(() => reject(new Error('`sluice dev` printed nothing within 120 s')), 120_000);
-  createInterface({ input: gateway.stdout }).once('line', (line) => (clearTimeout(timer), resolveDev(JSON.parse(line))));
-  gateway.once('exit', (code) => reject(new Error(`\`sluice dev\` exited with ${code}; see ${log}`)));
-}).catch((error) => {
-  console.error(error.message);
-  stopGateway();
-  process.exit(1);
-});
-console.log(`gateway ${dev.url} (log: ${log})`);
+const { dev, stop } = await startDevGateway(bin, log);
 
 const files = process.argv.slice(2).length
   ? process.argv.slice(2)
@@ -64,10 +45,5 @@ const run = spawnSync(process.execPath, ['--test', '--test-reporter=spec', ...ti
   },
 });
 
-stopGateway();
-const stopped = await Promise.race([
-  new Promise((r) => (gateway.exitCode !== null ? r(true) : gateway.once('exit', () => r(true)))),
-  new Promise((r) => setTimeout(() => r(false), 20_000)),
-]);
-if (!stopped) gateway.kill('SIGKILL');
+await stop();
 process.exit(run.status ?? 1);
