@@ -604,6 +604,25 @@ fn load(
     })
 }
 
+/// A sampler of the data backends, and `clients` clients sending `select pg_sleep(0.01)`
+/// through the front for `secs` seconds.
+async fn sampled_load(
+    cluster: &Cluster,
+    clients: usize,
+    secs: u64,
+) -> (Sampler, tokio::task::JoinHandle<Tally>) {
+    let sampler = Sampler::start(&cluster.db).await;
+    let until = Instant::now() + Duration::from_secs(secs);
+    let burst = load(
+        cluster.front,
+        &cluster.key,
+        clients,
+        "select pg_sleep(0.01)",
+        until,
+    );
+    (sampler, burst)
+}
+
 /// Waits until the running replicas' budgets add up to the cluster budget, each holding its
 /// share; returns how long that took.
 async fn until_settled(cluster: &Cluster, running: usize, within: Duration) -> Duration {
@@ -632,15 +651,7 @@ async fn a_burst_through_haproxy_never_exceeds_the_cluster_budget_across_kill_re
         return;
     };
     until_settled(&cluster, 3, Duration::from_secs(20)).await;
-    let sampler = Sampler::start(&cluster.db).await;
-    let until = Instant::now() + Duration::from_secs(8);
-    let burst = load(
-        cluster.front,
-        &cluster.key,
-        2_000,
-        "select pg_sleep(0.01)",
-        until,
-    );
+    let (sampler, burst) = sampled_load(&cluster, 2_000, 8).await;
 
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     cluster.kill(1).await;
@@ -733,15 +744,7 @@ async fn a_stopped_replica_keeps_its_share_reserved_while_its_lock_is_held() {
     };
     until_settled(&cluster, 3, Duration::from_secs(20)).await;
     let before = cluster.budgets().await;
-    let sampler = Sampler::start(&cluster.db).await;
-    let until = Instant::now() + Duration::from_secs(12);
-    let burst = load(
-        cluster.front,
-        &cluster.key,
-        200,
-        "select pg_sleep(0.01)",
-        until,
-    );
+    let (sampler, burst) = sampled_load(&cluster, 200, 12).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     cluster.signal(2, libc::SIGSTOP);
     let stopped = Instant::now();
@@ -771,15 +774,7 @@ async fn a_postgres_restart_under_load_keeps_the_cap_and_the_replicas_rejoin() {
         return;
     };
     until_settled(&cluster, 3, Duration::from_secs(20)).await;
-    let sampler = Sampler::start(&cluster.db).await;
-    let until = Instant::now() + Duration::from_secs(6);
-    let burst = load(
-        cluster.front,
-        &cluster.key,
-        200,
-        "select pg_sleep(0.01)",
-        until,
-    );
+    let (sampler, burst) = sampled_load(&cluster, 200, 6).await;
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     tokio::task::spawn_blocking(|| postgres().lock().unwrap().restart())
         .await
