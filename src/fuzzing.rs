@@ -163,8 +163,9 @@ fn batch(body: &[u8], limits: Limits) -> Result<(), ApiError> {
     assert!(begin.starts_with("BEGIN"));
     match (&request.statements, &request.script) {
         (Some(statements), None) => {
-            let (checked, timeout) = check_statements(statements, request.timeout_ms, limits)?;
-            assert_eq!(checked.len(), statements.len());
+            let checked = check_statements(statements, request.timeout_ms, limits)?;
+            assert_eq!(checked.statements.len(), statements.len());
+            let timeout = checked.timeout_ms;
             assert!(timeout > 0 && timeout <= limits.statement_timeout_ms);
             Ok(())
         }

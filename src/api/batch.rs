@@ -39,6 +39,13 @@ pub struct BatchRequest<'a> {
     pub timeout_ms: Option<u64>,
 }
 
+impl BatchRequest<'_> {
+    /// The writer of this batch's results (its `rowMode` and `types`) into `out`.
+    pub(crate) fn writer<'o>(&self, out: &'o mut Vec<u8>, max_bytes: usize) -> ResultWriter<'o> {
+        ResultWriter::new(out, self.row_mode, self.types, max_bytes)
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StatementRequest<'a> {
@@ -98,7 +105,7 @@ pub fn check_statements<'a>(
     statements: &'a [StatementRequest<'a>],
     timeout_ms: Option<u64>,
     limits: Limits,
-) -> Result<(Vec<PipelineStatement<'a>>, u64), ApiError> {
+) -> Result<CheckedBatch<'a>, ApiError> {
     if statements.is_empty() {
         return Err(ApiError::BadRequest("`statements` is empty".into()));
     }
@@ -120,7 +127,10 @@ pub fn check_statements<'a>(
             session_effect: prepared.analysis.session_effect,
         });
     }
-    Ok((checked, timeout))
+    Ok(CheckedBatch {
+        statements: checked,
+        timeout_ms: timeout,
+    })
 }
 
 /// A script checked on the gateway: see [`check_sql`], then no parameters, no COPY through
@@ -172,28 +182,20 @@ pub async fn handle(
             if request.transaction.is_some() {
                 return Err(ApiError::BadRequest("`transaction` applies to `script` only: statements always run in one transaction".into()));
             }
-            let (statements, timeout) =
-                check_statements(statements, request.timeout_ms, Limits::of(ctx, tenant))?;
-            for statement in &statements {
+            let batch = check_statements(statements, request.timeout_ms, Limits::of(ctx, tenant))?;
+            for statement in &batch.statements {
                 super::end_user::check_sql(tenant, statement.sql)?;
             }
             let begin = super::end_user::begin_for(
                 tenant.end_user.as_ref(),
                 &begin_sql(request.isolation, request.read_only, request.deferrable),
             );
-            let waited = Instant::now();
-            let mut conn = tenant.pool.checkout().await?;
-            ctx.log.queue_wait = Some(waited.elapsed());
-            let out = run_pipeline(
-                ctx,
-                &mut conn,
-                &statements,
-                Some(&begin),
-                timeout,
-                tenant,
-                &request,
-            )
-            .await?;
+            let mut conn = ctx.checkout(tenant).await?;
+            let mut out = Vec::with_capacity(256);
+            let mut writer = request.writer(&mut out, ctx.max_response_bytes);
+            batch
+                .run(ctx, &mut conn, Some(&begin), tenant, &mut writer)
+                .await?;
             Ok(Body::json_bytes(StatusCode::OK, out))
         }
         (None, Some(script)) => {
@@ -218,9 +220,7 @@ pub async fn handle(
                 Some(ms) => ms.min(tenant.config.statement_timeout_ms),
                 None => tenant.config.statement_timeout_ms,
             };
-            let waited = Instant::now();
-            let mut conn = tenant.pool.checkout().await?;
-            ctx.log.queue_wait = Some(waited.elapsed());
+            let mut conn = ctx.checkout(tenant).await?;
             let executed = Instant::now();
             if analysis.session_effect == SessionEffect::Unresettable {
                 // Scripts always get the session reset; this one needs more than a reset.
@@ -248,48 +248,49 @@ pub async fn handle(
     }
 }
 
-/// Runs checked statements as one pipeline into a `{"results":[…]}` body, timing it and
-/// counting its rows for the request log.
-pub async fn run_pipeline(
-    ctx: &mut RequestContext<'_>,
-    conn: &mut PgConnection,
-    statements: &[PipelineStatement<'_>],
-    begin: Option<&str>,
-    statement_timeout_ms: u64,
-    tenant: &Tenant,
-    request: &BatchRequest<'_>,
-) -> Result<Vec<u8>, ApiError> {
-    let session_effect = statements
-        .iter()
-        .map(|s| s.session_effect)
-        .max()
-        .unwrap_or(SessionEffect::None);
-    let options = QueryOptions {
-        statement_timeout_ms,
-        session_effect,
-        types: tenant.pool.types(),
-    };
-    for statement in statements {
-        tracing::debug!(target: "sluice::sql", tenant = %tenant.config.id, sql = statement.sql, "statement");
+/// A batch's statements after [`check_statements`], and the statement timeout they run under.
+pub struct CheckedBatch<'a> {
+    pub statements: Vec<PipelineStatement<'a>>,
+    pub timeout_ms: u64,
+}
+
+impl CheckedBatch<'_> {
+    /// Runs the statements as one pipeline (inside `begin` … `COMMIT` when given), writing
+    /// `{"results":[…]}` through `writer` — for `/v1/batch`, a transaction's batch and
+    /// `POST /sql`'s alike. Times it and counts its rows for the request log.
+    pub async fn run(
+        &self,
+        ctx: &mut RequestContext<'_>,
+        conn: &mut PgConnection,
+        begin: Option<&str>,
+        tenant: &Tenant,
+        writer: &mut impl BoundedSink,
+    ) -> Result<(), ApiError> {
+        let statements = &self.statements;
+        let statement_timeout_ms = self.timeout_ms;
+        let session_effect = statements
+            .iter()
+            .map(|s| s.session_effect)
+            .max()
+            .unwrap_or(SessionEffect::None);
+        let options = QueryOptions {
+            statement_timeout_ms,
+            session_effect,
+            types: tenant.pool.types(),
+        };
+        for statement in statements {
+            tracing::debug!(target: "sluice::sql", tenant = %tenant.config.id, sql = statement.sql, "statement");
+        }
+        let executed = Instant::now();
+        writer.out().extend_from_slice(b"{\"results\":[");
+        let result = conn.pipeline(statements, begin, &options, writer).await;
+        ctx.log.exec = Some(executed.elapsed());
+        result.map_err(pipeline_error)?;
+        writer.check_size()?;
+        ctx.log.rows = writer.total_rows();
+        writer.out().extend_from_slice(b"]}");
+        Ok(())
     }
-    let executed = Instant::now();
-    let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(b"{\"results\":[");
-    let mut writer = ResultWriter::new(
-        &mut out,
-        request.row_mode,
-        request.types,
-        ctx.max_response_bytes,
-    );
-    let result = conn
-        .pipeline(statements, begin, &options, &mut writer)
-        .await;
-    ctx.log.exec = Some(executed.elapsed());
-    result.map_err(pipeline_error)?;
-    writer.check_size()?;
-    ctx.log.rows = writer.total_rows();
-    out.extend_from_slice(b"]}");
-    Ok(out)
 }
 
 /// Without a transaction, each statement of the script runs on its own; the first failure

@@ -188,9 +188,7 @@ pub async fn handle(
         super::end_user::check_sql(tenant, prepared.sql)?;
         let begin = identity.begin_sql("BEGIN");
         if super::stream::wants_ndjson(ctx.headers) {
-            let waited = Instant::now();
-            let conn = tenant.pool.checkout().await?;
-            ctx.log.queue_wait = Some(waited.elapsed());
+            let conn = ctx.checkout(tenant).await?;
             return super::stream::respond_as_end_user(
                 ctx, tenant, &request, &prepared, conn, begin,
             )
@@ -199,9 +197,7 @@ pub async fn handle(
         return run_as_end_user(ctx, tenant, &request, &prepared, &begin).await;
     }
     if super::stream::wants_ndjson(ctx.headers) {
-        let waited = Instant::now();
-        let conn = tenant.pool.checkout().await?;
-        ctx.log.queue_wait = Some(waited.elapsed());
+        let conn = ctx.checkout(tenant).await?;
         return super::stream::respond(
             ctx,
             tenant,
@@ -211,9 +207,7 @@ pub async fn handle(
         )
         .await;
     }
-    let waited = Instant::now();
-    let mut conn = tenant.pool.checkout().await?;
-    ctx.log.queue_wait = Some(waited.elapsed());
+    let mut conn = ctx.checkout(tenant).await?;
     let mut out = Vec::with_capacity(256);
     let mut writer = request.writer(&mut out, ctx.max_response_bytes);
     let result = run_one(ctx, &mut conn, &prepared, tenant, &mut writer).await;
@@ -284,9 +278,7 @@ pub(crate) async fn pipeline_as_end_user(
         session_effect: prepared.analysis.session_effect,
     }];
     let options = prepared.options(tenant);
-    let waited = Instant::now();
-    let mut conn = tenant.pool.checkout().await?;
-    ctx.log.queue_wait = Some(waited.elapsed());
+    let mut conn = ctx.checkout(tenant).await?;
     let executed = Instant::now();
     let result = conn
         .pipeline(&statement, Some(begin), &options, writer)

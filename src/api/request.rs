@@ -15,7 +15,7 @@ use super::memory::{MEMORY_WAIT, MemoryLease};
 use super::{App, Generation, batch, cors, end_user, neon, query};
 use crate::auth::Principal;
 use crate::config::TenantConfig;
-use crate::pool::TenantPool;
+use crate::pool::{Checkout, TenantPool};
 
 /// A tenant resolved from a request's key.
 #[derive(Clone)]
@@ -58,6 +58,15 @@ pub struct RequestContext<'r> {
 }
 
 impl RequestContext<'_> {
+    /// A connection from `tenant`'s pool (or its queue); the time spent waiting for it goes
+    /// to the request log.
+    pub async fn checkout(&mut self, tenant: &Tenant) -> Result<Checkout, ApiError> {
+        let waited = std::time::Instant::now();
+        let conn = tenant.pool.checkout().await?;
+        self.log.queue_wait = Some(waited.elapsed());
+        Ok(conn)
+    }
+
     /// The tenant whose key the request carries, admitted under its rate limit; admin keys
     /// are not tenants.
     pub fn tenant(&mut self) -> Result<Tenant, ApiError> {

@@ -73,6 +73,9 @@ impl RowBudget {
 pub trait BoundedSink: ResultSink {
     fn budget(&self) -> &RowBudget;
 
+    /// The response being written, for what goes around the results.
+    fn out(&mut self) -> &mut Vec<u8>;
+
     /// `response_too_large` if the rows did not fit.
     fn check_size(&self) -> Result<(), ApiError> {
         let budget = self.budget();
@@ -147,6 +150,10 @@ impl<'o> ResultWriter<'o> {
 impl BoundedSink for ResultWriter<'_> {
     fn budget(&self) -> &RowBudget {
         &self.budget
+    }
+
+    fn out(&mut self) -> &mut Vec<u8> {
+        self.out
     }
 }
 

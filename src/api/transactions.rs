@@ -7,7 +7,7 @@ use http::StatusCode;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::batch::{BatchRequest, Isolation, begin_sql, check_statements, run_pipeline};
+use super::batch::{BatchRequest, Isolation, begin_sql, check_statements};
 use super::body::Body;
 use super::error::ApiError;
 use super::query::{Limits, QueryRequest, run_one};
@@ -155,24 +155,18 @@ pub async fn call(
                     "inside a transaction a batch takes `statements` (with `rowMode`, `types`, `timeoutMs`) only".into(),
                 ));
             }
-            let (statements, timeout) =
-                check_statements(statements, request.timeout_ms, Limits::of(ctx, tenant))?;
-            for statement in &statements {
+            let batch = check_statements(statements, request.timeout_ms, Limits::of(ctx, tenant))?;
+            for statement in &batch.statements {
                 super::end_user::check_sql(tenant, statement.sql)?;
             }
             let transaction = transactions.get(id, tenant)?;
             let mut call = transactions.call(&transaction)?;
-            let out = run_pipeline(
-                ctx,
-                call.conn(),
-                &statements,
-                None,
-                timeout,
-                tenant,
-                &request,
-            )
-            .await
-            .map_err(|e| call_error(&call, e))?;
+            let mut out = Vec::with_capacity(256);
+            let mut writer = request.writer(&mut out, ctx.max_response_bytes);
+            batch
+                .run(ctx, call.conn(), None, tenant, &mut writer)
+                .await
+                .map_err(|e| call_error(&call, e))?;
             Ok(Body::json_bytes(StatusCode::OK, out))
         }
         Action::Commit | Action::Rollback => {

@@ -10,19 +10,15 @@ pub mod request;
 pub mod response;
 
 use std::borrow::Cow;
-use std::time::Instant;
 
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
 use self::request::{ConnectionString, Options, Payload, QueryData, Request};
-use self::response::NeonWriter;
-use super::batch::{Isolation, StatementRequest, begin_sql, check_statements, pipeline_error};
+use super::batch::{Isolation, StatementRequest, begin_sql, check_statements};
 use super::body::Body;
 use super::error::ApiError;
 use super::query::{Limits, check_statement, pipeline_as_end_user, run_one};
-use super::results::BoundedSink;
 use super::{RequestBody, RequestContext, Tenant};
-use crate::pg::{QueryOptions, SessionEffect};
 
 pub use self::response::error_response;
 
@@ -119,16 +115,9 @@ async fn single(
         super::end_user::check_sql(tenant, prepared.sql)?;
         return single_as_end_user(ctx, tenant, options, &prepared, &array_modes, identity).await;
     }
-    let waited = Instant::now();
-    let mut conn = tenant.pool.checkout().await?;
-    ctx.log.queue_wait = Some(waited.elapsed());
+    let mut conn = ctx.checkout(tenant).await?;
     let mut out = Vec::with_capacity(256);
-    let mut writer = NeonWriter::new(
-        &mut out,
-        options.raw_text,
-        &array_modes,
-        ctx.max_response_bytes,
-    );
+    let mut writer = options.writer(&mut out, &array_modes, ctx.max_response_bytes);
     let result = run_one(ctx, &mut conn, &prepared, tenant, &mut writer).await;
     drop(conn);
     result?;
@@ -147,12 +136,7 @@ async fn single_as_end_user(
 ) -> Result<Response<Body>, ApiError> {
     let begin = identity.begin_sql("BEGIN");
     let mut out = Vec::with_capacity(256);
-    let mut writer = NeonWriter::new(
-        &mut out,
-        options.raw_text,
-        array_modes,
-        ctx.max_response_bytes,
-    );
+    let mut writer = options.writer(&mut out, array_modes, ctx.max_response_bytes);
     pipeline_as_end_user(ctx, tenant, prepared, &begin, &mut writer).await?;
     Ok(Body::json_bytes(StatusCode::OK, out))
 }
@@ -172,9 +156,8 @@ async fn batch(
         ));
     }
     let requests = statement_requests(queries);
-    let (statements, timeout) =
-        check_statements(&requests, None, Limits::of(ctx, tenant)).map_err(neon_words)?;
-    for statement in &statements {
+    let checked = check_statements(&requests, None, Limits::of(ctx, tenant)).map_err(neon_words)?;
+    for statement in &checked.statements {
         super::end_user::check_sql(tenant, statement.sql)?;
     }
     let array_modes: Vec<bool> = queries
@@ -189,39 +172,14 @@ async fn batch(
             options.deferrable.then_some(true),
         ),
     );
-    let query_options = QueryOptions {
-        statement_timeout_ms: timeout,
-        session_effect: statements
-            .iter()
-            .map(|s| s.session_effect)
-            .max()
-            .unwrap_or(SessionEffect::None),
-        types: tenant.pool.types(),
-    };
-    for statement in &statements {
-        tracing::debug!(target: "sluice::sql", tenant = %tenant.config.id, sql = statement.sql, "statement");
-    }
-    let waited = Instant::now();
-    let mut conn = tenant.pool.checkout().await?;
-    ctx.log.queue_wait = Some(waited.elapsed());
-    let executed = Instant::now();
+    let mut conn = ctx.checkout(tenant).await?;
     let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(b"{\"results\":[");
-    let mut writer = NeonWriter::new(
-        &mut out,
-        options.raw_text,
-        &array_modes,
-        ctx.max_response_bytes,
-    );
-    let result = conn
-        .pipeline(&statements, Some(&begin), &query_options, &mut writer)
-        .await
-        .map_err(pipeline_error)
-        .and_then(|_| writer.check_size().map(|()| writer.total_rows()));
-    ctx.log.exec = Some(executed.elapsed());
+    let mut writer = options.writer(&mut out, &array_modes, ctx.max_response_bytes);
+    let result = checked
+        .run(ctx, &mut conn, Some(&begin), tenant, &mut writer)
+        .await;
     drop(conn);
-    ctx.log.rows = result?;
-    out.extend_from_slice(b"]}");
+    result?;
     let mut response = Body::json_bytes(StatusCode::OK, out);
     // Neon echoes the modes it applied.
     let headers = response.headers_mut();

@@ -89,9 +89,26 @@ impl<'o> NeonWriter<'o> {
     }
 }
 
+impl super::request::Options {
+    /// The writer of results in these options' format into `out`; `array_modes` says each
+    /// statement's row mode.
+    pub fn writer<'o>(
+        &self,
+        out: &'o mut Vec<u8>,
+        array_modes: &'o [bool],
+        max_bytes: usize,
+    ) -> NeonWriter<'o> {
+        NeonWriter::new(out, self.raw_text, array_modes, max_bytes)
+    }
+}
+
 impl BoundedSink for NeonWriter<'_> {
     fn budget(&self) -> &RowBudget {
         &self.budget
+    }
+
+    fn out(&mut self) -> &mut Vec<u8> {
+        self.out
     }
 }
 
