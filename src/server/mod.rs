@@ -5,6 +5,7 @@
 //! and open transactions get until `shutdown_timeout_ms` to finish, then connections are closed
 //! gracefully, the pools are closed and every background task is awaited.
 
+mod activity;
 mod connection;
 
 use std::future::Future;
