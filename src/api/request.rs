@@ -15,7 +15,7 @@ use super::memory::{MEMORY_WAIT, MemoryLease};
 use super::{App, Generation, batch, cors, end_user, neon, query};
 use crate::auth::Principal;
 use crate::config::TenantConfig;
-use crate::pool::{Checkout, TenantPool};
+use crate::pool::TenantPool;
 
 /// A tenant resolved from a request's key.
 #[derive(Clone)]
@@ -60,7 +60,7 @@ pub struct RequestContext<'r> {
 impl RequestContext<'_> {
     /// A connection from `tenant`'s pool (or its queue); the time spent waiting for it goes
     /// to the request log.
-    pub async fn checkout(&mut self, tenant: &Tenant) -> Result<Checkout, ApiError> {
+    pub async fn checkout(&mut self, tenant: &Tenant) -> Result<crate::pool::Checkout, ApiError> {
         let waited = std::time::Instant::now();
         let conn = tenant.pool.checkout().await?;
         self.log.queue_wait = Some(waited.elapsed());
