@@ -46,36 +46,6 @@ fn raise_fd_limit() {
     }
 }
 
-/// Samples, every few milliseconds until stopped, how many backends each tenant of the
-/// gateway holds in `database`; returns the per-sample counts.
-fn sample_backends(
-    database: String,
-    stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<Vec<BTreeMap<String, i64>>> {
-    tokio::spawn(async move {
-        let admin = direct(&database).await;
-        let statement = admin
-            .prepare(
-                "select application_name, count(*) from pg_stat_activity \
-                 where datname = $1 and application_name like 'sluice/%' group by 1",
-            )
-            .await
-            .unwrap();
-        let mut samples = Vec::new();
-        while !stop.load(Ordering::Relaxed) {
-            let rows = admin.query(&statement, &[&database]).await.unwrap();
-            samples.push(
-                rows.iter()
-                    .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
-                    .collect(),
-            );
-            // The sampling interval.
-            tokio::time::sleep(Duration::from_millis(3)).await;
-        }
-        samples
-    })
-}
-
 /// One request on a brand-new TCP connection, as a cold serverless instance sends it.
 async fn cold_query(addr: std::net::SocketAddr, key: &str, sql: &str) -> Result<Reply, String> {
     let auth = format!("Bearer {key}");
@@ -192,11 +162,7 @@ async fn a_burst_of_two_thousand_clients_never_exceeds_the_budget() {
         latencies.push(*took);
     }
     latencies.sort();
-    let peak = samples
-        .iter()
-        .map(|s| s.values().sum::<i64>())
-        .max()
-        .unwrap_or(0);
+    let peak = peak_backends(&samples);
     println!(
         "burst: {} requests in {:.1}s; outcomes {by_kind:?}; served a={} b={}; peak backends {peak} \
          over {} samples; p50 {:?} p99 {:?}",
@@ -306,11 +272,7 @@ async fn fair_shares(budget: usize, size_a: usize, size_b: usize) -> (f64, f64, 
             .sum::<f64>()
             / samples.len() as f64
     };
-    let peak = samples
-        .iter()
-        .map(|s| s.values().sum::<i64>())
-        .max()
-        .unwrap_or(0);
+    let peak = peak_backends(&samples);
     (mean("sluice/a"), mean("sluice/b"), peak)
 }
 

@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -290,29 +290,6 @@ async fn postgres_errors_are_neon_error_bodies_at_400() {
     gateway.stop().await;
 }
 
-/// Samples the gateway's backends in `db` every few milliseconds until stopped; the highest.
-fn watch_backends(
-    db: String,
-    stop: Arc<AtomicBool>,
-    peak: Arc<AtomicI64>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let admin = direct(&db).await;
-        while !stop.load(Ordering::Relaxed) {
-            let n: i64 = admin
-                .query_one(
-                    "select count(*) from pg_stat_activity where datname = $1 and application_name like 'sluice/%'",
-                    &[&db],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            peak.fetch_max(n, Ordering::Relaxed);
-            tokio::time::sleep(Duration::from_millis(3)).await;
-        }
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_through_sql_keeps_the_cap_and_answers_429_or_503_with_retry_after() {
     let (gateway, _, db, cs) = neon_gateway(
@@ -321,8 +298,7 @@ async fn a_burst_through_sql_keeps_the_cap_and_answers_429_or_503_with_retry_aft
     )
     .await;
     let stop = Arc::new(AtomicBool::new(false));
-    let peak = Arc::new(AtomicI64::new(0));
-    let watcher = watch_backends(db.clone(), stop.clone(), peak.clone());
+    let sampler = sample_backends(db.clone(), stop.clone());
     let started = Instant::now();
     let replies = futures::future::join_all((0..60).map(|i| {
         let gateway = &gateway;
@@ -338,7 +314,7 @@ async fn a_burst_through_sql_keeps_the_cap_and_answers_429_or_503_with_retry_aft
     }))
     .await;
     stop.store(true, Ordering::Relaxed);
-    watcher.await.unwrap();
+    let peak = peak_backends(&sampler.await.unwrap());
     assert!(started.elapsed() < Duration::from_secs(30));
     let mut statuses = BTreeSet::new();
     for reply in &replies {
@@ -367,11 +343,7 @@ async fn a_burst_through_sql_keeps_the_cap_and_answers_429_or_503_with_retry_aft
         statuses.contains(&503),
         "the queue overflowed: {statuses:?}"
     );
-    assert!(
-        peak.load(Ordering::Relaxed) <= 2,
-        "backends peaked at {}",
-        peak.load(Ordering::Relaxed)
-    );
+    assert!(peak <= 2, "backends peaked at {peak}");
     gateway.stop().await;
 
     // The tenant's rate limit: 429 with Retry-After, in Neon's error shape.

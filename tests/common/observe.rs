@@ -1,6 +1,11 @@
 //! What the tests read from Postgres directly to see what the gateway did: counts, the
 //! statements running now (`pg_stat_activity`, found by a marker comment in their SQL), and
-//! the gateway's backends.
+//! the gateway's backends (counted now, or sampled every few milliseconds for their peak).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use super::{direct, wait_for};
 
@@ -75,4 +80,43 @@ pub async fn tenant_backends(admin: &tokio_postgres::Client, tenant: &str) -> i6
         .await
         .unwrap()
         .get(0)
+}
+
+/// Samples, every few milliseconds until stopped, how many backends each tenant of the
+/// gateway holds in `database`; returns the per-sample counts.
+pub fn sample_backends(
+    database: String,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<BTreeMap<String, i64>>> {
+    tokio::spawn(async move {
+        let admin = direct(&database).await;
+        let statement = admin
+            .prepare(
+                "select application_name, count(*) from pg_stat_activity \
+                 where datname = $1 and application_name like 'sluice/%' group by 1",
+            )
+            .await
+            .unwrap();
+        let mut samples = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let rows = admin.query(&statement, &[&database]).await.unwrap();
+            samples.push(
+                rows.iter()
+                    .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
+                    .collect(),
+            );
+            // The sampling interval.
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        samples
+    })
+}
+
+/// The most backends one sample of [`sample_backends`] saw, over all tenants.
+pub fn peak_backends(samples: &[BTreeMap<String, i64>]) -> i64 {
+    samples
+        .iter()
+        .map(|s| s.values().sum::<i64>())
+        .max()
+        .unwrap_or(0)
 }
