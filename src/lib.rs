@@ -4,34 +4,45 @@
 //! connections per tenant, under one hard connection budget per Postgres server, with
 //! per-tenant rate limits — so a burst of function instances never becomes a connection storm.
 //!
-//! # Layout: the path of one request
+//! # The path of one request, module by module
 //!
-//! 1. [`server`] accepts the connection (TCP, TLS; HTTP/1.1 or HTTP/2) and hands each HTTP
-//!    request to [`api`]; an idle HTTP/1.1 keep-alive connection is parked down to its socket.
-//! 2. [`api`] routes it, reads and bounds the body, and authenticates the key with [`auth`]
-//!    (key → tenant); rate limits are checked before anything else is spent.
-//! 3. [`pool`] checks a connection out of the tenant's pool: an idle one, a new one under the
-//!    upstream's budget, or a place in the tenant's bounded FIFO queue with a deadline.
-//! 4. [`pg`] runs the statement on that connection in the wire protocol (parameters as text,
-//!    a cached prepared statement when warm) and encodes the rows to JSON straight into the
-//!    response.
-//! 5. Dropping the checkout returns the connection: clean, or cleaned in the background, or
-//!    closed.
+//! 1. [`server`] accepts the TCP connection; on an HTTPS listener [`tls`] runs the handshake
+//!    (bounded in time and in number); `server::connection` then serves HTTP/1.1 or HTTP/2 and
+//!    hands each request to [`api`]. An idle HTTP/1.1 keep-alive connection is parked down to
+//!    its socket (`server::activity` tells when hyper is between requests).
+//! 2. [`api`] (`api::router`): a browser's preflight is answered from the tenants' origins
+//!    ([`cors`], in `api::cors`); an end user's bearer token is verified with [`jwt`]
+//!    (`api::end_user`) before routing; then the route is picked.
+//! 3. `api::request` resolves the tenant: an API key through [`auth`] (key → tenant), with
+//!    failed attempts limited per client address by [`admission`]; the origin is checked
+//!    against the tenant's; the tenant's rate limit ([`admission`]) answers 429 before anything
+//!    else is spent. Only then is the body read, bounded in size, time and the gateway's memory
+//!    budget (`api::memory`).
+//! 4. The route's handler (`api::query`, `api::batch`, `api::transactions`, `api::stream`,
+//!    `api::neon` for `POST /sql`) checks the statement before it goes near a connection: the
+//!    SQL lexer ([`pg`]`::sql`) counts statements and placeholders and notes session effects,
+//!    and parameters are checked ([`pg`]`::params`).
+//! 5. [`pool`] checks a connection out of the tenant's pool: an idle one, a new one under the
+//!    upstream's budget (in cluster mode, this replica's share: [`cluster`]), or a place in the
+//!    tenant's bounded FIFO queue with a deadline. Interactive transactions
+//!    ([`transactions`]) keep their connection between calls instead.
+//! 6. [`pg`]`::conn` runs the statement in the wire protocol (parameters as text, a cached
+//!    prepared statement when warm, a pipeline for batches and end users' `BEGIN`/`COMMIT`),
+//!    over TCP, a Unix socket or [`pg`]`::tls` to Postgres.
+//! 7. Rows are encoded to JSON as they arrive ([`pg`]`::encode`), straight into the response
+//!    by the API's result writers (`api::results`; Neon's shapes in `api::neon`), under the
+//!    response size limit; errors become API.md's kinds in `api::error`, the only place that
+//!    knows status codes.
+//! 8. Dropping the checkout returns the connection: clean, or reset in the background, or
+//!    closed. The router counts the request in [`metrics`] and writes its access line through
+//!    [`logging`], off the request path.
 //!
-//! [`config`] turns the TOML file (or environment) into a validated configuration once;
-//! [`dev`] runs the throwaway Postgres behind `sluice dev` and the tests; [`check`] is
-//! `sluice check`. [`fuzzing`] is the entry surface of the fuzz targets in `fuzz/`, not an API.
-//! Browsers and end users: [`cors`] holds the tenants' allowed origins (answered ahead of
-//! routing in `api::cors`), and [`jwt`] verifies end users' tokens in step 2, whose role and
-//! claims then open each request's transaction.
-//! Around the request path: [`admission`] (rate limits, failed-auth limiter) runs in step 2,
-//! [`transactions`] keeps interactive transactions' connections between calls, [`metrics`]
-//! counts, [`tls`] serves HTTPS; [`allocator`] and [`panic`] are process set-up (malloc tuning
-//! and trimming, a panic hook that never logs request data); [`logging`] writes log lines off
-//! the request path.
-//!
-//! `POST /sql` ([`api::neon`]) is Neon's SQL-over-HTTP protocol on the same path: only the
-//! credentials' place, the request's shape and the response's differ.
+//! Around the path: [`config`] turns the TOML file (or environment) into a validated
+//! configuration once, and again on reload; [`check`] is `sluice check`; [`allocator`] and
+//! [`panic`](mod@panic) are process set-up (malloc tuning and trimming, a panic hook that never logs
+//! request data). `dev` (the `dev` cargo feature, on by default) is the throwaway Postgres
+//! behind `sluice dev` and the tests; nothing on the request path uses it. [`fuzzing`] is the
+//! entry surface of the fuzz targets in `fuzz/`, not an API.
 
 pub mod admission;
 pub mod allocator;
