@@ -39,10 +39,10 @@
 //!
 //! Around the path: [`config`] turns the TOML file (or environment) into a validated
 //! configuration once, and again on reload; [`check`] is `sluice check`; [`allocator`] and
-//! [`panic`](mod@panic) are process set-up (malloc tuning and trimming, a panic hook that never logs
-//! request data). `dev` (the `dev` cargo feature, on by default) is the throwaway Postgres
-//! behind `sluice dev` and the tests; nothing on the request path uses it. [`fuzzing`] is the
-//! entry surface of the fuzz targets in `fuzz/`, not an API.
+//! [`panic`](mod@panic) are process set-up (malloc tuning and trimming, a panic hook that
+//! never logs request data). `dev` (the `dev` cargo feature, on by default) is the throwaway
+//! Postgres behind `sluice dev` and the tests; nothing on the request path uses it.
+//! [`fuzzing`] is the entry surface of the fuzz targets in `fuzz/`, not an API.
 
 pub mod admission;
 pub mod allocator;
