@@ -400,7 +400,14 @@ impl Fields<'_> {
     fn string(&mut self, name: &str, value: &[u8]) {
         self.name(name);
         self.out.push(b'"');
-        for chunk in value.utf8_chunks() {
+        // Printable ASCII other than `"` and `\` (all of a request id, a tenant id, a route)
+        // is copied as it is; only what follows the first other byte goes char by char.
+        let plain = value
+            .iter()
+            .position(|&b| !(0x20..0x7f).contains(&b) || b == b'"' || b == b'\\')
+            .unwrap_or(value.len());
+        self.out.extend_from_slice(&value[..plain]);
+        for chunk in value[plain..].utf8_chunks() {
             for c in chunk.valid().chars() {
                 match c {
                     '"' => self.out.extend_from_slice(b"\\\""),
@@ -582,6 +589,32 @@ mod tests {
         assert_eq!(value["exec_ms"], 1234.567);
         assert_eq!(value["detail"], "line\nbreak \u{1}");
         assert!(value.get("transaction").is_none());
+    }
+
+    #[test]
+    fn strings_escape_the_same_after_a_plain_prefix_as_at_the_start() {
+        for value in [
+            &b"plain"[..],
+            b"\"quoted\"",
+            b"id-1\"x\\y\x7f\x01",
+            "tenant-\u{e9}t\u{e9}".as_bytes(),
+            b"abc\xff\x80def",
+            b"",
+        ] {
+            let mut out = Vec::new();
+            Fields {
+                out: &mut out,
+                format: LogFormat::Json,
+                first: true,
+            }
+            .string("v", value);
+            let json = format!(
+                "{{{}}}",
+                String::from_utf8(out).unwrap().trim_start_matches(',')
+            );
+            let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
+            assert_eq!(parsed["v"], *String::from_utf8_lossy(value), "{json}");
+        }
     }
 
     #[test]
