@@ -24,11 +24,11 @@ use crate::config::LogFormat;
 /// How long a line may wait in the buffer before it is written.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
 
-/// The buffer's default bound: lines past it are dropped (and counted) until the writer
-/// catches up.
-pub const DEFAULT_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+/// The buffer's default bound (`server.log_buffer_bytes`): lines past it are dropped (and
+/// counted) until the writer catches up.
+pub use crate::config::defaults::LOG_BUFFER_BYTES as DEFAULT_BUFFER_BYTES;
 
-/// Lines dropped because the buffer was full, process-wide (exported by [`crate::metrics`]).
+/// Lines dropped because the buffer was full, process-wide (exported as a metric).
 static LINES_DROPPED: LazyLock<Counter> = LazyLock::new(Counter::default);
 
 /// The counter of dropped log lines (a handle to the one process-wide counter).

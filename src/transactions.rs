@@ -28,11 +28,10 @@ use tokio::sync::OwnedMutexGuard;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api::Tenant;
 use crate::config::TenantConfig;
-use crate::metrics::{Metrics, TenantLabel};
 use crate::pg::{CancelToken, QueryError};
 use crate::pool::{Checkout, PoolError};
+use crate::tenant::Tenant;
 
 /// How long an expired id still answers `expired` rather than "unknown".
 const REMEMBER_EXPIRED: Duration = Duration::from_secs(15 * 60);
@@ -42,7 +41,7 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The shortest `Retry-After` of `too_many_transactions`.
 const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);
 
-/// Why a transaction was not begun, found or called; `crate::api` maps each to its API error.
+/// Why a transaction was not begun, found or called; the API maps each to its API error.
 #[derive(Debug, thiserror::Error)]
 pub enum TransactionError {
     /// Unknown, another tenant's, ended, or (`expired`) rolled back by the gateway.
@@ -60,6 +59,13 @@ pub enum TransactionError {
     Query(#[from] QueryError),
 }
 
+/// What the registry counts, recorded through whatever the gateway exports metrics with
+/// (handed in at construction).
+pub trait TransactionMetrics: Send + Sync {
+    /// A transaction of `tenant` was rolled back by its idle or lifetime timeout.
+    fn expired(&self, tenant: &str);
+}
+
 /// Every open transaction of the gateway.
 pub struct Transactions {
     // std Mutexes: each critical section is a map operation, never held across an await.
@@ -68,7 +74,7 @@ pub struct Transactions {
     /// Per tenant id: transactions holding a slot (open, or opening).
     slots: SlotCounts,
     tasks: TaskTracker,
-    metrics: Arc<Metrics>,
+    metrics: Arc<dyn TransactionMetrics>,
 }
 
 pub struct OpenTransaction {
@@ -159,7 +165,10 @@ pub struct BeginOptions {
 }
 
 impl Transactions {
-    pub fn new(tasks: TaskTracker, metrics: Arc<Metrics>) -> Arc<Transactions> {
+    pub fn new(
+        tasks: TaskTracker,
+        metrics: Arc<impl TransactionMetrics + 'static>,
+    ) -> Arc<Transactions> {
         Arc::new(Transactions {
             open: Mutex::new(HashMap::new()),
             expired: Mutex::new(Expired::default()),
@@ -452,13 +461,7 @@ impl Transactions {
         }
         tracing::info!(transaction = %short(&transaction.id), tenant = %transaction.tenant, reason, "transaction expired and was rolled back");
         if reason != "shutdown" {
-            let label = TenantLabel {
-                tenant: transaction.tenant.to_string(),
-            };
-            self.metrics
-                .transactions_expired
-                .get_or_create(&label)
-                .inc();
+            self.metrics.expired(&transaction.tenant);
         }
         self.forget(transaction, true);
     }

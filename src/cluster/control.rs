@@ -12,13 +12,31 @@ use std::sync::Weak;
 use std::time::{Duration, Instant};
 
 use super::plan::{self, Observation, ReplicaId};
-use super::{ClusterSettings, GROW_KEY, Named, parse_application_name};
+use super::{ClusterSettings, GROW_KEY, Named, Peers, parse_application_name};
 use crate::pg::PgConnection;
-use crate::pool::upstream::Upstream;
+
+/// What the control loop needs of the upstream whose budget it governs (the pool's upstream
+/// implements it): the loop reads the footprint and moves the budget, nothing else.
+pub(crate) trait Governed: Send + Sync + 'static {
+    fn name(&self) -> &str;
+    /// The settings the loop works with (current after reloads); `None` once the upstream is
+    /// not clustered.
+    fn cluster(&self) -> Option<ClusterSettings>;
+    /// The budget in force, the slots held (connections that may exist on the server: the
+    /// larger of the two bounds this replica's footprint) and whether the pool is closed
+    /// (draining: no new connection opens).
+    fn footprint(&self) -> (usize, usize, bool);
+    /// Applies this replica's budget (a share change).
+    fn set_budget(&self, budget: usize);
+    /// `None` if `replica` is not a member, else its address if one was seen.
+    fn peer(&self, replica: ReplicaId) -> Option<Option<String>>;
+    /// The members and their addresses as the loop read them just now.
+    fn set_peers(&self, peers: Peers);
+}
 
 /// Runs until the upstream is gone, or closed (drain) with no connection left: then the
 /// control session ends and the slot is free.
-pub(crate) async fn run(upstream: Weak<Upstream>) {
+pub(crate) async fn run(upstream: Weak<impl Governed>) {
     let mut control = Control::default();
     loop {
         let Some(up) = upstream.upgrade() else {
@@ -35,15 +53,18 @@ pub(crate) async fn run(upstream: Weak<Upstream>) {
             return;
         }
         let timeout = settings.query_timeout();
-        match tokio::time::timeout(timeout, control.poll(&up, &settings)).await {
+        match tokio::time::timeout(timeout, control.poll(&*up, &settings)).await {
             Ok(Ok(())) => {
                 if control.failing {
                     tracing::info!(upstream = %up.name(), "cluster control session restored");
                     control.failing = false;
                 }
             }
-            Ok(Err(error)) => control.lost(&up, &error),
-            Err(_) => control.lost(&up, &format!("no answer within {} ms", timeout.as_millis())),
+            Ok(Err(error)) => control.lost(&*up, &error),
+            Err(_) => control.lost(
+                &*up,
+                &format!("no answer within {} ms", timeout.as_millis()),
+            ),
         }
         let wait = settings.poll_interval;
         drop(up);
@@ -69,7 +90,7 @@ struct Control {
 }
 
 impl Control {
-    fn lost(&mut self, up: &Upstream, error: &str) {
+    fn lost(&mut self, up: &impl Governed, error: &str) {
         if !self.failing {
             tracing::warn!(upstream = %up.name(), %error, "cluster control session lost: this replica's share is 0 until it holds a slot again");
             self.failing = true;
@@ -81,7 +102,7 @@ impl Control {
         up.set_budget(0);
     }
 
-    async fn poll(&mut self, up: &Upstream, settings: &ClusterSettings) -> Result<(), String> {
+    async fn poll(&mut self, up: &impl Governed, settings: &ClusterSettings) -> Result<(), String> {
         let id = settings.id;
         let ns = settings.namespace.to_string();
         if self.conn.is_none() {
@@ -198,7 +219,7 @@ impl Control {
                 seen.members.insert(slot, replica);
             }
         }
-        let mut peers: super::Peers = seen.members.values().map(|r| (*r, None)).collect();
+        let mut peers: Peers = seen.members.values().map(|r| (*r, None)).collect();
         for row in &addresses {
             if let (Some(Named::Control(replica, _)), Some(address)) = (
                 cell(row, 0).and_then(|n| parse_application_name(settings.namespace, n)),

@@ -24,8 +24,8 @@ pub use health::ServerLimit;
 use upstream::{PooledConn, TenantSettings, Upstream, UpstreamSettings};
 pub use upstream::{TenantPoolStatus, UpstreamStatus};
 
+use crate::cluster::control::Governed;
 use crate::config::{Config, TenantConfig, UpstreamConfig};
-use crate::metrics::Metrics;
 use crate::pg::{ConnectConfig, PgConnection, TypeRegistry};
 
 /// Why no connection was handed out. In every case the statement did not run.
@@ -42,6 +42,17 @@ pub enum PoolError {
     },
     #[error("the gateway is shutting down")]
     ShuttingDown,
+}
+
+/// What the pool counts as it works, recorded through whatever the gateway exports metrics
+/// with (handed in at construction; the pool does not know how they are exported). Called per
+/// connection opened or closed, never per request.
+pub trait PoolMetrics: Send + Sync {
+    /// A connection attempt to `upstream` ended: `ok`, `error` or `misconfigured`.
+    fn connect_attempt(&self, upstream: &str, outcome: &'static str);
+    /// A connection to `upstream` is being closed, for `reason` (`idle_timeout`,
+    /// `lifetime`, `broken`, …).
+    fn connection_closed(&self, upstream: &str, reason: &'static str);
 }
 
 /// Every upstream and tenant pool of one configuration.
@@ -88,8 +99,13 @@ impl TenantPool {
 impl Pools {
     /// Builds the pools for `config`; connections open lazily, on demand. Background work
     /// (connecting, closing, the reaper) runs on `tasks`.
-    pub fn new(config: &Config, tasks: &TaskTracker, metrics: &Arc<Metrics>) -> Pools {
-        Pools::build(config, tasks, metrics, None).expect("a fresh build has nothing to refuse")
+    pub fn new(
+        config: &Config,
+        tasks: &TaskTracker,
+        metrics: &Arc<impl PoolMetrics + 'static>,
+    ) -> Pools {
+        Pools::build(config, tasks, metrics.clone(), None)
+            .expect("a fresh build has nothing to refuse")
     }
 
     /// The pools for a reloaded `config`, reusing `previous`'s upstreams (and their
@@ -100,15 +116,15 @@ impl Pools {
         &self,
         config: &Config,
         tasks: &TaskTracker,
-        metrics: &Arc<Metrics>,
+        metrics: &Arc<impl PoolMetrics + 'static>,
     ) -> Result<Pools, String> {
-        Pools::build(config, tasks, metrics, Some(self))
+        Pools::build(config, tasks, metrics.clone(), Some(self))
     }
 
     fn build(
         config: &Config,
         tasks: &TaskTracker,
-        metrics: &Arc<Metrics>,
+        metrics: Arc<dyn PoolMetrics>,
         previous: Option<&Pools>,
     ) -> Result<Pools, String> {
         let settings: Vec<UpstreamSettings> = config
