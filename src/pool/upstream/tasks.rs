@@ -11,7 +11,7 @@ use super::Upstream;
 use crate::pg::faults::{self, Fault};
 use crate::pg::{ConnectConfig, PgConnection};
 use crate::pool::budget::{Action, CloseReason, ConnId, Connected, Returned};
-use crate::pool::health::{SERVER_LIMIT_SQL, ServerLimit};
+use crate::pool::health::{ServerLimit, read_limit};
 
 /// How long a connection abandoned mid-statement may take to cancel, drain and reset.
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -162,12 +162,5 @@ async fn read_limit_on(pg: &mut PgConnection, read: bool) -> Result<Option<Serve
     if !read {
         return Ok(None);
     }
-    let rows = pg
-        .fetch_text(SERVER_LIMIT_SQL, &[])
-        .await
-        .map_err(|e| e.to_string())?;
-    rows.first()
-        .and_then(|row| ServerLimit::from_row(row))
-        .map(Some)
-        .ok_or_else(|| "the server did not report max_connections".into())
+    read_limit(pg).await.map(Some)
 }
