@@ -54,5 +54,6 @@ pub mod pg;
 pub mod pool;
 pub mod server;
 pub mod tenant;
+pub mod timestamp;
 pub mod tls;
 pub mod transactions;

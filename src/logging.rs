@@ -20,6 +20,7 @@ use std::time::Duration;
 use prometheus_client::metrics::counter::Counter;
 
 use crate::config::LogFormat;
+use crate::timestamp::civil_from_days;
 
 /// How long a line may wait in the buffer before it is written.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
@@ -300,20 +301,6 @@ impl Clock {
         out.extend_from_slice(&digits);
         out.push(b'Z');
     }
-}
-
-/// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 fn format_access(
