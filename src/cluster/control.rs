@@ -120,14 +120,8 @@ impl Control {
         if self.slot.is_none() && !closed {
             for slot in 0..settings.max_replicas {
                 let slot_text = slot.to_string();
-                let rows = conn
-                    .fetch_text(
-                        "select pg_try_advisory_lock($1::int, $2::int)",
-                        &[&ns, &slot_text],
-                    )
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if first(&rows).as_deref() == Some("t") {
+                let sql = "select pg_try_advisory_lock($1::int, $2::int)";
+                if try_lock(conn, sql, &ns, &slot_text).await? {
                     tracing::info!(upstream = %up.name(), slot, replica = %format!("{id:016x}"), "joined the cluster");
                     self.slot = Some(slot as u32);
                     self.no_slot = false;
@@ -144,14 +138,8 @@ impl Control {
             .await
             .map_err(|e| e.to_string())?;
         let grow_key = GROW_KEY.to_string();
-        let locked = conn
-            .fetch_text(
-                "select pg_try_advisory_xact_lock($1::int, $2::int)",
-                &[&ns, &grow_key],
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        let have_grow_lock = first(&locked).as_deref() == Some("t");
+        let sql = "select pg_try_advisory_xact_lock($1::int, $2::int)";
+        let have_grow_lock = try_lock(conn, sql, &ns, &grow_key).await?;
         // Backends and bounds first, members after: a replica that joins in between has no
         // backends yet, so none is mistaken for an orphan.
         // pg_stat_activity is a snapshot per transaction: cleared before each read.
@@ -342,6 +330,15 @@ impl Control {
         self.published = Some(bound);
         Ok(())
     }
+}
+
+/// Whether `sql` (a `pg_try_advisory_*lock` of the key `(ns, key)`) took the lock.
+async fn try_lock(conn: &mut PgConnection, sql: &str, ns: &str, key: &str) -> Result<bool, String> {
+    let rows = conn
+        .fetch_text(sql, &[ns, key])
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(first(&rows).as_deref() == Some("t"))
 }
 
 fn first(rows: &[Vec<Option<String>>]) -> Option<String> {
