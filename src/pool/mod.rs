@@ -12,7 +12,7 @@ mod budget;
 mod build;
 mod connect;
 mod health;
-pub(crate) mod upstream;
+mod upstream;
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
