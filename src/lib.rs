@@ -53,5 +53,7 @@ pub mod panic;
 pub mod pg;
 pub mod pool;
 pub mod server;
+pub mod tenant;
+pub mod timestamp;
 pub mod tls;
 pub mod transactions;
