@@ -13,19 +13,20 @@
 //! 2. [`api`] (`api::router`): a browser's preflight is answered from the tenants' origins
 //!    ([`cors`], in `api::cors`); an end user's bearer token is verified with [`jwt`]
 //!    (`api::end_user`) before routing; then the route is picked.
-//! 3. `api::request` resolves the tenant: an API key through [`auth`] (key → tenant), with
-//!    failed attempts limited per client address by [`admission`]; the origin is checked
-//!    against the tenant's; the tenant's rate limit ([`admission`]) answers 429 before anything
-//!    else is spent. Only then is the body read, bounded in size, time and the gateway's memory
-//!    budget (`api::memory`).
+//! 3. `api::request` resolves the [`tenant`] (its config, its pool, its end user): an API key
+//!    through [`auth`] (key → tenant), with failed attempts limited per client address by
+//!    [`admission`]; the origin is checked against the tenant's; the tenant's rate limit
+//!    ([`admission`]) answers 429 before anything else is spent. Only then is the body read,
+//!    bounded in size, time and the gateway's memory budget (`api::memory`).
 //! 4. The route's handler (`api::query`, `api::batch`, `api::transactions`, `api::stream`,
 //!    `api::neon` for `POST /sql`) checks the statement before it goes near a connection: the
-//!    SQL lexer ([`pg`]`::sql`) counts statements and placeholders and notes session effects,
-//!    and parameters are checked ([`pg`]`::params`).
+//!    SQL lexer ([`pg`]`::sql`, its analyses memoised per text) counts statements and
+//!    placeholders and notes session effects, and parameters are checked ([`pg`]`::params`).
 //! 5. [`pool`] checks a connection out of the tenant's pool: an idle one, a new one under the
 //!    upstream's budget (in cluster mode, this replica's share: [`cluster`]), or a place in the
 //!    tenant's bounded FIFO queue with a deadline. Interactive transactions
-//!    ([`transactions`]) keep their connection between calls instead.
+//!    ([`transactions`]) keep their connection between calls instead (a call that lands on
+//!    another replica is forwarded to its owner: `api::forward`).
 //! 6. [`pg`]`::conn` runs the statement in the wire protocol (parameters as text, a cached
 //!    prepared statement when warm, a pipeline for batches and end users' `BEGIN`/`COMMIT`),
 //!    over TCP, a Unix socket or [`pg`]`::tls` to Postgres.
@@ -34,8 +35,9 @@
 //!    response size limit; errors become API.md's kinds in `api::error`, the only place that
 //!    knows status codes.
 //! 8. Dropping the checkout returns the connection: clean, or reset in the background, or
-//!    closed. The router counts the request in [`metrics`] and writes its access line through
-//!    [`logging`], off the request path.
+//!    closed. The router counts the request in [`metrics`] (the pool and the transactions
+//!    record through traits of their own, wired in `api::telemetry`) and writes its access
+//!    line through [`logging`], off the request path, with times as [`timestamp`] prints them.
 //!
 //! Around the path: [`config`] turns the TOML file (or environment) into a validated
 //! configuration once, and again on reload; [`check`] is `sluice check`; [`allocator`] and
@@ -65,5 +67,7 @@ pub mod panic;
 pub mod pg;
 pub mod pool;
 pub mod server;
+pub mod tenant;
+pub mod timestamp;
 pub mod tls;
 pub mod transactions;

@@ -1,7 +1,11 @@
 //! The gateway's Prometheus metrics. Counters and histograms move where things happen (a
 //! request answered, a connection opened or closed); gauges of pool state are read from the
-//! pools when `/metrics` is scraped, so they can never drift from the truth. Label values are
-//! bounded: tenant and upstream ids come from the config, routes and outcomes from fixed lists.
+//! pools when `/metrics` is scraped (the caller hands [`Metrics::render`] a [`Gauges`]
+//! snapshot), so they can never drift from the truth. Label values are bounded: tenant and
+//! upstream ids come from the config, routes and outcomes from fixed lists.
+//!
+//! This module knows nothing of what it measures: the pool and the transactions record
+//! through narrow traits of their own, which the API layer implements on [`Metrics`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -12,9 +16,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-
-use crate::pool::Pools;
-use crate::transactions::Transactions;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -70,6 +71,36 @@ pub struct ProtocolLabel {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabel {
     version: &'static str,
+}
+
+/// The gauges of pool and transaction state at one moment, per upstream as the pools list
+/// them: what [`Metrics::render`] exports besides the counters.
+#[derive(Debug, Default)]
+pub struct Gauges {
+    pub upstreams: Vec<UpstreamGauges>,
+}
+
+#[derive(Debug, Default)]
+pub struct UpstreamGauges {
+    pub upstream: String,
+    pub budget: usize,
+    /// Connections held to the upstream, counting those opening and closing.
+    pub open: usize,
+    pub stuck: usize,
+    /// Cluster mode: the live members this replica sees; `None` outside cluster mode.
+    pub cluster_members: Option<usize>,
+    pub tenants: Vec<TenantGauges>,
+}
+
+#[derive(Debug, Default)]
+pub struct TenantGauges {
+    pub tenant: String,
+    pub idle: usize,
+    pub in_use: usize,
+    pub connecting: usize,
+    /// Requests waiting for a connection.
+    pub waiting: usize,
+    pub transactions_open: usize,
 }
 
 pub struct Metrics {
@@ -146,7 +177,9 @@ fn latency_histogram() -> Histogram {
 }
 
 impl Metrics {
-    pub fn new() -> Arc<Metrics> {
+    /// The metrics, with `log_lines_dropped` (the log writer's process-wide counter) exported
+    /// among them.
+    pub fn new(log_lines_dropped: Counter) -> Arc<Metrics> {
         let mut registry = Registry::with_prefix("sluice");
         let metrics = Metrics {
             requests: Family::default(),
@@ -259,7 +292,7 @@ impl Metrics {
         registry.register(
             "log_lines_dropped",
             "Log lines dropped because the log buffer was full (stderr not keeping up)",
-            crate::logging::lines_dropped(),
+            log_lines_dropped,
         );
         registry.register(
             "http_connections_parked",
@@ -279,8 +312,9 @@ impl Metrics {
         })
     }
 
-    /// The metrics in Prometheus text format, with pool and transaction gauges read now.
-    pub fn render(&self, pools: &Pools, transactions: &Transactions) -> String {
+    /// The metrics in Prometheus text format, with the pool and transaction gauges of
+    /// `gauges` (read by the caller just now).
+    pub fn render(&self, gauges: &Gauges) -> String {
         self.queue_waiting.clear();
         self.pool_connections.clear();
         self.upstream_budget.clear();
@@ -288,52 +322,48 @@ impl Metrics {
         self.upstream_stuck.clear();
         self.transactions_open.clear();
         self.cluster_members.clear();
-        for ((upstream, _), view) in pools.upstream_status().iter().zip(pools.cluster_views()) {
-            if let Some((_, peers)) = view {
-                self.cluster_members
-                    .get_or_create(&UpstreamLabel {
-                        upstream: upstream.clone(),
-                    })
-                    .set(peers.len() as i64);
-            }
-        }
-        for (upstream, status) in pools.upstream_status() {
+        for upstream in &gauges.upstreams {
             let label = UpstreamLabel {
-                upstream: upstream.clone(),
+                upstream: upstream.upstream.clone(),
             };
+            if let Some(members) = upstream.cluster_members {
+                self.cluster_members
+                    .get_or_create(&label)
+                    .set(members as i64);
+            }
             self.upstream_budget
                 .get_or_create(&label)
-                .set(status.budget as i64);
+                .set(upstream.budget as i64);
             self.upstream_connections
                 .get_or_create(&label)
-                .set(status.open as i64);
+                .set(upstream.open as i64);
             self.upstream_stuck
                 .get_or_create(&label)
-                .set(status.stuck as i64);
-            for (tenant, pool) in &status.tenants {
+                .set(upstream.stuck as i64);
+            for tenant in &upstream.tenants {
                 let pool_gauge = |state| PoolLabels {
-                    upstream: upstream.clone(),
-                    tenant: tenant.clone(),
+                    upstream: upstream.upstream.clone(),
+                    tenant: tenant.tenant.clone(),
                     state,
                 };
                 self.pool_connections
                     .get_or_create(&pool_gauge("idle"))
-                    .set(pool.idle as i64);
+                    .set(tenant.idle as i64);
                 self.pool_connections
                     .get_or_create(&pool_gauge("in_use"))
-                    .set(pool.in_use as i64);
+                    .set(tenant.in_use as i64);
                 self.pool_connections
                     .get_or_create(&pool_gauge("connecting"))
-                    .set(pool.connecting as i64);
+                    .set(tenant.connecting as i64);
                 let tenant_label = TenantLabel {
-                    tenant: tenant.clone(),
+                    tenant: tenant.tenant.clone(),
                 };
                 self.queue_waiting
                     .get_or_create(&tenant_label)
-                    .set(pool.waiting as i64);
+                    .set(tenant.waiting as i64);
                 self.transactions_open
                     .get_or_create(&tenant_label)
-                    .set(transactions.open_for(tenant) as i64);
+                    .set(tenant.transactions_open as i64);
             }
         }
         let mut out = String::with_capacity(16 * 1024);

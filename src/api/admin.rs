@@ -12,10 +12,8 @@ use crate::auth::Principal;
 use crate::metrics::OUTCOMES;
 
 pub fn metrics(ctx: &RequestContext<'_>) -> Response<Body> {
-    let text = ctx
-        .app
-        .metrics
-        .render(&ctx.generation.pools, &ctx.app.transactions);
+    let gauges = super::telemetry::gauges(&ctx.generation.pools, &ctx.app.transactions);
+    let text = ctx.app.metrics.render(&gauges);
     let mut response = Response::new(Body::Full(Some(text.into())));
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,

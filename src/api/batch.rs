@@ -4,6 +4,7 @@
 //! a time (for `CREATE INDEX CONCURRENTLY`, `VACUUM`).
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Instant;
 
 use http::StatusCode;
@@ -139,7 +140,7 @@ pub fn check_script(
     script: &str,
     transaction: bool,
     max_sql_bytes: usize,
-) -> Result<SqlAnalysis, ApiError> {
+) -> Result<Arc<SqlAnalysis>, ApiError> {
     let analysis = check_sql(script, "`script`", max_sql_bytes)?;
     if analysis.statements == 0 {
         return Err(ApiError::BadRequest("`script` is empty".into()));

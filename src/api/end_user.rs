@@ -11,7 +11,7 @@ use http::HeaderMap;
 use super::error::ApiError;
 use super::{Generation, Tenant};
 use crate::jwt::{Identity, Unverified, route};
-use crate::pg::SqlAnalysis;
+use crate::pg::sql::analysis_of;
 
 /// What the request's credentials say about an end user.
 #[derive(Debug, Clone, Default)]
@@ -118,9 +118,10 @@ pub fn check_sql(tenant: &Tenant, sql: &str) -> Result<(), ApiError> {
     if tenant.end_user.is_none() {
         return Ok(());
     }
-    let analysis = SqlAnalysis::of(sql);
+    let analysis = analysis_of(sql);
     for span in &analysis.statement_spans {
-        let leading = SqlAnalysis::of(&sql[span.clone()]).leading_keyword;
+        let statement = analysis_of(&sql[span.clone()]);
+        let leading = &statement.leading_keyword;
         if REFUSED_LEADING.contains(&leading.as_str()) {
             return Err(ApiError::Forbidden(format!(
                 "{leading} is not available to an end user's token: the gateway sets the \

@@ -21,6 +21,7 @@ mod request;
 pub mod results;
 mod router;
 mod stream;
+mod telemetry;
 pub(crate) mod transactions;
 
 pub use self::app::{App, Generation, Reloader};

@@ -1,6 +1,7 @@
 //! `POST /v1/query`: one statement with parameters, its rows encoded straight into the response.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Instant;
 
 use http::StatusCode;
@@ -36,7 +37,7 @@ pub struct QueryRequest<'a> {
 pub struct PreparedRequest<'a> {
     pub sql: &'a str,
     pub params: &'a [&'a RawValue],
-    pub analysis: SqlAnalysis,
+    pub analysis: Arc<SqlAnalysis>,
     pub statement_timeout_ms: u64,
 }
 
@@ -89,7 +90,11 @@ impl QueryRequest<'_> {
 /// with one, so it cannot be sent); nesting deeper than [`MAX_COMMENT_DEPTH`] or
 /// [`MAX_PAREN_DEPTH`]; and statements that would break the gateway's prepared statements.
 /// Returns the text's analysis.
-pub fn check_sql(sql: &str, what: &str, max_sql_bytes: usize) -> Result<SqlAnalysis, ApiError> {
+pub fn check_sql(
+    sql: &str,
+    what: &str,
+    max_sql_bytes: usize,
+) -> Result<Arc<SqlAnalysis>, ApiError> {
     if sql.len() > max_sql_bytes {
         return Err(ApiError::BadRequest(format!(
             "{what} is {} bytes; the limit is {max_sql_bytes} (server.max_sql_bytes)",
@@ -101,7 +106,7 @@ pub fn check_sql(sql: &str, what: &str, max_sql_bytes: usize) -> Result<SqlAnaly
             "{what} contains a NUL character (\\u0000), which Postgres cannot receive"
         )));
     }
-    let analysis = SqlAnalysis::of(sql);
+    let analysis = crate::pg::sql::analysis_of(sql);
     if analysis.comment_depth > MAX_COMMENT_DEPTH {
         return Err(ApiError::BadRequest(format!(
             "{what} nests block comments {} deep; the limit is {MAX_COMMENT_DEPTH}",
@@ -133,7 +138,7 @@ pub fn check_statement<'a>(
     if limits.session_reset == SessionReset::Always
         && analysis.session_effect == SessionEffect::None
     {
-        analysis.session_effect = SessionEffect::MayChangeSession;
+        Arc::make_mut(&mut analysis).session_effect = SessionEffect::MayChangeSession;
     }
     match analysis.statements {
         0 => return Err(ApiError::BadRequest("`sql` is empty".into())),

@@ -3,7 +3,6 @@
 //! size, time and memory limits; the request id; and the JSON decoding of request bodies.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,19 +13,8 @@ use super::error::ApiError;
 use super::memory::{MEMORY_WAIT, MemoryLease};
 use super::{App, Generation, batch, cors, end_user, neon, query};
 use crate::auth::Principal;
-use crate::config::TenantConfig;
-use crate::pool::TenantPool;
 
-/// A tenant resolved from a request's key.
-#[derive(Clone)]
-pub struct Tenant {
-    pub index: usize,
-    pub config: Arc<TenantConfig>,
-    pub pool: TenantPool,
-    /// The end user the request acts for (a verified token, or the anonymous role): its
-    /// statements run in a gateway-owned transaction as that role, with its claims.
-    pub end_user: Option<Arc<crate::jwt::Identity>>,
-}
+pub use crate::tenant::Tenant;
 
 /// What the per-request log line reports.
 #[derive(Debug, Default)]

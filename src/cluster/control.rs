@@ -12,13 +12,31 @@ use std::sync::Weak;
 use std::time::{Duration, Instant};
 
 use super::plan::{self, Observation, ReplicaId};
-use super::{ClusterSettings, GROW_KEY, Named, parse_application_name};
+use super::{ClusterSettings, GROW_KEY, Named, Peers, parse_application_name};
 use crate::pg::PgConnection;
-use crate::pool::upstream::Upstream;
+
+/// What the control loop needs of the upstream whose budget it governs (the pool's upstream
+/// implements it): the loop reads the footprint and moves the budget, nothing else.
+pub(crate) trait Governed: Send + Sync + 'static {
+    fn name(&self) -> &str;
+    /// The settings the loop works with (current after reloads); `None` once the upstream is
+    /// not clustered.
+    fn cluster(&self) -> Option<ClusterSettings>;
+    /// The budget in force, the slots held (connections that may exist on the server: the
+    /// larger of the two bounds this replica's footprint) and whether the pool is closed
+    /// (draining: no new connection opens).
+    fn footprint(&self) -> (usize, usize, bool);
+    /// Applies this replica's budget (a share change).
+    fn set_budget(&self, budget: usize);
+    /// `None` if `replica` is not a member, else its address if one was seen.
+    fn peer(&self, replica: ReplicaId) -> Option<Option<String>>;
+    /// The members and their addresses as the loop read them just now.
+    fn set_peers(&self, peers: Peers);
+}
 
 /// Runs until the upstream is gone, or closed (drain) with no connection left: then the
 /// control session ends and the slot is free.
-pub(crate) async fn run(upstream: Weak<Upstream>) {
+pub(crate) async fn run(upstream: Weak<impl Governed>) {
     let mut control = Control::default();
     loop {
         let Some(up) = upstream.upgrade() else {
@@ -35,15 +53,18 @@ pub(crate) async fn run(upstream: Weak<Upstream>) {
             return;
         }
         let timeout = settings.query_timeout();
-        match tokio::time::timeout(timeout, control.poll(&up, &settings)).await {
+        match tokio::time::timeout(timeout, control.poll(&*up, &settings)).await {
             Ok(Ok(())) => {
                 if control.failing {
                     tracing::info!(upstream = %up.name(), "cluster control session restored");
                     control.failing = false;
                 }
             }
-            Ok(Err(error)) => control.lost(&up, &error),
-            Err(_) => control.lost(&up, &format!("no answer within {} ms", timeout.as_millis())),
+            Ok(Err(error)) => control.lost(&*up, &error),
+            Err(_) => control.lost(
+                &*up,
+                &format!("no answer within {} ms", timeout.as_millis()),
+            ),
         }
         let wait = settings.poll_interval;
         drop(up);
@@ -69,7 +90,7 @@ struct Control {
 }
 
 impl Control {
-    fn lost(&mut self, up: &Upstream, error: &str) {
+    fn lost(&mut self, up: &impl Governed, error: &str) {
         if !self.failing {
             tracing::warn!(upstream = %up.name(), %error, "cluster control session lost: this replica's share is 0 until it holds a slot again");
             self.failing = true;
@@ -81,7 +102,7 @@ impl Control {
         up.set_budget(0);
     }
 
-    async fn poll(&mut self, up: &Upstream, settings: &ClusterSettings) -> Result<(), String> {
+    async fn poll(&mut self, up: &impl Governed, settings: &ClusterSettings) -> Result<(), String> {
         let id = settings.id;
         let ns = settings.namespace.to_string();
         if self.conn.is_none() {
@@ -99,14 +120,8 @@ impl Control {
         if self.slot.is_none() && !closed {
             for slot in 0..settings.max_replicas {
                 let slot_text = slot.to_string();
-                let rows = conn
-                    .fetch_text(
-                        "select pg_try_advisory_lock($1::int, $2::int)",
-                        &[&ns, &slot_text],
-                    )
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if first(&rows).as_deref() == Some("t") {
+                let sql = "select pg_try_advisory_lock($1::int, $2::int)";
+                if try_lock(conn, sql, &ns, &slot_text).await? {
                     tracing::info!(upstream = %up.name(), slot, replica = %format!("{id:016x}"), "joined the cluster");
                     self.slot = Some(slot as u32);
                     self.no_slot = false;
@@ -123,14 +138,8 @@ impl Control {
             .await
             .map_err(|e| e.to_string())?;
         let grow_key = GROW_KEY.to_string();
-        let locked = conn
-            .fetch_text(
-                "select pg_try_advisory_xact_lock($1::int, $2::int)",
-                &[&ns, &grow_key],
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        let have_grow_lock = first(&locked).as_deref() == Some("t");
+        let sql = "select pg_try_advisory_xact_lock($1::int, $2::int)";
+        let have_grow_lock = try_lock(conn, sql, &ns, &grow_key).await?;
         // Backends and bounds first, members after: a replica that joins in between has no
         // backends yet, so none is mistaken for an orphan.
         // pg_stat_activity is a snapshot per transaction: cleared before each read.
@@ -198,7 +207,7 @@ impl Control {
                 seen.members.insert(slot, replica);
             }
         }
-        let mut peers: super::Peers = seen.members.values().map(|r| (*r, None)).collect();
+        let mut peers: Peers = seen.members.values().map(|r| (*r, None)).collect();
         for row in &addresses {
             if let (Some(Named::Control(replica, _)), Some(address)) = (
                 cell(row, 0).and_then(|n| parse_application_name(settings.namespace, n)),
@@ -321,6 +330,15 @@ impl Control {
         self.published = Some(bound);
         Ok(())
     }
+}
+
+/// Whether `sql` (a `pg_try_advisory_*lock` of the key `(ns, key)`) took the lock.
+async fn try_lock(conn: &mut PgConnection, sql: &str, ns: &str, key: &str) -> Result<bool, String> {
+    let rows = conn
+        .fetch_text(sql, &[ns, key])
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(first(&rows).as_deref() == Some("t"))
 }
 
 fn first(rows: &[Vec<Option<String>>]) -> Option<String> {

@@ -19,10 +19,12 @@
 //!   the last statement text of its control session (`pg_stat_activity.query`, readable by
 //!   the upstream's role, no table needed), and reads the others' in its poll into the
 //!   upstream's peer directory ([`Peers`]). A call that lands elsewhere is forwarded there
-//!   (`crate::api::forward`).
+//!   (by the API's `forward` module).
 //!
-//! The budget is applied through the pool's own accounting ([`crate::pool`]'s budget state
-//! machine, as a share change), so every promise of a single gateway holds per replica too.
+//! The budget is applied through the pool's own accounting (its budget state machine, as a
+//! share change; the pool's upstream is the [`control::Governed`] the loop drives), so every
+//! promise of a single gateway holds per replica too. The pool depends on this module, not
+//! the other way round.
 
 pub(crate) mod control;
 pub(crate) mod plan;

@@ -40,7 +40,7 @@ pub struct Config {
 }
 
 /// `[cluster]`: several replicas with the same `name` divide each upstream's
-/// `max_connections` (then a cluster-wide budget) among themselves (see `crate::cluster`).
+/// `max_connections` (then a cluster-wide budget) among themselves (see the `cluster` module).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
     pub name: String,
@@ -213,6 +213,9 @@ pub mod defaults {
     pub const AUTH_FAILURES_PER_MINUTE: u32 = 10;
     pub const TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
     pub const TLS_MAX_HANDSHAKES: usize = 256;
+    /// The log buffer's bound: lines past it are dropped (and counted) until the writer
+    /// catches up.
+    pub const LOG_BUFFER_BYTES: usize = 4 * 1024 * 1024;
     pub const CLUSTER_MAX_REPLICAS: usize = 16;
     pub const CLUSTER_POLL_INTERVAL_MS: u64 = 1_000;
 }

@@ -181,7 +181,7 @@ impl RawServer {
             },
             log_buffer_bytes: at_least(
                 "server.log_buffer_bytes",
-                log_buffer_bytes.unwrap_or(crate::logging::DEFAULT_BUFFER_BYTES),
+                log_buffer_bytes.unwrap_or(defaults::LOG_BUFFER_BYTES),
                 4096,
             )?,
             log_sample_rate: match log_sample_rate {
@@ -278,7 +278,7 @@ mod tests {
         assert_eq!(defaults.server.log_sample_rate, 1.0);
         assert_eq!(
             defaults.server.log_buffer_bytes,
-            crate::logging::DEFAULT_BUFFER_BYTES
+            crate::config::defaults::LOG_BUFFER_BYTES
         );
         assert_eq!(
             with("log_sample_rate = 0.25")

@@ -165,6 +165,17 @@ pub const SERVER_LIMIT_SQL: &str = "select pg_catalog.current_setting('max_conne
      pg_catalog.current_setting('superuser_reserved_connections'), \
      pg_catalog.current_setting('reserved_connections', true)";
 
+/// Reads the server's connection limit on `pg`.
+pub(crate) async fn read_limit(pg: &mut crate::pg::PgConnection) -> Result<ServerLimit, String> {
+    let rows = pg
+        .fetch_text(SERVER_LIMIT_SQL, &[])
+        .await
+        .map_err(|e| e.to_string())?;
+    rows.first()
+        .and_then(|row| ServerLimit::from_row(row))
+        .ok_or_else(|| "the server did not report max_connections".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -160,7 +160,7 @@ pub async fn run_with(
     let shutdown_timeout = config.server.shutdown_timeout;
     let header_read_timeout = config.server.header_read_timeout;
     let with_metrics = config.server.metrics_listen.is_none();
-    let metrics = Metrics::new();
+    let metrics = Metrics::new(crate::logging::lines_dropped());
     let generation = Generation::new(config, &tasks, &metrics);
     generation
         .pools

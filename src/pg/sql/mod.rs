@@ -13,12 +13,15 @@
 //! text Postgres's own parser would take too long over (see [`MAX_COMMENT_DEPTH`]).
 //!
 //! The lexer lives in [`lexer`], the word lists in [`words`], and the questions asked of the
-//! tokens (session effects, transaction control, statement-cache conflicts) in [`classify`].
+//! tokens (session effects, transaction control, statement-cache conflicts) in [`classify`];
+//! [`cache`] remembers the analyses of texts seen before.
 
+mod cache;
 mod classify;
 mod lexer;
 mod words;
 
+pub use cache::analysis_of;
 use lexer::Lexer;
 
 /// What the gateway learned from one SQL text.

@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(doc)]
+use super::Budget;
 use super::{ConnId, WaiterId};
 use crate::pool::PoolError;
 use crate::pool::health::ServerLimit;
