@@ -7,11 +7,11 @@
 //! stored one without a SHA-256 preimage; the final equality check is constant-time. Scanning
 //! every stored digest instead would make authentication cost grow with the number of tenants.
 
-use std::collections::HashMap;
 use std::fmt;
 
 use base64::Engine;
 use rand::Rng;
+use rustc_hash::FxHashMap;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -92,7 +92,8 @@ pub enum AuthError {
 /// Every key of the current config.
 #[derive(Debug, Default)]
 pub struct KeyStore {
-    keys: HashMap<KeyHash, Principal>,
+    /// Keyed by SHA-256 digests, which a client cannot choose: Fx-hashing them is safe.
+    keys: FxHashMap<KeyHash, Principal>,
 }
 
 impl KeyStore {

@@ -7,8 +7,10 @@
 //! This module knows nothing of what it measures: the pool and the transactions record
 //! through narrow traits of their own, which the API layer implements on [`Metrics`].
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use rustc_hash::FxHashMap;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -128,18 +130,25 @@ pub struct Metrics {
     pub http_connections_parked: Gauge,
     /// Per tenant and outcome, for the admin view (not exported: `requests` has the detail).
     outcomes: Family<OutcomeLabels, Counter>,
-    /// The per-request series, resolved once per tenant (see [`TenantHandles`]).
-    handles: RwLock<HashMap<String, TenantHandles>>,
+    /// The per-request series, resolved once per tenant (see [`TenantHandles`]). Read on every
+    /// request without a lock (an `ArcSwap` load: a shared `RwLock` made both cores write its
+    /// cache line); replaced whole by [`Metrics::resolve`] the few times a tenant, route or
+    /// outcome is first seen.
+    handles: ArcSwap<HandleMap>,
+    resolving: Mutex<()>,
 }
+
+/// Tenant id → its handles. Fx-hashed: the keys come from the config, not from clients.
+type HandleMap = FxHashMap<String, TenantHandles>;
 
 /// One tenant's per-request series, looked up by the tenant's id without building label sets:
 /// `Family::get_or_create` takes owned labels (a `String` per label set, three per request).
 /// Counters and histograms are shared handles, so updating these updates the families.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct TenantHandles {
     /// (route, outcome) → (`requests`, `outcomes`).
-    counters: HashMap<(&'static str, &'static str), (Counter, Counter)>,
-    duration: HashMap<&'static str, Histogram>,
+    counters: FxHashMap<(&'static str, &'static str), (Counter, Counter)>,
+    duration: FxHashMap<&'static str, Histogram>,
     queue_wait: Option<Histogram>,
 }
 
@@ -201,7 +210,8 @@ impl Metrics {
             http_connections: Family::default(),
             http_connections_parked: Gauge::default(),
             outcomes: Family::default(),
-            handles: RwLock::default(),
+            handles: ArcSwap::default(),
+            resolving: Mutex::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -374,79 +384,78 @@ impl Metrics {
 
     /// Counts a request answered.
     pub fn request(&self, tenant: &str, route: &'static str, outcome: &'static str, seconds: f64) {
-        {
-            let handles = self.handles.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(handles) = handles.get(tenant)
-                && let (Some((requests, outcomes)), Some(duration)) = (
-                    handles.counters.get(&(route, outcome)),
-                    handles.duration.get(route),
-                )
-            {
-                requests.inc();
-                outcomes.inc();
-                duration.observe(seconds);
-                return;
+        let handles = self.handles.load();
+        let resolved;
+        let found = handles
+            .get(tenant)
+            .and_then(|h| Some((h.counters.get(&(route, outcome))?, h.duration.get(route)?)));
+        let ((requests, outcomes), duration) = match found {
+            Some(found) => found,
+            None => {
+                // First request of this tenant, route and outcome: resolve the series once.
+                resolved = self.resolve(tenant, |handles| {
+                    handles.counters.entry((route, outcome)).or_insert_with(|| {
+                        let requests = self.requests.get_or_create(&RequestLabels {
+                            tenant: tenant.to_owned(),
+                            route,
+                            outcome,
+                        });
+                        let outcomes = self.outcomes.get_or_create(&OutcomeLabels {
+                            tenant: tenant.to_owned(),
+                            outcome,
+                        });
+                        (requests.clone(), outcomes.clone())
+                    });
+                    handles.duration.entry(route).or_insert_with(|| {
+                        let labels = RouteLabels {
+                            tenant: tenant.to_owned(),
+                            route,
+                        };
+                        self.request_duration.get_or_create(&labels).clone()
+                    });
+                });
+                let h = &resolved[tenant];
+                (&h.counters[&(route, outcome)], &h.duration[route])
             }
-        }
-        // First request of this tenant, route and outcome: resolve the series once.
-        let mut handles = self.handles.write().unwrap_or_else(|e| e.into_inner());
-        let handles = handles.entry(tenant.to_owned()).or_default();
-        let (requests, outcomes) = handles.counters.entry((route, outcome)).or_insert_with(|| {
-            let requests = self
-                .requests
-                .get_or_create(&RequestLabels {
-                    tenant: tenant.to_owned(),
-                    route,
-                    outcome,
-                })
-                .clone();
-            let outcomes = self
-                .outcomes
-                .get_or_create(&OutcomeLabels {
-                    tenant: tenant.to_owned(),
-                    outcome,
-                })
-                .clone();
-            (requests, outcomes)
-        });
+        };
         requests.inc();
         outcomes.inc();
-        handles
-            .duration
-            .entry(route)
-            .or_insert_with(|| {
-                self.request_duration
-                    .get_or_create(&RouteLabels {
-                        tenant: tenant.to_owned(),
-                        route,
-                    })
-                    .clone()
-            })
-            .observe(seconds);
+        duration.observe(seconds);
     }
 
     /// Records how long a request of `tenant` waited for a connection.
     pub fn observe_queue_wait(&self, tenant: &str, seconds: f64) {
+        if let Some(histogram) = self
+            .handles
+            .load()
+            .get(tenant)
+            .and_then(|h| h.queue_wait.as_ref())
         {
-            let handles = self.handles.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(histogram) = handles.get(tenant).and_then(|h| h.queue_wait.as_ref()) {
-                histogram.observe(seconds);
-                return;
-            }
+            histogram.observe(seconds);
+            return;
         }
-        let mut handles = self.handles.write().unwrap_or_else(|e| e.into_inner());
-        handles
-            .entry(tenant.to_owned())
-            .or_default()
-            .queue_wait
-            .get_or_insert_with(|| {
-                self.queue_wait
-                    .get_or_create(&TenantLabel {
-                        tenant: tenant.to_owned(),
-                    })
-                    .clone()
-            })
-            .observe(seconds);
+        let resolved = self.resolve(tenant, |handles| {
+            handles.queue_wait.get_or_insert_with(|| {
+                let labels = TenantLabel {
+                    tenant: tenant.to_owned(),
+                };
+                self.queue_wait.get_or_create(&labels).clone()
+            });
+        });
+        if let Some(histogram) = &resolved[tenant].queue_wait {
+            histogram.observe(seconds);
+        }
+    }
+
+    /// Adds series to `tenant`'s handles: the map is copied, changed and swapped in whole
+    /// (readers never wait), one resolver at a time so that no addition is lost.
+    fn resolve(&self, tenant: &str, add: impl FnOnce(&mut TenantHandles)) -> Arc<HandleMap> {
+        let _one_at_a_time = self.resolving.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = HandleMap::clone(&self.handles.load());
+        add(map.entry(tenant.to_owned()).or_default());
+        let map = Arc::new(map);
+        self.handles.store(map.clone());
+        map
     }
 
     /// Requests answered for a tenant with this outcome so far (for the admin view).
@@ -457,5 +466,43 @@ impl Metrics {
                 outcome,
             })
             .get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Series resolved for the first time by several threads at once (tenants, routes and
+    /// outcomes never seen before) lose no count: each resolution copies the map under one
+    /// lock, so none overwrites another's additions.
+    #[test]
+    fn concurrent_first_requests_lose_no_count() {
+        let metrics = Metrics::new(Counter::default());
+        const ROUTES: [&str; 3] = ["query", "batch", "sql"];
+        const OUTCOMES: [&str; 2] = ["ok", "database"];
+        std::thread::scope(|scope| {
+            for thread in 0..4 {
+                let metrics = &metrics;
+                scope.spawn(move || {
+                    for n in 0..600 {
+                        let tenant = format!("t{}", (n + thread) % 5);
+                        metrics.request(&tenant, ROUTES[n % 3], OUTCOMES[n % 2], 0.001);
+                        metrics.observe_queue_wait(&tenant, 0.0001);
+                    }
+                });
+            }
+        });
+        let total: u64 = (0..5)
+            .flat_map(|t| OUTCOMES.map(|o| (t, o)))
+            .map(|(t, o)| metrics.requests_with(&format!("t{t}"), o))
+            .sum();
+        assert_eq!(total, 4 * 600);
+        let t0 = (0..4)
+            .map(|thread| (0..600).filter(|n| (n + thread) % 5 == 0).count())
+            .sum::<usize>();
+        let text = metrics.render(&Gauges::default());
+        let line = format!("sluice_queue_wait_seconds_count{{tenant=\"t0\"}} {t0}");
+        assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
     }
 }

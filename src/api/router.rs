@@ -115,12 +115,13 @@ pub async fn handle<B: RequestBody>(
     }
     let log = &ctx.log;
     let elapsed = started.elapsed();
-    let tenant = log.tenant.as_deref().unwrap_or("-");
+    let tenant = log.tenant.as_ref().map_or("-", |t| t.id.as_str());
     if route.is_api() {
         app.metrics
             .request(tenant, route.name(), outcome, elapsed.as_secs_f64());
-        if let (Some(wait), Some(tenant)) = (log.queue_wait, &log.tenant) {
-            app.metrics.observe_queue_wait(tenant, wait.as_secs_f64());
+        if let (Some(wait), Some(config)) = (log.queue_wait, &log.tenant) {
+            app.metrics
+                .observe_queue_wait(&config.id, wait.as_secs_f64());
         }
     }
     let bytes = http_body::Body::size_hint(response.body()).exact();

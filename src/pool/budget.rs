@@ -15,7 +15,9 @@
 //! idle + in use + closing never exceeds the budget. A budget lowered by a reload is reached by
 //! closing idle connections and those that come back, never by forgetting one still open.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -94,7 +96,8 @@ pub(crate) struct Budget {
     limits: Limits,
     closed: bool,
     tenants: Vec<Tenant>,
-    conns: HashMap<ConnId, Conn>,
+    /// Fx-hashed: ids are the budget's own counters, looked up several times a request.
+    conns: FxHashMap<ConnId, Conn>,
     /// Slots held, over all tenants.
     slots: usize,
     connecting: usize,
@@ -145,7 +148,7 @@ impl Budget {
             limits,
             closed: false,
             tenants: tenants.into_iter().map(Tenant::new).collect(),
-            conns: HashMap::new(),
+            conns: FxHashMap::default(),
             slots: 0,
             connecting: 0,
             closing: 0,

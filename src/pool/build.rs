@@ -139,8 +139,8 @@ impl Pools {
                         &database,
                         &role,
                     ),
-                    database,
-                    role,
+                    database: database.into(),
+                    role: role.into(),
                     queue_timeout: tenant.queue_timeout,
                 });
             }
@@ -178,7 +178,7 @@ fn type_registry(
     role: &str,
 ) -> Arc<TypeRegistry> {
     let same = |t: &TenantPool| {
-        Arc::ptr_eq(&t.upstream, upstream) && t.database == database && t.role == role
+        Arc::ptr_eq(&t.upstream, upstream) && *t.database == *database && *t.role == *role
     };
     tenants
         .iter()

@@ -72,9 +72,9 @@ pub struct TenantPool {
     upstream: Arc<Upstream>,
     /// This tenant's index within its upstream.
     index: usize,
-    database: String,
+    database: Arc<str>,
     /// The role the tenant's connections log in as.
-    role: String,
+    role: Arc<str>,
     types: Arc<TypeRegistry>,
     queue_timeout: Duration,
 }

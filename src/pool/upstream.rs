@@ -19,7 +19,9 @@ mod cluster;
 mod guards;
 mod tasks;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -78,8 +80,8 @@ struct Shared {
     identity: String,
     /// Connections not in a request's hands: idle ones, and for an instant those the book is
     /// deciding about.
-    parked: HashMap<ConnId, PgConnection>,
-    waiters: HashMap<WaiterId, oneshot::Sender<Result<PooledConn, PoolError>>>,
+    parked: FxHashMap<ConnId, PgConnection>,
+    waiters: FxHashMap<WaiterId, oneshot::Sender<Result<PooledConn, PoolError>>>,
     /// How each tenant (by index) connects.
     connect: Vec<Arc<ConnectConfig>>,
     cluster: Option<crate::cluster::ClusterSettings>,
@@ -106,8 +108,8 @@ impl Upstream {
             state: Mutex::new(Shared {
                 book: Budget::new(settings.name.clone(), settings.limits, specs),
                 identity: settings.identity,
-                parked: HashMap::new(),
-                waiters: HashMap::new(),
+                parked: FxHashMap::default(),
+                waiters: FxHashMap::default(),
                 connect: tenants.into_iter().map(|t| t.connect).collect(),
                 cluster: settings.cluster,
             }),

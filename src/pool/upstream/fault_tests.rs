@@ -162,27 +162,16 @@ async fn a_close_that_never_completes_keeps_its_slot_and_is_reported_stuck() {
 async fn a_check_out_cancelled_during_its_revalidation_ping_keeps_the_connection() {
     let _turn = TURN.lock().await;
     let (upstream, _) = upstream(1);
-    // Polled once: the ping is sent, then the caller goes away before its answer. On a
-    // loaded machine the answer can occasionally beat the first poll (then the ping simply
-    // succeeded): try again until the cancellation lands mid-ping.
-    let mut pid = None;
-    for _ in 0..50 {
-        let conn = upstream.checkout(0, Duration::from_secs(5)).await.unwrap();
-        let this = conn.cancel_token().process_id();
-        match futures::FutureExt::now_or_never(upstream.revalidate(conn, true)) {
-            None => {
-                pid = Some(this);
-                break;
-            }
-            Some(Some(conn)) => drop(conn),
-            Some(None) => panic!("a live connection failed its ping"),
-        }
-        until("the connection to be back", || {
-            upstream.tenant_status(0).idle == 1
-        })
-        .await;
+    // Polled once: the ping is sent, then the caller goes away before its answer. The
+    // backend is stopped (SIGSTOP) meanwhile, so the answer cannot beat that first poll —
+    // on a loaded machine it often did, and the test could never land its cancellation.
+    let conn = upstream.checkout(0, Duration::from_secs(5)).await.unwrap();
+    let pid = conn.cancel_token().process_id();
+    {
+        let _stopped = Stopped::backend(pid);
+        let cancelled = futures::FutureExt::now_or_never(upstream.revalidate(conn, true));
+        assert!(cancelled.is_none(), "a stopped backend answered the ping");
     }
-    let pid = pid.expect("the check-out was never cancelled mid-ping");
     until("the connection to be back", || {
         upstream.tenant_status(0).idle == 1
     })
@@ -190,6 +179,28 @@ async fn a_check_out_cancelled_during_its_revalidation_ping_keeps_the_connection
     assert_eq!(upstream.status().open, 1);
     let conn = upstream.checkout(0, Duration::from_secs(1)).await.unwrap();
     assert_eq!(conn.cancel_token().process_id(), pid, "the same session");
+}
+
+/// A backend process stopped with SIGSTOP until this is dropped (panics included).
+struct Stopped(i32);
+
+impl Stopped {
+    fn backend(pid: i32) -> Stopped {
+        // SAFETY: kill(2) with a pid and a signal number; nothing is shared with Rust.
+        assert_eq!(
+            unsafe { libc::kill(pid, libc::SIGSTOP) },
+            0,
+            "SIGSTOP the backend"
+        );
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
 }
 
 /// Whether the server still has a backend with this process id.
