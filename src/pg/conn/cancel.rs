@@ -1,7 +1,7 @@
 //! Cancelling the statement running on a connection from another task, over a new socket.
 
 use super::Target;
-use super::startup::open_stream;
+use super::socket::open_stream;
 use crate::pg::tls::TlsConnector;
 use bytes::BytesMut;
 use postgres_protocol::message::frontend;

@@ -39,6 +39,7 @@ mod io;
 mod pipeline;
 mod reset;
 mod rows;
+mod socket;
 mod startup;
 
 use crate::pg::stream::Stream;

@@ -4,13 +4,13 @@
 
 use super::ConnectConfig;
 use super::PgConnection;
-use super::Target;
 use super::TxStatus;
 use super::WATCHED_SETTINGS;
 use super::cancel::CancelToken;
 use super::io::READ_BUF_CAPACITY;
 use super::message_name;
 use super::protocol;
+use super::socket::open_stream;
 use crate::pg::error::ConnectError;
 use crate::pg::error::DbError;
 use crate::pg::statement::StatementCache;
@@ -18,7 +18,6 @@ use crate::pg::stream::Stream;
 use crate::pg::tls;
 use crate::pg::tls::ChannelBindingMode;
 use crate::pg::tls::SslMode;
-use crate::pg::tls::TlsConnector;
 use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::sasl;
@@ -26,9 +25,6 @@ use postgres_protocol::authentication::sasl::ChannelBinding;
 use postgres_protocol::authentication::sasl::ScramSha256;
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
-use std::time::Duration;
-use tokio::net::TcpStream;
-use tokio::net::UnixStream;
 
 /// Where the SCRAM exchange of a start-up stands.
 pub(super) enum Sasl {
@@ -344,25 +340,6 @@ impl PgConnection {
             }
             ChannelBindingMode::Prefer | ChannelBindingMode::Disable => Err(unsupported()),
         }
-    }
-}
-
-pub(super) async fn open_stream(
-    target: &Target,
-    tls: &TlsConnector,
-) -> Result<Stream, ConnectError> {
-    match target {
-        Target::Tcp { host, port } => {
-            let tcp = TcpStream::connect((host.as_str(), *port)).await?;
-            tcp.set_nodelay(true)?;
-            // Keepalives find a dead server (or a dropped NAT mapping) under an idle connection.
-            let keepalive = socket2::TcpKeepalive::new()
-                .with_time(Duration::from_secs(30))
-                .with_interval(Duration::from_secs(10));
-            let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
-            tls::negotiate(tcp, host, tls).await
-        }
-        Target::Unix { path } => Ok(Stream::Unix(UnixStream::connect(path).await?)),
     }
 }
 
