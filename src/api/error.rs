@@ -9,6 +9,7 @@ use http::{HeaderValue, Response, StatusCode};
 use super::body::Body;
 use crate::pg::{DbError, QueryError};
 use crate::pool::PoolError;
+use crate::transactions::TransactionCall;
 
 #[derive(Debug)]
 pub enum ApiError {
@@ -73,6 +74,18 @@ pub enum ApiError {
     Internal {
         reason: String,
     },
+}
+
+impl ApiError {
+    /// What a failed transaction call answers: once the gateway expires the transaction, the
+    /// statement it cut short answers as any later call does.
+    pub fn after_call(call: &TransactionCall, error: ApiError) -> ApiError {
+        if call.is_expiring() {
+            ApiError::TransactionNotFound { expired: true }
+        } else {
+            error
+        }
+    }
 }
 
 impl ApiError {

@@ -26,7 +26,6 @@ use hyper_util::rt::TokioIo;
 
 use super::body::Body;
 use super::error::ApiError;
-use super::transactions::Action;
 use super::{RequestContext, Tenant};
 use crate::transactions::short;
 
@@ -54,7 +53,7 @@ pub async fn to_owner(
     ctx: &mut RequestContext<'_>,
     tenant: &Tenant,
     id: &str,
-    action: Action,
+    action: &str,
     body: &[u8],
 ) -> Result<Option<Response<Body>>, ApiError> {
     let (Some(me), Some(owner)) = (
@@ -124,12 +123,6 @@ pub async fn to_owner(
     // owner then sees its client go and cancels the statement, as for a direct call.
     tokio::spawn(connection);
 
-    let action = match action {
-        Action::Query => "query",
-        Action::Batch => "batch",
-        Action::Commit => "commit",
-        Action::Rollback => "rollback",
-    };
     let mut request = Request::post(format!("/v1/transactions/{id}/{action}"))
         .header(http::header::HOST, address.as_str())
         .header(FORWARDED, format!("{me:016x}"));

@@ -73,6 +73,19 @@ impl Limits {
 }
 
 impl QueryRequest<'_> {
+    /// The checked statement, owned, for an NDJSON stream (which outlives the request body).
+    pub(crate) fn owned(&self, prepared: &PreparedRequest<'_>) -> super::stream::OwnedRequest {
+        super::stream::OwnedRequest {
+            begin: None,
+            sql: prepared.sql.to_owned(),
+            params: prepared.params.iter().map(|p| (*p).to_owned()).collect(),
+            statement_timeout_ms: prepared.statement_timeout_ms,
+            session_effect: prepared.analysis.session_effect,
+            row_mode: self.row_mode,
+            types: self.types,
+        }
+    }
+
     /// The writer of this request's result (its `rowMode` and `types`) into `out`.
     pub(crate) fn writer<'o>(&self, out: &'o mut Vec<u8>, max_bytes: usize) -> ResultWriter<'o> {
         ResultWriter::new(out, self.row_mode, self.types, max_bytes)
@@ -194,23 +207,17 @@ pub async fn handle(
         let begin = identity.begin_sql("BEGIN");
         if super::stream::wants_ndjson(ctx.headers) {
             let conn = ctx.checkout(tenant).await?;
-            return super::stream::respond_as_end_user(
-                ctx, tenant, &request, &prepared, conn, begin,
-            )
-            .await;
+            let mut owned = request.owned(&prepared);
+            owned.begin = Some(begin);
+            let holder = super::stream::Holder::Pool(Box::new(conn));
+            return super::stream::respond(ctx, tenant, owned, holder).await;
         }
         return run_as_end_user(ctx, tenant, &request, &prepared, &begin).await;
     }
     if super::stream::wants_ndjson(ctx.headers) {
         let conn = ctx.checkout(tenant).await?;
-        return super::stream::respond(
-            ctx,
-            tenant,
-            &request,
-            &prepared,
-            super::stream::Holder::Pool(Box::new(conn)),
-        )
-        .await;
+        let holder = super::stream::Holder::Pool(Box::new(conn));
+        return super::stream::respond(ctx, tenant, request.owned(&prepared), holder).await;
     }
     let mut conn = ctx.checkout(tenant).await?;
     let mut out = Vec::with_capacity(256);

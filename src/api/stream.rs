@@ -27,7 +27,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::body::Body;
 use super::error::ApiError;
-use super::query::{PreparedRequest, QueryRequest};
 use super::{RequestContext, Tenant};
 use crate::pg::{PgConnection, QueryOptions, RowEncoder, RowMode, SessionEffect, ValueFormat};
 use crate::pool::{Checkout, TenantPool};
@@ -68,21 +67,22 @@ impl Holder {
     fn error(&self, error: ApiError) -> ApiError {
         match self {
             Holder::Pool(_) => error,
-            Holder::Transaction(call) => super::transactions::call_error(call, error),
+            Holder::Transaction(call) => ApiError::after_call(call, error),
         }
     }
 }
 
-/// A checked request, owned so the task can outlive the request body.
-struct OwnedRequest {
-    sql: String,
-    params: Vec<Box<RawValue>>,
-    statement_timeout_ms: u64,
-    session_effect: SessionEffect,
-    row_mode: RowMode,
-    types: ValueFormat,
+/// A checked request, owned so the task can outlive the request body (made by
+/// `QueryRequest::owned`).
+pub struct OwnedRequest {
+    pub sql: String,
+    pub params: Vec<Box<RawValue>>,
+    pub statement_timeout_ms: u64,
+    pub session_effect: SessionEffect,
+    pub row_mode: RowMode,
+    pub types: ValueFormat,
     /// An end user's `BEGIN` (role and claims): the statement runs inside, then `COMMIT`.
-    begin: Option<String>,
+    pub begin: Option<String>,
 }
 
 /// When the task gives up on its client.
@@ -98,44 +98,9 @@ struct Give {
 pub async fn respond(
     ctx: &RequestContext<'_>,
     tenant: &Tenant,
-    request: &QueryRequest<'_>,
-    prepared: &PreparedRequest<'_>,
+    request: OwnedRequest,
     holder: Holder,
 ) -> Result<Response<Body>, ApiError> {
-    respond_in(ctx, tenant, request, prepared, holder, None).await
-}
-
-/// [`respond`] for an end user: the statement runs between `begin` (`BEGIN`, the role and
-/// the claims) and `COMMIT`, on a connection from the pool.
-pub async fn respond_as_end_user(
-    ctx: &RequestContext<'_>,
-    tenant: &Tenant,
-    request: &QueryRequest<'_>,
-    prepared: &PreparedRequest<'_>,
-    checkout: Checkout,
-    begin: String,
-) -> Result<Response<Body>, ApiError> {
-    let holder = Holder::Pool(Box::new(checkout));
-    respond_in(ctx, tenant, request, prepared, holder, Some(begin)).await
-}
-
-async fn respond_in(
-    ctx: &RequestContext<'_>,
-    tenant: &Tenant,
-    request: &QueryRequest<'_>,
-    prepared: &PreparedRequest<'_>,
-    holder: Holder,
-    begin: Option<String>,
-) -> Result<Response<Body>, ApiError> {
-    let owned = OwnedRequest {
-        begin,
-        sql: prepared.sql.to_owned(),
-        params: prepared.params.iter().map(|p| (*p).to_owned()).collect(),
-        statement_timeout_ms: prepared.statement_timeout_ms,
-        session_effect: prepared.analysis.session_effect,
-        row_mode: request.row_mode,
-        types: request.types,
-    };
     let (head_tx, head_rx) = oneshot::channel();
     let (body_tx, body_rx) = mpsc::channel(CHANNEL_CHUNKS);
     let give = Give {
@@ -145,7 +110,7 @@ async fn respond_in(
     ctx.app.spawn(stream(
         holder,
         tenant.pool.clone(),
-        owned,
+        request,
         head_tx,
         body_tx,
         give,

@@ -13,7 +13,7 @@ use super::error::ApiError;
 use super::query::{Limits, QueryRequest, run_one};
 use super::{RequestContext, Tenant};
 use crate::pg::QueryError;
-use crate::transactions::{BeginOptions, TransactionCall, TransactionError, rfc3339, short};
+use crate::transactions::{BeginOptions, TransactionError, rfc3339, short};
 
 impl From<TransactionError> for ApiError {
     fn from(error: TransactionError) -> ApiError {
@@ -33,16 +33,6 @@ impl From<TransactionError> for ApiError {
     }
 }
 
-/// What a failed call answers: once the gateway expires the transaction, the statement it cut
-/// short answers as any later call does.
-pub fn call_error(call: &TransactionCall, error: ApiError) -> ApiError {
-    if call.is_expiring() {
-        ApiError::TransactionNotFound { expired: true }
-    } else {
-        error
-    }
-}
-
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(crate) struct BeginRequest {
@@ -59,6 +49,18 @@ pub enum Action {
     Batch,
     Commit,
     Rollback,
+}
+
+impl Action {
+    /// The last segment of the call's path.
+    pub fn path(self) -> &'static str {
+        match self {
+            Action::Query => "query",
+            Action::Batch => "batch",
+            Action::Commit => "commit",
+            Action::Rollback => "rollback",
+        }
+    }
 }
 
 pub async fn begin(
@@ -111,7 +113,7 @@ pub async fn call(
 ) -> Result<http::Response<Body>, ApiError> {
     ctx.log.transaction = Some(short(id));
     // Cluster mode: a transaction another replica owns is called there.
-    if let Some(response) = super::forward::to_owner(ctx, tenant, id, action, body).await? {
+    if let Some(response) = super::forward::to_owner(ctx, tenant, id, action.path(), body).await? {
         return Ok(response);
     }
     let transactions = ctx.app.transactions.clone();
@@ -131,13 +133,14 @@ pub async fn call(
             let mut call = transactions.call(&transaction)?;
             if super::stream::wants_ndjson(ctx.headers) {
                 let holder = super::stream::Holder::Transaction(call);
-                return super::stream::respond(ctx, tenant, &request, &prepared, holder).await;
+                let owned = request.owned(&prepared);
+                return super::stream::respond(ctx, tenant, owned, holder).await;
             }
             let mut out = Vec::with_capacity(256);
             let mut writer = request.writer(&mut out, ctx.max_response_bytes);
             run_one(ctx, call.conn(), &prepared, tenant, &mut writer)
                 .await
-                .map_err(|e| call_error(&call, e))?;
+                .map_err(|e| ApiError::after_call(&call, e))?;
             Ok(Body::json_bytes(StatusCode::OK, out))
         }
         Action::Batch => {
@@ -166,7 +169,7 @@ pub async fn call(
             batch
                 .run(ctx, call.conn(), None, tenant, &mut writer)
                 .await
-                .map_err(|e| call_error(&call, e))?;
+                .map_err(|e| ApiError::after_call(&call, e))?;
             Ok(Body::json_bytes(StatusCode::OK, out))
         }
         Action::Commit | Action::Rollback => {
