@@ -198,19 +198,20 @@ async fn serve_http1_parking(mut stream: TcpStream, peer: SocketAddr, serving: &
     let mut idle_since: Option<Instant> = None;
     let mut hot = false;
     let mut park_timer: Option<Pin<Box<Sleep>>> = None;
-    let park_after = PARK_AFTER.min(serving.protocols.idle_timeout);
     loop {
         if wait_for_bytes {
             let _parked = ConnectionGauge::parked(&serving.app);
             // The idle timeout counts from when the connection fell idle, not from parking.
-            let since = idle_since.unwrap_or_else(Instant::now);
+            let since = *idle_since.get_or_insert_with(Instant::now);
             match next_request_bytes(&mut stream, since + serving.protocols.idle_timeout, serving)
                 .await
             {
                 Some(bytes) => unparsed = bytes,
                 None => return, // idle too long, closed by the client, failed, or closing
             }
-            hot = since.elapsed() < park_after;
+            // Read from `idle_since`, not a copy: a copy would be kept across the wait above,
+            // in every parked connection's task.
+            hot = idle_since.is_some_and(|since| since.elapsed() < park_after(serving));
         }
         idle_since = None;
         activity.new_connection();
@@ -231,7 +232,7 @@ async fn serve_http1_parking(mut stream: TcpStream, peer: SocketAddr, serving: &
             Poll::Ready(result) => Poll::Ready(Some(result)),
             Poll::Pending if activity.idle() => {
                 let now = Instant::now();
-                let park_at = *idle_since.get_or_insert(now) + park_after;
+                let park_at = *idle_since.get_or_insert(now) + park_after(serving);
                 if !hot || now >= park_at {
                     return Poll::Ready(None);
                 }
@@ -277,6 +278,11 @@ async fn serve_http1_parking(mut stream: TcpStream, peer: SocketAddr, serving: &
 /// timeout). Long enough that a connection in steady use is never parked; short enough that a
 /// fleet's thousands of idle keep-alive connections shed hyper's buffers within a second.
 const PARK_AFTER: Duration = Duration::from_millis(500);
+
+/// [`PARK_AFTER`], never longer than the idle timeout.
+fn park_after(serving: &Serving) -> Duration {
+    PARK_AFTER.min(serving.protocols.idle_timeout)
+}
 
 /// How much of a parked connection's next request is read before hyper takes over; a typical
 /// request (headers and a small JSON body) fits, and hyper reads whatever does not.
