@@ -32,10 +32,17 @@ use crate::pg::types::{self, PgType, TypeRegistry, TypeRow};
 
 /// `sql_lexer`: any text (bytes are converted lossily, as a client's JSON string could not hold
 /// invalid UTF-8 anyway). Statement spans must be ascending, disjoint, non-empty ranges on
-/// character boundaries of the text — `/v1/batch` slices scripts by them.
+/// character boundaries of the text — `/v1/batch` slices scripts by them. The bounded memo of
+/// analyses must give the same analysis.
 pub fn sql_lexer(data: &[u8]) {
     let sql = String::from_utf8_lossy(data);
     let analysis = SqlAnalysis::of(&sql);
+    // The memo the API reads through (filled, and emptied when full, by every input here).
+    assert_eq!(
+        *crate::pg::sql::analysis_of(&sql),
+        analysis,
+        "the memo gives what lexing gives"
+    );
     assert_eq!(
         analysis.statement_spans.len(),
         analysis.statements,
