@@ -82,7 +82,9 @@ pub async fn authenticate(generation: &Generation, headers: &HeaderMap) -> EndUs
     let Some(policy) = tenants[tenant].jwt.as_deref() else {
         return EndUser::NotApplicable;
     };
-    match policy.verify(token, &generation.jwt_keys[tenant]).await {
+    // Boxed: verifying may fetch a JWKS over HTTPS, a future of several KiB that every
+    // request's future would otherwise carry (and move) whether or not it has a token.
+    match Box::pin(policy.verify(token, &generation.jwt_keys[tenant])).await {
         Ok(identity) => EndUser::Verified {
             tenant,
             identity: Arc::new(identity),

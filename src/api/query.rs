@@ -212,7 +212,10 @@ pub async fn handle(
             let holder = super::stream::Holder::Pool(Box::new(conn));
             return super::stream::respond(ctx, tenant, owned, holder).await;
         }
-        return run_as_end_user(ctx, tenant, &request, &prepared, &begin).await;
+        // Boxed: its transaction's state would otherwise weigh on every API-key query's
+        // future; an end user's request (BEGIN, role and claims around the statement) pays
+        // one allocation.
+        return Box::pin(run_as_end_user(ctx, tenant, &request, &prepared, &begin)).await;
     }
     if super::stream::wants_ndjson(ctx.headers) {
         let conn = ctx.checkout(tenant).await?;

@@ -80,7 +80,7 @@ struct Shared {
     identity: String,
     /// Connections not in a request's hands: idle ones, and for an instant those the book is
     /// deciding about.
-    parked: FxHashMap<ConnId, PgConnection>,
+    parked: FxHashMap<ConnId, Box<PgConnection>>,
     waiters: FxHashMap<WaiterId, oneshot::Sender<Result<PooledConn, PoolError>>>,
     /// How each tenant (by index) connects.
     connect: Vec<Arc<ConnectConfig>>,
@@ -134,7 +134,7 @@ impl Upstream {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn pooled(&self, id: ConnId, pg: PgConnection) -> PooledConn {
+    fn pooled(&self, id: ConnId, pg: Box<PgConnection>) -> PooledConn {
         PooledConn {
             id,
             pg: Some(pg),
@@ -152,9 +152,9 @@ impl Upstream {
         tenant: usize,
         wait: Duration,
     ) -> Result<PooledConn, PoolError> {
-        let deadline = Instant::now() + wait;
+        let mut now = Instant::now();
+        let deadline = now + wait;
         loop {
-            let now = Instant::now();
             let (ticket, work) = {
                 let mut state = self.lock();
                 let (reply, actions) = state.book.checkout(tenant, now);
@@ -179,6 +179,7 @@ impl Upstream {
                     if let Some(conn) = self.revalidate(conn, ping).await {
                         return Ok(conn);
                     }
+                    now = Instant::now();
                 }
                 Ticket::Wait(id, rx) => {
                     let mut waiting = Waiting {
@@ -194,10 +195,11 @@ impl Upstream {
     }
 
     /// An idle connection is checked before use: for free (has the server closed it?) and,
-    /// after a long idle spell, with a round trip. (If the caller goes away during the round
-    /// trip, the connection goes back through `Drop` and is recovered or terminated.)
+    /// after a long idle spell, with a round trip — boxed, because it is rare and its state
+    /// would otherwise be carried by every check-out's future. (If the caller goes away during
+    /// the round trip, the connection goes back through `Drop` and is recovered or terminated.)
     async fn revalidate(&self, mut conn: PooledConn, ping: bool) -> Option<PooledConn> {
-        let alive = conn.poll_alive() && (!ping || conn.ping().await.is_ok());
+        let alive = conn.poll_alive() && (!ping || Box::pin(conn.ping()).await.is_ok());
         if alive {
             Some(conn)
         } else {
@@ -213,7 +215,7 @@ impl Upstream {
         self.give_back(id, pg, Some(held), false);
     }
 
-    fn give_back(&self, id: ConnId, pg: PgConnection, held: Option<Duration>, broken: bool) {
+    fn give_back(&self, id: ConnId, pg: Box<PgConnection>, held: Option<Duration>, broken: bool) {
         let how = if broken || pg.is_broken() {
             Returned::Broken
         } else if pg.is_clean() {
@@ -229,7 +231,7 @@ impl Upstream {
     /// Parks `conn` (if any), feeds one event to the book and carries out its actions.
     fn feed(
         &self,
-        conn: Option<(ConnId, PgConnection)>,
+        conn: Option<(ConnId, Box<PgConnection>)>,
         event: impl FnOnce(&mut Budget, Instant) -> Vec<Action>,
     ) {
         let now = Instant::now();

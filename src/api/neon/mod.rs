@@ -113,7 +113,17 @@ async fn single(
     let array_modes = [query.array_mode.unwrap_or(options.array_mode)];
     if let Some(identity) = &tenant.end_user {
         super::end_user::check_sql(tenant, prepared.sql)?;
-        return single_as_end_user(ctx, tenant, options, &prepared, &array_modes, identity).await;
+        // Boxed, as /v1/query's: an end user's request pays one allocation so that every
+        // other request's future does not carry its transaction's state.
+        return Box::pin(single_as_end_user(
+            ctx,
+            tenant,
+            options,
+            &prepared,
+            &array_modes,
+            identity,
+        ))
+        .await;
     }
     let mut conn = ctx.checkout(tenant).await?;
     let mut out = Vec::with_capacity(256);

@@ -49,7 +49,9 @@ impl PgConnection {
         loop {
             let statement = match self.statements.get(sql) {
                 Some(statement) => statement,
-                None => self.prepare(sql, options).await?,
+                // Boxed: a cache miss is rare on a warm connection, and the Parse/Describe
+                // round's state would otherwise be carried by every query's future.
+                None => Box::pin(self.prepare(sql, options)).await?,
             };
             if statement.params.len() != params.len() {
                 return Err(QueryError::Rejected(format!(
@@ -80,7 +82,8 @@ impl PgConnection {
             }
             self.flush().await.map_err(lost)?;
             if set_timeout {
-                self.expect_command_ok().await?;
+                // Boxed, as the error path below: rare, and not to be carried by every query.
+                Box::pin(self.expect_command_ok()).await?;
             }
             match self.recv().await.map_err(lost)? {
                 Message::BindComplete => {
@@ -93,11 +96,10 @@ impl PgConnection {
                     });
                 }
                 Message::ErrorResponse(body) => {
-                    let error = DbError::parse(body.fields()).map_err(lost)?;
-                    self.expect_ready().await.map_err(lost)?;
-                    if reset {
-                        self.expect_session_reset().await?;
-                    }
+                    // Boxed, the error and the path's state: both would otherwise be carried
+                    // (and moved) by every query's future.
+                    let error = Box::new(DbError::parse(body.fields()).map_err(lost)?);
+                    Box::pin(self.after_error(reset)).await?;
                     // A table altered under a cached statement: nothing ran, so prepare the
                     // statement afresh once.
                     if !retried && error.code == "0A000" && error.message.contains("cached plan") {
@@ -117,11 +119,21 @@ impl PgConnection {
                         recovered_cache = true;
                         continue;
                     }
-                    return Err(QueryError::db(error));
+                    return Err(QueryError::Db(error));
                 }
                 other => return Err(self.desync(&other)),
             }
         }
+    }
+
+    /// What follows a statement's ErrorResponse: its ReadyForQuery, then the answers to the
+    /// session reset queued behind it (`reset`).
+    async fn after_error(&mut self, reset: bool) -> Result<(), QueryError> {
+        self.expect_ready().await.map_err(lost)?;
+        if reset {
+            self.expect_session_reset().await?;
+        }
+        Ok(())
     }
 
     /// Parse + Describe + Sync for one statement, then learns any type it does not know.

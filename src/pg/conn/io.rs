@@ -11,7 +11,9 @@ use crate::pg::error::QueryError;
 use bytes::BytesMut;
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
+use std::future::Future;
 use std::io;
+use std::task::Poll;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWriteExt;
@@ -117,18 +119,27 @@ impl PgConnection {
                 self.read_buf.reserve(16 * 1024);
             }
             let read = match self.read_deadline() {
-                Some(wait) => tokio::time::timeout(wait, self.stream.read_buf(&mut self.read_buf))
+                Some(wait) => {
+                    let deadline = tokio::time::Instant::now() + wait;
+                    let timer = &mut self.read_timer;
+                    let mut read = std::pin::pin!(self.stream.read_buf(&mut self.read_buf));
+                    std::future::poll_fn(|cx| {
+                        if let Poll::Ready(read) = read.as_mut().poll(cx) {
+                            return Poll::Ready(read);
+                        }
+                        timer.poll_expired(deadline, cx).map(|()| {
+                            Err(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                format!(
+                                    "the server sent nothing for {} s, past the statement \
+                                     timeout: the connection is given up",
+                                    wait.as_secs()
+                                ),
+                            ))
+                        })
+                    })
                     .await
-                    .unwrap_or_else(|_| {
-                        Err(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            format!(
-                                "the server sent nothing for {} s, past the statement timeout: \
-                                 the connection is given up",
-                                wait.as_secs()
-                            ),
-                        ))
-                    }),
+                }
                 None => self.stream.read_buf(&mut self.read_buf).await,
             };
             match read {
@@ -201,13 +212,14 @@ impl PgConnection {
         }
     }
 
-    /// Reads up to the next ReadyForQuery; the error the server sent on the way, if any.
-    async fn error_until_ready(&mut self) -> Result<Option<DbError>, QueryError> {
+    /// Reads up to the next ReadyForQuery; the error the server sent on the way, if any
+    /// (boxed: held across reads, 360 bytes would weigh on every caller's future).
+    async fn error_until_ready(&mut self) -> Result<Option<Box<DbError>>, QueryError> {
         let mut error = None;
         loop {
             match self.recv().await.map_err(lost)? {
                 Message::ErrorResponse(body) => {
-                    error = Some(DbError::parse(body.fields()).map_err(lost)?)
+                    error = Some(Box::new(DbError::parse(body.fields()).map_err(lost)?))
                 }
                 Message::ReadyForQuery(_) => return Ok(error),
                 _ => {}
@@ -243,7 +255,7 @@ impl PgConnection {
                     "the request's BEGIN failed outside a transaction: {error}"
                 )))
             }
-            error => Ok(error),
+            error => Ok(error.map(|error| *error)),
         }
     }
 

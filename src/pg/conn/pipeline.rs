@@ -92,8 +92,9 @@ impl PgConnection {
         missing.sort_unstable();
         missing.dedup();
         if !missing.is_empty() {
-            let fresh = self
-                .prepare_many(&missing, options)
+            // Boxed: cache misses are rare on a warm connection, and the Parse/Describe
+            // round's state would otherwise be carried by every batch's future.
+            let fresh = Box::pin(self.prepare_many(&missing, options))
                 .await
                 .map_err(|(i, error)| {
                     let index = statements

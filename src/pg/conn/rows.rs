@@ -85,10 +85,11 @@ impl Rows<'_> {
                     return Ok(Step::Done(CommandTag::default()));
                 }
                 Message::ErrorResponse(body) => {
-                    let error = DbError::parse(body.fields()).map_err(lost)?;
+                    // Boxed before the wait below, so the future does not carry 360 bytes.
+                    let error = QueryError::db(DbError::parse(body.fields()).map_err(lost)?);
                     self.done = Some(CommandTag::default());
                     self.settle().await?;
-                    return Err(QueryError::db(error));
+                    return Err(error);
                 }
                 Message::CopyInResponse(_) => {
                     // Copy-in mode swallowed the Sync already sent; the server now waits for
@@ -112,7 +113,9 @@ impl Rows<'_> {
             self.reset_pending = false;
             // The statement's outcome stands; a reset that fails only means this connection
             // is closed instead of reused (`expect_command_ok` marked it broken).
-            if let Err(error) = self.conn.expect_session_reset().await {
+            // Boxed: only statements that change the session have one, and its state would
+            // otherwise be carried by every row's read.
+            if let Err(error) = Box::pin(self.conn.expect_session_reset()).await {
                 tracing::warn!(%error, "session reset failed; the connection will be closed");
             }
         }

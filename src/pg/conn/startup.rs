@@ -78,6 +78,7 @@ impl PgConnection {
             startup_settings: Vec::new(),
             starting: true,
             server_version: String::new(),
+            read_timer: Default::default(),
         };
         conn.startup(config).await?;
         Ok(conn)

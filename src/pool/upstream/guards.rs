@@ -18,13 +18,13 @@ use crate::pool::budget::{ConnId, WaiterId};
 /// either reused or terminated, never forgotten.
 pub(crate) struct PooledConn {
     pub(super) id: ConnId,
-    pub(super) pg: Option<PgConnection>,
+    pub(super) pg: Option<Box<PgConnection>>,
     pub(super) upstream: Weak<Upstream>,
 }
 
 impl PooledConn {
     /// The parts, without giving the connection back.
-    pub(super) fn into_parts(mut self) -> (ConnId, PgConnection) {
+    pub(super) fn into_parts(mut self) -> (ConnId, Box<PgConnection>) {
         let pg = self.pg.take().expect("present until given back");
         (self.id, pg)
     }

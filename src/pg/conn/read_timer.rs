@@ -1,0 +1,79 @@
+//! The read deadline's timer: one per connection, armed once and moved on only when it fires
+//! (or when a wait's deadline comes before the one it is armed for). A read that waits costs
+//! a deadline and a check, not a timer registered in tokio's wheel and taken out again, which
+//! a `tokio::time::timeout` around every read did.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::time::{Instant, Sleep, sleep_until};
+
+/// Armed lazily, on the first wait that needs it; a connection that never waits holds none.
+#[derive(Debug, Default)]
+pub(super) struct ReadTimer(Option<Pin<Box<Sleep>>>);
+
+impl ReadTimer {
+    /// Ready once `deadline` has passed; otherwise pending, with `cx`'s task woken no later
+    /// than `deadline` (possibly earlier, spuriously, when armed for an earlier wait: the
+    /// caller simply polls again).
+    pub(super) fn poll_expired(&mut self, deadline: Instant, cx: &mut Context<'_>) -> Poll<()> {
+        let sleep = self
+            .0
+            .get_or_insert_with(|| Box::pin(sleep_until(deadline)));
+        if sleep.deadline() > deadline {
+            sleep.as_mut().reset(deadline);
+        }
+        loop {
+            match sleep.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) if Instant::now() >= deadline => return Poll::Ready(()),
+                // Armed for an earlier wait, whose deadline came first: moved on to this one.
+                Poll::Ready(()) => sleep.as_mut().reset(deadline),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::poll_fn;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_expires_at_its_deadline_not_before() {
+        let mut timer = ReadTimer::default();
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs(5);
+        poll_fn(|cx| timer.poll_expired(deadline, cx)).await;
+        assert_eq!(Instant::now(), deadline);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timer_armed_for_an_earlier_wait_moves_on_to_the_later_deadline() {
+        let mut timer = ReadTimer::default();
+        let start = Instant::now();
+        // The first wait ends (its read completed) long before its deadline...
+        let first = start + Duration::from_secs(2);
+        let pending = poll_fn(|cx| Poll::Ready(timer.poll_expired(first, cx))).await;
+        assert!(pending.is_pending());
+        // ...and a later wait with a later deadline is not cut short by the armed timer.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let second = Instant::now() + Duration::from_secs(2);
+        poll_fn(|cx| timer.poll_expired(second, cx)).await;
+        assert_eq!(Instant::now(), second);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_earlier_deadline_than_the_armed_one_is_kept() {
+        let mut timer = ReadTimer::default();
+        let start = Instant::now();
+        let long = start + Duration::from_secs(60);
+        let pending = poll_fn(|cx| Poll::Ready(timer.poll_expired(long, cx))).await;
+        assert!(pending.is_pending());
+        let short = start + Duration::from_secs(3);
+        poll_fn(|cx| timer.poll_expired(short, cx)).await;
+        assert_eq!(Instant::now(), short);
+    }
+}
