@@ -42,7 +42,8 @@
 //! Around the path: [`config`] turns the TOML file (or environment) into a validated
 //! configuration once, and again on reload; [`check`] is `sluice check`; [`allocator`] and
 //! [`panic`](mod@panic) are process set-up (malloc tuning and trimming, a panic hook that
-//! never logs request data). `dev` (the `dev` cargo feature, on by default) is the throwaway
+//! never logs request data); [`deadline`] is the reusable timer behind the read deadlines of
+//! Postgres and HTTP/1 connections. `dev` (the `dev` cargo feature, on by default) is the throwaway
 //! Postgres behind `sluice dev` and the tests; nothing on the request path uses it.
 //! [`fuzzing`] is the entry surface of the fuzz targets in `fuzz/`, not an API.
 
@@ -54,6 +55,7 @@ pub mod check;
 pub mod cluster;
 pub mod config;
 pub mod cors;
+pub mod deadline;
 #[cfg(feature = "dev")]
 pub mod dev;
 #[cfg(feature = "fault-injection")]

@@ -44,6 +44,12 @@ impl Activity {
         self.phase.store(SERVING, Ordering::Relaxed);
     }
 
+    /// hyper waits for the first request head of this hyper connection (none has arrived
+    /// whole yet): the wait the head deadline bounds.
+    pub(super) fn awaiting_first_head(&self) -> bool {
+        self.busy.load(Ordering::Relaxed) == 0 && self.phase.load(Ordering::Relaxed) == SERVING
+    }
+
     pub(super) fn request_started(self: &Arc<Self>) -> Arc<Activity> {
         self.busy.fetch_add(1, Ordering::Relaxed);
         self.phase.store(SERVING, Ordering::Relaxed);

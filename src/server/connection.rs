@@ -41,16 +41,20 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep, sleep_until};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::activity::{Activity, ResponseBody, ResponseDone, Watched, WatchedRequestBody};
 use crate::api::{self, App, Surface};
+use crate::deadline::DeadlineTimer;
 use crate::metrics::ProtocolLabel;
 
 /// The hyper settings every connection is served with.
 pub(super) struct Protocols {
     http1: http1::Builder,
+    /// As `http1`, without hyper's header read timeout: the parking path enforces it itself
+    /// (see [`serve_http1_parking`]), since hyper's arms and drops a timer for every request.
+    http1_parking: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
     /// How long a connection may sit idle between requests (and take to send its headers).
     idle_timeout: Duration,
@@ -63,6 +67,8 @@ impl Protocols {
             .timer(TokioTimer::new())
             .header_read_timeout(header_read_timeout)
             .keep_alive(true);
+        let mut http1_parking = http1.clone();
+        http1_parking.header_read_timeout(None);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
@@ -71,6 +77,7 @@ impl Protocols {
             .keep_alive_timeout(Duration::from_secs(10));
         Protocols {
             http1,
+            http1_parking,
             http2,
             idle_timeout: header_read_timeout,
         }
@@ -193,11 +200,12 @@ async fn serve_http1_parking(mut stream: TcpStream, peer: SocketAddr, serving: &
     // The first request's bytes are known to be there (the preface check saw them).
     let mut wait_for_bytes = false;
     // When the connection last fell idle; whether its last idle spell was short (it is in
-    // steady use, and parking waits); the timer that parks it then (armed once, moved on only
-    // when it fires: a request in between costs no timer work).
+    // steady use, and parking waits); the timer that parks it then, or closes a connection
+    // whose request head is late (armed once, moved on only when it fires: a request in
+    // between costs no timer work).
     let mut idle_since: Option<Instant> = None;
     let mut hot = false;
-    let mut park_timer: Option<Pin<Box<Sleep>>> = None;
+    let mut timer = DeadlineTimer::default();
     loop {
         if wait_for_bytes {
             let _parked = ConnectionGauge::parked(&serving.app);
@@ -225,9 +233,15 @@ async fn serve_http1_parking(mut stream: TcpStream, peer: SocketAddr, serving: &
         let mut connection = Box::new(
             serving
                 .protocols
-                .http1
+                .http1_parking
                 .serve_connection(TokioIo::new(io), service),
         );
+        // The header read timeout, hyper's own switched off here: it counts from the start of
+        // this hyper connection, and only while its first request head is awaited — later
+        // heads arrive on an idle connection, which is parked within `PARK_AFTER` and served
+        // by a new hyper connection, so every head wait is bounded. (Usually the head is
+        // already there, the bytes that woke the connection, and no timer is touched.)
+        let mut head_by: Option<Instant> = None;
         let served = std::future::poll_fn(|cx| match Pin::new(&mut *connection).poll(cx) {
             Poll::Ready(result) => Poll::Ready(Some(result)),
             Poll::Pending if activity.idle() => {
@@ -236,13 +250,20 @@ async fn serve_http1_parking(mut stream: TcpStream, peer: SocketAddr, serving: &
                 if !hot || now >= park_at {
                     return Poll::Ready(None);
                 }
-                let timer = park_timer.get_or_insert_with(|| Box::pin(sleep_until(park_at)));
-                // A timer armed for an earlier idle spell fires early, and is moved on here.
-                if timer.as_mut().poll(cx).is_ready() {
-                    timer.as_mut().reset(park_at);
-                    let _ = timer.as_mut().poll(cx);
+                match timer.poll_expired(park_at, cx) {
+                    Poll::Ready(()) => Poll::Ready(None),
+                    Poll::Pending => Poll::Pending,
                 }
-                Poll::Pending
+            }
+            Poll::Pending if activity.awaiting_first_head() => {
+                idle_since = None;
+                let deadline =
+                    *head_by.get_or_insert_with(|| Instant::now() + serving.protocols.idle_timeout);
+                match timer.poll_expired(deadline, cx) {
+                    // The head is late: the connection is closed, as hyper's timeout does.
+                    Poll::Ready(()) => Poll::Ready(Some(Ok(()))),
+                    Poll::Pending => Poll::Pending,
+                }
             }
             Poll::Pending => {
                 idle_since = None;

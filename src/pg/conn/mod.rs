@@ -16,8 +16,7 @@
 //! jobs live beside it, each adding its own `impl PgConnection` block: [`startup`] (connect,
 //! TLS, authentication), [`io`] (the socket, flush/recv, read deadline), [`extended`] (one
 //! statement, the statement cache), [`pipeline`] (several statements in one round trip),
-//! [`reset`] (settling, session reset, closing), [`rows`] (reading results) and [`cancel`];
-//! [`read_timer`] keeps the read deadline's timer.
+//! [`reset`] (settling, session reset, closing), [`rows`] (reading results) and [`cancel`].
 
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
@@ -38,7 +37,6 @@ mod cancel;
 mod extended;
 mod io;
 mod pipeline;
-mod read_timer;
 mod reset;
 mod rows;
 mod socket;
@@ -139,8 +137,8 @@ pub struct PgConnection {
     /// Still in the start-up exchange (parameter reports are the baseline, not changes).
     starting: bool,
     server_version: String,
-    /// The read deadline's timer, kept across reads (see [`read_timer`]).
-    read_timer: read_timer::ReadTimer,
+    /// The read deadline's timer, kept across reads (see [`crate::deadline`]).
+    read_timer: crate::deadline::DeadlineTimer,
 }
 
 impl PgConnection {

@@ -1,7 +1,9 @@
-//! The read deadline's timer: one per connection, armed once and moved on only when it fires
-//! (or when a wait's deadline comes before the one it is armed for). A read that waits costs
-//! a deadline and a check, not a timer registered in tokio's wheel and taken out again, which
-//! a `tokio::time::timeout` around every read did.
+//! A deadline timer that is cheap to wait on again and again: armed once and moved on only
+//! when it fires (or when a wait's deadline comes before the one it is armed for). A wait costs
+//! a deadline and a check, not a timer registered in tokio's wheel and taken out again, which a
+//! `tokio::time::timeout` (or a fresh `Sleep`) per wait does. Used where one owner waits many
+//! times: a Postgres connection's reads (`pg::conn`'s read deadline) and an HTTP/1 connection
+//! between requests (`server::connection`: the head deadline and parking).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,13 +13,13 @@ use tokio::time::{Instant, Sleep, sleep_until};
 
 /// Armed lazily, on the first wait that needs it; a connection that never waits holds none.
 #[derive(Debug, Default)]
-pub(super) struct ReadTimer(Option<Pin<Box<Sleep>>>);
+pub struct DeadlineTimer(Option<Pin<Box<Sleep>>>);
 
-impl ReadTimer {
+impl DeadlineTimer {
     /// Ready once `deadline` has passed; otherwise pending, with `cx`'s task woken no later
     /// than `deadline` (possibly earlier, spuriously, when armed for an earlier wait: the
     /// caller simply polls again).
-    pub(super) fn poll_expired(&mut self, deadline: Instant, cx: &mut Context<'_>) -> Poll<()> {
+    pub fn poll_expired(&mut self, deadline: Instant, cx: &mut Context<'_>) -> Poll<()> {
         let sleep = self
             .0
             .get_or_insert_with(|| Box::pin(sleep_until(deadline)));
@@ -43,7 +45,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_wait_expires_at_its_deadline_not_before() {
-        let mut timer = ReadTimer::default();
+        let mut timer = DeadlineTimer::default();
         let start = Instant::now();
         let deadline = start + Duration::from_secs(5);
         poll_fn(|cx| timer.poll_expired(deadline, cx)).await;
@@ -52,7 +54,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_timer_armed_for_an_earlier_wait_moves_on_to_the_later_deadline() {
-        let mut timer = ReadTimer::default();
+        let mut timer = DeadlineTimer::default();
         let start = Instant::now();
         // The first wait ends (its read completed) long before its deadline...
         let first = start + Duration::from_secs(2);
@@ -67,7 +69,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_earlier_deadline_than_the_armed_one_is_kept() {
-        let mut timer = ReadTimer::default();
+        let mut timer = DeadlineTimer::default();
         let start = Instant::now();
         let long = start + Duration::from_secs(60);
         let pending = poll_fn(|cx| Poll::Ready(timer.poll_expired(long, cx))).await;
