@@ -199,24 +199,39 @@ pub(super) async fn read_body<B: RequestBody>(
         .grow(reserved, memory_deadline)
         .await
         .map_err(overloaded)?;
-    let mut body = bytes::BytesMut::with_capacity(declared.map_or(1024, |l| l as usize));
+    // A body that arrives in one piece (most do: a small JSON body comes with its headers)
+    // is kept as hyper handed it over; only a second piece starts a buffer of its own.
+    let mut first = Bytes::new();
+    let mut more: Option<bytes::BytesMut> = None;
     let read = tokio::time::timeout(server.body_read_timeout, async {
         while let Some(frame) = incoming.frame().await {
             let frame = frame.map_err(|e| {
                 ApiError::BadRequest(format!("could not read the request body: {e}"))
             })?;
             if let Ok(data) = frame.into_data() {
-                if body.len() + data.len() > limit {
+                let len = more.as_ref().map_or(first.len(), |m| m.len());
+                if len + data.len() > limit {
                     return Ok(false);
                 }
-                let beyond = (body.len() + data.len()).saturating_sub(reserved.max(body.len()));
+                let beyond = (len + data.len()).saturating_sub(reserved.max(len));
                 if beyond > 0 {
                     lease
                         .grow(beyond, memory_deadline)
                         .await
                         .map_err(overloaded)?;
                 }
-                body.extend_from_slice(&data);
+                match &mut more {
+                    Some(more) => more.extend_from_slice(&data),
+                    None if first.is_empty() => first = data,
+                    None => {
+                        let capacity = declared.map_or(len + data.len(), |l| l as usize);
+                        let mut buffer = bytes::BytesMut::with_capacity(capacity);
+                        buffer.extend_from_slice(&first);
+                        buffer.extend_from_slice(&data);
+                        first = Bytes::new();
+                        more = Some(buffer);
+                    }
+                }
             }
         }
         Ok(true)
@@ -229,7 +244,7 @@ pub(super) async fn read_body<B: RequestBody>(
         ))),
         Ok(Err(error)) => Err(error),
         Ok(Ok(false)) => too_large(incoming).await,
-        Ok(Ok(true)) => Ok(body.freeze()),
+        Ok(Ok(true)) => Ok(more.map_or(first, bytes::BytesMut::freeze)),
     }
 }
 
