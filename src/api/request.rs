@@ -52,7 +52,7 @@ impl RequestContext<'_> {
     pub async fn checkout(&mut self, tenant: &Tenant) -> Result<crate::pool::Checkout, ApiError> {
         let waited = std::time::Instant::now();
         let conn = tenant.pool.checkout().await?;
-        self.log.queue_wait = Some(waited.elapsed());
+        self.log.queue_wait = Some(conn.checked_out_at().saturating_duration_since(waited));
         Ok(conn)
     }
 
@@ -189,7 +189,9 @@ pub(super) async fn read_body<B: RequestBody>(
     let overloaded = |_| ApiError::Overloaded {
         retry_after: Duration::from_secs(1),
     };
-    let memory_deadline = tokio::time::Instant::now() + MEMORY_WAIT;
+    // One clock read for both deadlines (the memory wait's and the body's).
+    let now = tokio::time::Instant::now();
+    let memory_deadline = now + MEMORY_WAIT;
     let lease = ctx
         .memory
         .as_mut()
@@ -203,7 +205,7 @@ pub(super) async fn read_body<B: RequestBody>(
     // is kept as hyper handed it over; only a second piece starts a buffer of its own.
     let mut first = Bytes::new();
     let mut more: Option<bytes::BytesMut> = None;
-    let read = tokio::time::timeout(server.body_read_timeout, async {
+    let read = tokio::time::timeout_at(now + server.body_read_timeout, async {
         while let Some(frame) = incoming.frame().await {
             let frame = frame.map_err(|e| {
                 ApiError::BadRequest(format!("could not read the request body: {e}"))

@@ -287,6 +287,13 @@ pub struct Checkout {
     since: Instant,
 }
 
+impl Checkout {
+    /// When the connection was handed over (the end of the request's wait for it).
+    pub fn checked_out_at(&self) -> Instant {
+        self.since
+    }
+}
+
 impl Deref for Checkout {
     type Target = PgConnection;
 
@@ -304,7 +311,7 @@ impl DerefMut for Checkout {
 impl Drop for Checkout {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
-            self.upstream.checkin(conn, self.since.elapsed());
+            self.upstream.checkin(conn, self.since);
         }
     }
 }

@@ -209,13 +209,27 @@ impl Upstream {
         }
     }
 
-    /// Gives a connection back after a request held it for `held`.
-    pub(crate) fn checkin(&self, conn: PooledConn, held: Duration) {
+    /// Gives a connection back after a request held it since `since`.
+    pub(crate) fn checkin(&self, conn: PooledConn, since: Instant) {
+        // One clock read for the time held and the book's event.
+        let now = Instant::now();
         let (id, pg) = conn.into_parts();
-        self.give_back(id, pg, Some(held), false);
+        let held = now.saturating_duration_since(since);
+        self.give_back_at(id, pg, Some(held), false, now);
     }
 
     fn give_back(&self, id: ConnId, pg: Box<PgConnection>, held: Option<Duration>, broken: bool) {
+        self.give_back_at(id, pg, held, broken, Instant::now());
+    }
+
+    fn give_back_at(
+        &self,
+        id: ConnId,
+        pg: Box<PgConnection>,
+        held: Option<Duration>,
+        broken: bool,
+        now: Instant,
+    ) {
         let how = if broken || pg.is_broken() {
             Returned::Broken
         } else if pg.is_clean() {
@@ -223,7 +237,7 @@ impl Upstream {
         } else {
             Returned::Dirty
         };
-        self.feed(Some((id, pg)), |book, now| {
+        self.feed_at(Some((id, pg)), now, |book, now| {
             book.returned(id, how, held, now)
         });
     }
@@ -234,7 +248,16 @@ impl Upstream {
         conn: Option<(ConnId, Box<PgConnection>)>,
         event: impl FnOnce(&mut Budget, Instant) -> Vec<Action>,
     ) {
-        let now = Instant::now();
+        self.feed_at(conn, Instant::now(), event);
+    }
+
+    /// [`Upstream::feed`] at `now`, a clock reading the caller already has.
+    fn feed_at(
+        &self,
+        conn: Option<(ConnId, Box<PgConnection>)>,
+        now: Instant,
+        event: impl FnOnce(&mut Budget, Instant) -> Vec<Action>,
+    ) {
         let work = {
             let mut state = self.lock();
             if let Some((id, pg)) = conn {
