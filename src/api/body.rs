@@ -26,6 +26,11 @@ pub enum Body {
         inner: Box<Body>,
         _lease: MemoryLease,
     },
+    /// [`Body::Leased`] for a complete buffer, the common case, without the box.
+    LeasedFull {
+        bytes: Option<Bytes>,
+        _lease: MemoryLease,
+    },
 }
 
 impl Body {
@@ -39,15 +44,22 @@ impl Body {
             Body::Full(bytes) => bytes.as_ref().map_or(0, Bytes::len),
             Body::Stream { .. } => 0,
             Body::Leased { inner, .. } => inner.buffered_len(),
+            Body::LeasedFull { bytes, .. } => bytes.as_ref().map_or(0, Bytes::len),
         }
     }
 
     /// This body, holding `lease` (resized to the bytes it buffers) until it is dropped.
     pub fn leased(self, mut lease: MemoryLease) -> Body {
         lease.charge_exactly(self.buffered_len());
-        Body::Leased {
-            inner: Box::new(self),
-            _lease: lease,
+        match self {
+            Body::Full(bytes) => Body::LeasedFull {
+                bytes,
+                _lease: lease,
+            },
+            body => Body::Leased {
+                inner: Box::new(body),
+                _lease: lease,
+            },
         }
     }
 
@@ -78,7 +90,9 @@ impl http_body::Body for Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         match self.get_mut() {
-            Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Body::Full(bytes) | Body::LeasedFull { bytes, .. } => {
+                Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b))))
+            }
             Body::Stream { head, rest } => match head.take() {
                 Some(head) => Poll::Ready(Some(Ok(Frame::data(head)))),
                 None => rest
@@ -92,14 +106,20 @@ impl http_body::Body for Body {
     fn is_end_stream(&self) -> bool {
         match self {
             Body::Leased { inner, .. } => inner.is_end_stream(),
-            body => matches!(body, Body::Full(None)),
+            body => matches!(
+                body,
+                Body::Full(None) | Body::LeasedFull { bytes: None, .. }
+            ),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            Body::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
-            Body::Full(None) => SizeHint::with_exact(0),
+            Body::Full(Some(bytes))
+            | Body::LeasedFull {
+                bytes: Some(bytes), ..
+            } => SizeHint::with_exact(bytes.len() as u64),
+            Body::Full(None) | Body::LeasedFull { bytes: None, .. } => SizeHint::with_exact(0),
             Body::Stream { .. } => SizeHint::default(),
             Body::Leased { inner, .. } => inner.size_hint(),
         }

@@ -40,7 +40,7 @@ const PASSED: [HeaderName; 6] = [
     http::header::ACCEPT,
     http::header::ORIGIN,
     HeaderName::from_static("sluice-tenant"),
-    HeaderName::from_static("x-request-id"),
+    super::request::X_REQUEST_ID,
 ];
 /// How much longer than the transaction's lifetime the owner may take to answer.
 const ANSWER_MARGIN: Duration = Duration::from_secs(5);

@@ -312,9 +312,13 @@ pub fn decode_request(path: &str, body: &[u8]) -> Result<(), String> {
     checked.map_err(message)
 }
 
+/// The request id's header, made once: a name given as a string is parsed, and this
+/// non-standard one allocated, on every insert.
+pub(crate) const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
 /// The client's `x-request-id` when it is reasonable, else a new random one.
 pub(super) fn request_id(headers: &http::HeaderMap) -> HeaderValue {
-    if let Some(value) = headers.get("x-request-id")
+    if let Some(value) = headers.get(X_REQUEST_ID)
         && !value.is_empty()
         && value.len() <= 128
         && value.as_bytes().iter().all(|c| c.is_ascii_graphic())

@@ -12,11 +12,15 @@ use http::{Method, Request, Response};
 
 use super::body::Body;
 use super::error::ApiError;
-use super::request::{read_body, request_id};
+use super::request::{X_REQUEST_ID, read_body, request_id};
 use super::{
     App, RequestBody, RequestContext, RequestLog, admin, batch, cors, end_user, health, neon,
     query, transactions,
 };
+
+/// Made once, as `X_REQUEST_ID`: a name given as a string is parsed, and a non-standard one
+/// allocated, on every insert.
+const KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
 
 /// Which routes a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +49,7 @@ pub async fn handle<B: RequestBody>(
         cors::decorate(&generation.cors, &parts.headers, response.headers_mut());
         response
             .headers_mut()
-            .insert("x-request-id", request_id.clone());
+            .insert(X_REQUEST_ID, request_id.clone());
         return response;
     }
     if route == Route::Sql {
@@ -103,7 +107,7 @@ pub async fn handle<B: RequestBody>(
     }
     response
         .headers_mut()
-        .insert("x-request-id", request_id.clone());
+        .insert(X_REQUEST_ID, request_id.clone());
     cors::decorate(&generation.cors, &parts.headers, response.headers_mut());
     if parts.version == http::Version::HTTP_11 {
         // The gateway closes connections idle longer than the header read timeout; saying so
@@ -111,7 +115,7 @@ pub async fn handle<B: RequestBody>(
         // into a connection that is closing.
         response
             .headers_mut()
-            .insert("keep-alive", app.keep_alive.clone());
+            .insert(KEEP_ALIVE, app.keep_alive.clone());
     }
     let log = &ctx.log;
     let elapsed = started.elapsed();
