@@ -45,6 +45,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::activity::{Activity, ResponseBody, ResponseDone, Watched, WatchedRequestBody};
+use super::poll_loop::PollLoop;
 use crate::api::{self, App, Surface};
 use crate::deadline::DeadlineTimer;
 use crate::metrics::ProtocolLabel;
@@ -242,32 +243,35 @@ async fn serve_http1_parking(mut stream: TcpStream, peer: SocketAddr, serving: &
         // by a new hyper connection, so every head wait is bounded. (Usually the head is
         // already there, the bytes that woke the connection, and no timer is touched.)
         let mut head_by: Option<Instant> = None;
-        let served = std::future::poll_fn(|cx| match Pin::new(&mut *connection).poll(cx) {
-            Poll::Ready(result) => Poll::Ready(Some(result)),
-            Poll::Pending if activity.idle() => {
-                let now = Instant::now();
-                let park_at = *idle_since.get_or_insert(now) + park_after(serving);
-                if !hot || now >= park_at {
-                    return Poll::Ready(None);
+        let polling = PollLoop::new();
+        let served = std::future::poll_fn(|cx| {
+            match polling.poll(cx, |cx| Pin::new(&mut *connection).poll(cx)) {
+                Poll::Ready(result) => Poll::Ready(Some(result)),
+                Poll::Pending if activity.idle() => {
+                    let now = Instant::now();
+                    let park_at = *idle_since.get_or_insert(now) + park_after(serving);
+                    if !hot || now >= park_at {
+                        return Poll::Ready(None);
+                    }
+                    match timer.poll_expired(park_at, cx) {
+                        Poll::Ready(()) => Poll::Ready(None),
+                        Poll::Pending => Poll::Pending,
+                    }
                 }
-                match timer.poll_expired(park_at, cx) {
-                    Poll::Ready(()) => Poll::Ready(None),
-                    Poll::Pending => Poll::Pending,
+                Poll::Pending if activity.awaiting_first_head() => {
+                    idle_since = None;
+                    let deadline = *head_by
+                        .get_or_insert_with(|| Instant::now() + serving.protocols.idle_timeout);
+                    match timer.poll_expired(deadline, cx) {
+                        // The head is late: the connection is closed, as hyper's timeout does.
+                        Poll::Ready(()) => Poll::Ready(Some(Ok(()))),
+                        Poll::Pending => Poll::Pending,
+                    }
                 }
-            }
-            Poll::Pending if activity.awaiting_first_head() => {
-                idle_since = None;
-                let deadline =
-                    *head_by.get_or_insert_with(|| Instant::now() + serving.protocols.idle_timeout);
-                match timer.poll_expired(deadline, cx) {
-                    // The head is late: the connection is closed, as hyper's timeout does.
-                    Poll::Ready(()) => Poll::Ready(Some(Ok(()))),
-                    Poll::Pending => Poll::Pending,
+                Poll::Pending => {
+                    idle_since = None;
+                    Poll::Pending
                 }
-            }
-            Poll::Pending => {
-                idle_since = None;
-                Poll::Pending
             }
         });
         let served = tokio::select! {

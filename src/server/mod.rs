@@ -7,6 +7,7 @@
 
 mod activity;
 mod connection;
+mod poll_loop;
 
 use std::future::Future;
 use std::net::SocketAddr;
