@@ -181,8 +181,9 @@ async fn serve_until_closed<C>(
 ) where
     C: Future<Output = Result<(), hyper::Error>>,
 {
+    let polling = PollLoop::new();
     let result = tokio::select! {
-        result = connection.as_mut() => result,
+        result = std::future::poll_fn(|cx| polling.poll(cx, |cx| connection.as_mut().poll(cx))) => result,
         _ = close.cancelled() => {
             graceful_shutdown(connection.as_mut());
             connection.await
