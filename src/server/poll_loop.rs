@@ -13,15 +13,18 @@
 //! [`MAX_ROUNDS`]); one that arrives between polls (the socket became readable, a pool
 //! connection was handed over) wakes the task as before.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU8, Ordering::SeqCst};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
-
-use futures_util::task::AtomicWaker;
 
 /// Rounds of polling in one go before the task yields to others (tokio's cooperative budget
 /// also makes resources wake the task to yield; those wake-ups end up here too).
 const MAX_ROUNDS: usize = 8;
+
+/// [`Shared::state`]: the connection is being polled.
+const POLLING: u8 = 1;
+/// [`Shared::state`]: a wake-up arrived during the current round.
+const WOKEN: u8 = 2;
 
 /// One per served hyper connection.
 pub(super) struct PollLoop {
@@ -30,12 +33,12 @@ pub(super) struct PollLoop {
 }
 
 struct Shared {
-    /// The task's own waker, for wake-ups between polls.
-    task: AtomicWaker,
-    /// Set while the connection is being polled.
-    polling: AtomicBool,
-    /// A wake-up arrived during the current round.
-    woken: AtomicBool,
+    /// The task's own waker, for wake-ups between polls. A connection is polled by its own
+    /// task only, so it is set once (a different waker is polled around, see `poll`).
+    task: OnceLock<Waker>,
+    /// [`POLLING`] and [`WOKEN`]: one word, so that a wake-up and the end of a round cannot
+    /// miss each other (each sees the other's change, all SeqCst read-modify-writes).
+    state: AtomicU8,
 }
 
 impl Wake for Shared {
@@ -44,11 +47,10 @@ impl Wake for Shared {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        // Paired with `poll`'s store of `polling` then load of `woken` (all SeqCst): either
-        // this sees the poll over and wakes the task, or the poll sees `woken` and runs again.
-        self.woken.store(true, SeqCst);
-        if !self.polling.load(SeqCst) {
-            self.task.wake();
+        if self.state.fetch_or(WOKEN, SeqCst) & POLLING == 0
+            && let Some(task) = self.task.get()
+        {
+            task.wake_by_ref();
         }
     }
 }
@@ -56,9 +58,8 @@ impl Wake for Shared {
 impl PollLoop {
     pub(super) fn new() -> PollLoop {
         let shared = Arc::new(Shared {
-            task: AtomicWaker::new(),
-            polling: AtomicBool::new(false),
-            woken: AtomicBool::new(false),
+            task: OnceLock::new(),
+            state: AtomicU8::new(0),
         });
         let waker = Waker::from(shared.clone());
         PollLoop { shared, waker }
@@ -71,14 +72,17 @@ impl PollLoop {
         cx: &mut Context<'_>,
         mut poll: impl FnMut(&mut Context<'_>) -> Poll<T>,
     ) -> Poll<T> {
-        self.shared.task.register(cx.waker());
+        let task = self.shared.task.get_or_init(|| cx.waker().clone());
+        if !task.will_wake(cx.waker()) {
+            // Polled from elsewhere than the task it started in: no loop, plain polling.
+            return poll(cx);
+        }
         let mut inner = Context::from_waker(&self.waker);
         for _ in 0..MAX_ROUNDS {
-            self.shared.polling.store(true, SeqCst);
-            self.shared.woken.store(false, SeqCst);
+            self.shared.state.store(POLLING, SeqCst);
             let polled = poll(&mut inner);
-            self.shared.polling.store(false, SeqCst);
-            if polled.is_ready() || !self.shared.woken.load(SeqCst) {
+            let state = self.shared.state.swap(0, SeqCst);
+            if polled.is_ready() || state & WOKEN == 0 {
                 return polled;
             }
         }
@@ -140,6 +144,22 @@ mod tests {
         // Later, from the reactor or another task:
         kept.unwrap().wake();
         assert_eq!(woken.0.load(SeqCst), 1);
+    }
+
+    #[test]
+    fn polled_from_another_task_the_loop_steps_aside() {
+        let (first, waker) = task();
+        let polling = PollLoop::new();
+        let _ = polling.poll(&mut Context::from_waker(&waker), |_| Poll::<()>::Pending);
+        let (second, other) = task();
+        let polled = polling.poll(&mut Context::from_waker(&other), |cx| {
+            // The future sees the task's own waker, so its wake-ups reach that task.
+            cx.waker().wake_by_ref();
+            Poll::<()>::Pending
+        });
+        assert!(polled.is_pending());
+        assert_eq!(second.0.load(SeqCst), 1);
+        assert_eq!(first.0.load(SeqCst), 0);
     }
 
     #[test]
