@@ -4,6 +4,9 @@
 //! `tokio::time::timeout` (or a fresh `Sleep`) per wait does. Used where one owner waits many
 //! times: a Postgres connection's reads (`pg::conn`'s read deadline) and an HTTP/1 connection
 //! between requests (`server::connection`: the head deadline and parking).
+//!
+//! [`within`] is `tokio::time::timeout` for a future that is usually ready at once (a request
+//! body that came with its headers): the clock is read and the timer made only if it waits.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -35,6 +38,30 @@ impl DeadlineTimer {
             }
         }
     }
+}
+
+/// `future` took longer than [`within`] allowed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Elapsed;
+
+/// Runs `future` for at most `limit`, counted from its first wait: one that is ready when first
+/// polled costs no clock read and no timer (`tokio::time::timeout` makes its timer, and takes
+/// the runtime's handle, up front).
+pub async fn within<F: Future>(
+    limit: std::time::Duration,
+    future: F,
+) -> Result<F::Output, Elapsed> {
+    let mut future = std::pin::pin!(future);
+    let mut deadline: Option<Instant> = None;
+    let mut timer = DeadlineTimer::default();
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(output) = future.as_mut().poll(cx) {
+            return Poll::Ready(Ok(output));
+        }
+        let deadline = *deadline.get_or_insert_with(|| Instant::now() + limit);
+        timer.poll_expired(deadline, cx).map(|()| Err(Elapsed))
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -77,5 +104,20 @@ mod tests {
         let short = start + Duration::from_secs(3);
         poll_fn(|cx| timer.poll_expired(short, cx)).await;
         assert_eq!(Instant::now(), short);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn within_returns_what_is_ready_and_cuts_off_what_waits_too_long() {
+        assert_eq!(within(Duration::from_secs(1), async { 7 }).await, Ok(7));
+        let start = Instant::now();
+        let never = std::future::pending::<()>();
+        assert_eq!(within(Duration::from_secs(3), never).await, Err(Elapsed));
+        assert_eq!(Instant::now(), start + Duration::from_secs(3));
+        // A future that waits, but less than the limit, finishes.
+        let slow = async {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            8
+        };
+        assert_eq!(within(Duration::from_secs(3), slow).await, Ok(8));
     }
 }

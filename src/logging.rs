@@ -210,10 +210,18 @@ impl Fields<'_> {
         self.name(name);
         self.out.push(b'"');
         // Printable ASCII other than `"` and `\` (all of a request id, a tenant id, a route)
-        // is copied as it is; only what follows the first other byte goes char by char.
+        // is copied as it is; only what follows the first other byte goes char by char. The
+        // whole-value test has no early exit, so it is vectorised: the common case is one
+        // pass over a few dozen bytes, not a branch per byte.
+        let printable = |b: u8| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\';
+        if value.iter().fold(true, |all, &b| all & printable(b)) {
+            self.out.extend_from_slice(value);
+            self.out.push(b'"');
+            return;
+        }
         let plain = value
             .iter()
-            .position(|&b| !(0x20..0x7f).contains(&b) || b == b'"' || b == b'\\')
+            .position(|&b| !printable(b))
             .unwrap_or(value.len());
         self.out.extend_from_slice(&value[..plain]);
         for chunk in value[plain..].utf8_chunks() {

@@ -27,8 +27,11 @@ pub struct MemoryBudget {
     held: AtomicUsize,
     /// The most held since [`MemoryBudget::take_peak`] last asked.
     peak: AtomicUsize,
-    /// Woken when bytes are released.
+    /// Woken when bytes are released, if anyone waits: `waiting` counts the leases about to
+    /// wait or waiting, so a release with nobody waiting (nearly every release) touches no
+    /// lock — `Notify::notify_waiters` takes one, shared by every worker thread.
     released: Notify,
+    waiting: AtomicUsize,
 }
 
 /// No memory within [`MEMORY_WAIT`].
@@ -42,6 +45,7 @@ impl MemoryBudget {
             held: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
             released: Notify::new(),
+            waiting: AtomicUsize::new(0),
         })
     }
 
@@ -72,9 +76,12 @@ impl MemoryBudget {
         }
     }
 
+    // `held` and `waiting` are both SeqCst: a lease announces that it waits and then checks
+    // `held`; a release lowers `held` and then checks `waiting`. With one total order, at
+    // least one of the two sees the other's write, so a waiter is never missed.
     fn try_charge(&self, bytes: usize) -> bool {
         self.held
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |held| {
                 (held + bytes <= self.limit).then_some(held + bytes)
             })
             .map(|held| self.note_peak(held + bytes))
@@ -83,8 +90,10 @@ impl MemoryBudget {
 
     fn release(&self, bytes: usize) {
         if bytes > 0 {
-            self.held.fetch_sub(bytes, Ordering::AcqRel);
-            self.released.notify_waiters();
+            self.held.fetch_sub(bytes, Ordering::SeqCst);
+            if self.waiting.load(Ordering::SeqCst) > 0 {
+                self.released.notify_waiters();
+            }
         }
     }
 }
@@ -96,15 +105,25 @@ pub struct MemoryLease {
 }
 
 impl MemoryLease {
-    /// Grows the lease by `more` bytes, waiting until `deadline` for others to release.
-    pub async fn grow(&mut self, more: usize, deadline: Instant) -> Result<(), Overloaded> {
+    /// Grows the lease by `more` bytes, waiting up to `patience` for others to release. The
+    /// deadline is taken only when the budget is short: a lease that fits reads no clock and
+    /// registers no waiter.
+    pub async fn grow(&mut self, more: usize, patience: Duration) -> Result<(), Overloaded> {
+        if self.budget.try_charge(more) {
+            self.bytes += more;
+            return Ok(());
+        }
+        let budget = self.budget.clone();
+        budget.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&budget);
+        let deadline = Instant::now() + patience;
         loop {
             // Registered before the check, so a release between the check and the wait is
             // not missed.
-            let released = self.budget.released.notified();
+            let released = budget.released.notified();
             tokio::pin!(released);
             released.as_mut().enable();
-            if self.budget.try_charge(more) {
+            if budget.try_charge(more) {
                 self.bytes += more;
                 return Ok(());
             }
@@ -128,6 +147,15 @@ impl MemoryLease {
     }
 }
 
+/// A lease counted in [`MemoryBudget::waiting`] until it stops waiting, however it stops.
+struct Waiting<'b>(&'b MemoryBudget);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl Drop for MemoryLease {
     fn drop(&mut self) {
         self.budget.release(self.bytes);
@@ -142,18 +170,21 @@ mod tests {
     async fn leases_wait_for_released_bytes_and_give_up_at_the_deadline() {
         let budget = MemoryBudget::new(100);
         let mut first = budget.lease();
-        first.grow(80, Instant::now()).await.unwrap();
+        first.grow(80, Duration::ZERO).await.unwrap();
         let mut second = budget.lease();
-        let soon = Instant::now() + Duration::from_millis(20);
-        assert!(second.grow(30, soon).await.is_err());
+        assert!(second.grow(30, Duration::from_millis(20)).await.is_err());
+        assert_eq!(budget.waiting.load(Ordering::SeqCst), 0);
         assert_eq!(budget.held(), 80);
         let waiting = tokio::spawn(async move {
             second
-                .grow(30, Instant::now() + Duration::from_secs(5))
+                .grow(30, Duration::from_secs(5))
                 .await
                 .map(|()| second)
         });
-        tokio::task::yield_now().await;
+        // Released only once the second lease waits: the release must wake it.
+        while budget.waiting.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
         drop(first);
         let second = waiting.await.unwrap().unwrap();
         assert_eq!(budget.held(), 30);
@@ -165,10 +196,10 @@ mod tests {
     async fn a_built_response_is_charged_past_the_bound_and_blocks_new_bodies() {
         let budget = MemoryBudget::new(100);
         let mut lease = budget.lease();
-        lease.grow(10, Instant::now()).await.unwrap();
+        lease.grow(10, Duration::ZERO).await.unwrap();
         lease.charge_exactly(150);
         assert_eq!(budget.held(), 150);
-        assert!(budget.lease().grow(1, Instant::now()).await.is_err());
+        assert!(budget.lease().grow(1, Duration::ZERO).await.is_err());
         lease.charge_exactly(5);
         assert_eq!(budget.held(), 5);
         drop(lease);

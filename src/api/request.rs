@@ -189,23 +189,22 @@ pub(super) async fn read_body<B: RequestBody>(
     let overloaded = |_| ApiError::Overloaded {
         retry_after: Duration::from_secs(1),
     };
-    // One clock read for both deadlines (the memory wait's and the body's).
-    let now = tokio::time::Instant::now();
-    let memory_deadline = now + MEMORY_WAIT;
     let lease = ctx
         .memory
         .as_mut()
         .expect("the lease lives until the response");
     let reserved = declared.unwrap_or(0) as usize;
     lease
-        .grow(reserved, memory_deadline)
+        .grow(reserved, MEMORY_WAIT)
         .await
         .map_err(overloaded)?;
     // A body that arrives in one piece (most do: a small JSON body comes with its headers)
     // is kept as hyper handed it over; only a second piece starts a buffer of its own.
     let mut first = Bytes::new();
     let mut more: Option<bytes::BytesMut> = None;
-    let read = tokio::time::timeout_at(now + server.body_read_timeout, async {
+    // The body read timeout counts from the first wait for the body: one that came with the
+    // headers is read without a timer.
+    let read = crate::deadline::within(server.body_read_timeout, async {
         while let Some(frame) = incoming.frame().await {
             let frame = frame.map_err(|e| {
                 ApiError::BadRequest(format!("could not read the request body: {e}"))
@@ -217,10 +216,7 @@ pub(super) async fn read_body<B: RequestBody>(
                 }
                 let beyond = (len + data.len()).saturating_sub(reserved.max(len));
                 if beyond > 0 {
-                    lease
-                        .grow(beyond, memory_deadline)
-                        .await
-                        .map_err(overloaded)?;
+                    lease.grow(beyond, MEMORY_WAIT).await.map_err(overloaded)?;
                 }
                 match &mut more {
                     Some(more) => more.extend_from_slice(&data),
