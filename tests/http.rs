@@ -174,6 +174,169 @@ async fn a_connection_in_steady_use_is_parked_only_after_half_a_second_idle() {
     gateway.stop().await;
 }
 
+/// `query_request` with extra header lines (each ending in CRLF) after the host.
+fn query_request_with(key: &str, n: i64, extra: &str) -> Vec<u8> {
+    let request = String::from_utf8(query_request(key, n)).unwrap();
+    request
+        .replacen("host: x\r\n", &format!("host: x\r\n{extra}"), 1)
+        .into_bytes()
+}
+
+/// Sends `request` and expects `n` doubled back.
+async fn exchange(stream: &mut TcpStream, pending: &mut Vec<u8>, request: Vec<u8>, n: i64) {
+    stream.write_all(&request).await.unwrap();
+    let (status, body) = read_response(stream, pending).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(doubled(&body), n * 2);
+}
+
+/// `query_request` with a chunked body (two chunks) instead of a Content-Length.
+fn chunked_query_request(key: &str, n: i64) -> Vec<u8> {
+    let body = format!(r#"{{"sql": "select $1::int8 * 2 as doubled", "params": [{n}]}}"#);
+    let (first, second) = body.split_at(10);
+    format!(
+        "POST /v1/query HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{first}\r\n{:x}\r\n{second}\r\n0\r\n\r\n",
+        first.len(),
+        second.len()
+    )
+    .into_bytes()
+}
+
+/// Issue 17: ordinary requests are served by the gateway's own HTTP/1.1 path
+/// (server/http1_fast.rs); every other kind is left to hyper, on the same connection, and the
+/// connection goes back to the fast path afterwards. Each kind here is one the fast path must
+/// decline: a chunked body, `Expect: 100-continue`, a `Connection` header other than
+/// keep-alive, HTTP/1.0 — alone and pipelined between ordinary requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_the_fast_path_leaves_to_hyper_are_answered_on_the_same_connection() {
+    let (gateway, key) = gateway(5_000).await;
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let mut pending = Vec::new();
+    exchange(&mut stream, &mut pending, query_request(&key, 1), 1).await;
+    exchange(&mut stream, &mut pending, chunked_query_request(&key, 2), 2).await;
+    exchange(&mut stream, &mut pending, query_request(&key, 3), 3).await;
+    exchange(
+        &mut stream,
+        &mut pending,
+        query_request_with(&key, 4, "connection: keep-alive, te\r\n"),
+        4,
+    )
+    .await;
+    exchange(&mut stream, &mut pending, query_request(&key, 5), 5).await;
+
+    // Pipelined in one write: ordinary, chunked, ordinary, answered in order.
+    let batch = [
+        query_request(&key, 6),
+        chunked_query_request(&key, 7),
+        query_request(&key, 8),
+    ]
+    .concat();
+    stream.write_all(&batch).await.unwrap();
+    for n in 6..=8 {
+        let (status, body) = read_response(&mut stream, &mut pending).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(doubled(&body), n * 2);
+    }
+
+    // Expect: 100-continue: the interim response comes before the body is sent.
+    let request = query_request_with(&key, 9, "expect: 100-continue\r\n");
+    let head_end = request.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    stream.write_all(&request[..head_end]).await.unwrap();
+    let mut interim = Vec::new();
+    while !interim.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut byte))
+            .await
+            .expect("an interim response within 10 s")
+            .unwrap();
+        interim.push(byte[0]);
+    }
+    assert!(
+        interim.starts_with(b"HTTP/1.1 100"),
+        "{}",
+        String::from_utf8_lossy(&interim)
+    );
+    stream.write_all(&request[head_end..]).await.unwrap();
+    let (status, body) = read_response(&mut stream, &mut pending).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(doubled(&body), 18);
+    exchange(&mut stream, &mut pending, query_request(&key, 10), 10).await;
+
+    // `Connection: close` is answered, then the connection ends.
+    exchange(
+        &mut stream,
+        &mut pending,
+        query_request_with(&key, 11, "connection: close\r\n"),
+        11,
+    )
+    .await;
+    closed_within(&mut stream, Duration::from_secs(5)).await;
+
+    // HTTP/1.0 (hyper answers it, and closes: no keep-alive asked for).
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let request = String::from_utf8(query_request(&key, 12))
+        .unwrap()
+        .replacen("HTTP/1.1", "HTTP/1.0", 1);
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut pending = Vec::new();
+    let (status, body) = read_response(&mut stream, &mut pending).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(doubled(&body), 24);
+    closed_within(&mut stream, Duration::from_secs(5)).await;
+    gateway.stop().await;
+}
+
+/// A malformed request after an ordinary one on the same connection is hyper's to refuse
+/// (400), and the fast path's response carries what hyper's did: a date, the length, the
+/// request id and the keep-alive hint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fast_paths_responses_are_complete_and_malformed_requests_still_get_400() {
+    let (gateway, key) = gateway(5_000).await;
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    stream
+        .write_all(&query_request_with(&key, 1, "x-request-id: fast-1\r\n"))
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !response.windows(4).any(|w| w == b"\r\n\r\n") || !response.ends_with(b"}") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("a response within 10 s")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&response));
+        response.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&response).to_lowercase();
+    assert!(text.starts_with("http/1.1 200 ok\r\n"), "{text}");
+    for header in [
+        "\r\ndate: ",
+        "\r\ncontent-length: ",
+        "\r\nx-request-id: fast-1\r\n",
+        "\r\nkeep-alive: timeout=",
+    ] {
+        assert!(text.contains(header), "no {header:?} in {text}");
+    }
+    for malformed in [
+        "POST /v1/query HTTP/1.1\r\nhost: x\r\nbad header: y\r\ncontent-length: 2\r\n\r\n{}",
+        "POST /v1/query HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\n{}",
+    ] {
+        let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+        stream.write_all(&query_request(&key, 2)).await.unwrap();
+        let mut pending = Vec::new();
+        assert_eq!(read_response(&mut stream, &mut pending).await.0, 200);
+        stream.write_all(malformed.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 400"),
+            "{malformed:?}: {answer}"
+        );
+    }
+    gateway.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_are_answered_in_order() {
     let (gateway, key) = gateway(5_000).await;

@@ -24,6 +24,12 @@
 //! parked until its next request (hyper is still draining the body), and bytes hyper had read
 //! but not yet parsed (a pipelined request) are handed to the next hyper connection first.
 //!
+//! Each request's bytes are first offered to the fast path (`http1_fast`): an ordinary
+//! request, whole in the bytes read, is served there without building a hyper connection at
+//! all, and the connection goes straight back to waiting (parked at once, or after
+//! [`PARK_AFTER`] if it is in steady use, as above). Anything else — and the bytes after it —
+//! is served by hyper as described, and the next request is offered to the fast path again.
+//!
 //! TLS connections are not parked: the TLS session's state lives in the stream. HTTP/2
 //! connections multiplex, and are served by hyper's HTTP/2 connection as they are.
 
@@ -31,6 +37,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -39,12 +46,13 @@ use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use super::activity::{Activity, ResponseBody, ResponseDone, Watched, WatchedRequestBody};
+use super::http1_fast::{self, Served};
 use super::poll_loop::PollLoop;
 use crate::api::{self, App, Surface};
 use crate::deadline::DeadlineTimer;
@@ -91,15 +99,48 @@ pub(super) struct Serving {
     pub app: Arc<App>,
     pub protocols: Arc<Protocols>,
     pub surface: Surface,
-    /// Cancelled at shutdown: connections finish their current request and close.
-    pub close: CancellationToken,
+    /// Given at shutdown: connections finish their current request and close.
+    pub close: Close,
+}
+
+/// The gateway's word to its connections at shutdown: finish the current request, then close.
+/// The token wakes connections that wait; the flag is what a connection checks between its
+/// requests, since reading the token's state takes a lock every connection shares.
+#[derive(Clone, Default)]
+pub(super) struct Close {
+    token: CancellationToken,
+    closing: Arc<AtomicBool>,
+}
+
+impl Close {
+    pub(super) fn close(&self) {
+        // Set first: a connection woken by the token finds the flag set.
+        self.closing.store(true, Ordering::SeqCst);
+        self.token.cancel();
+    }
+
+    pub(super) fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
+    }
+
+    pub(super) fn cancelled(&self) -> WaitForCancellationFuture<'_> {
+        self.token.cancelled()
+    }
+
+    fn token(&self) -> &CancellationToken {
+        &self.token
+    }
 }
 
 /// Serves a plain TCP connection: HTTP/2 with prior knowledge if it opens with the HTTP/2
 /// preface, HTTP/1.1 (parked while idle) otherwise.
 pub(super) async fn serve_plain(stream: TcpStream, peer: SocketAddr, serving: Serving) {
-    let Some(h2) =
-        opens_with_h2_preface(&stream, serving.protocols.idle_timeout, &serving.close).await
+    let Some(h2) = opens_with_h2_preface(
+        &stream,
+        serving.protocols.idle_timeout,
+        serving.close.token(),
+    )
+    .await
     else {
         return;
     };
@@ -128,9 +169,12 @@ where
         .protocols
         .http1
         .serve_connection(TokioIo::new(io), service);
-    serve_until_closed(std::pin::pin!(connection), peer, &serving.close, |c| {
-        c.graceful_shutdown()
-    })
+    serve_until_closed(
+        std::pin::pin!(connection),
+        peer,
+        serving.close.token(),
+        |c| c.graceful_shutdown(),
+    )
     .await;
 }
 
@@ -165,9 +209,12 @@ where
         .protocols
         .http2
         .serve_connection(TokioIo::new(io), service);
-    serve_until_closed(std::pin::pin!(connection), peer, &serving.close, |c| {
-        c.graceful_shutdown()
-    })
+    serve_until_closed(
+        std::pin::pin!(connection),
+        peer,
+        serving.close.token(),
+        |c| c.graceful_shutdown(),
+    )
     .await;
 }
 
@@ -197,37 +244,80 @@ async fn serve_until_closed<C>(
 /// Serves HTTP/1.1 on a plain socket, parking it whenever it is idle (see the module doc).
 async fn serve_http1_parking(mut stream: TcpStream, peer: SocketAddr, serving: &Serving) {
     let activity = Arc::new(Activity::default());
-    // Bytes hyper read but had not parsed when the connection was parked.
-    let mut unparsed = Bytes::new();
-    // The first request's bytes are known to be there (the preface check saw them).
-    let mut wait_for_bytes = false;
+    // Bytes read but not yet served: a request the fast path declined, or what hyper had read
+    // but not parsed when the connection was parked.
+    let mut unparsed = BytesMut::new();
+    // Every request is first offered to the fast path, the first one included (its bytes are
+    // there: the preface check saw them).
+    let mut wait_for_bytes = true;
+    let mut first_wait = true;
     // When the connection last fell idle; whether its last idle spell was short (it is in
     // steady use, and parking waits); the timer that parks it then, or closes a connection
-    // whose request head is late (armed once, moved on only when it fires: a request in
-    // between costs no timer work).
+    // whose request head is late or that stays idle too long (armed once, moved on only when
+    // it fires: a request in between costs no timer work).
     let mut idle_since: Option<Instant> = None;
     let mut hot = false;
+    // When the next idle spell counts as parked: at once (`None`), or after `PARK_AFTER` for
+    // a connection in steady use that the fast path served (hyper applied that delay itself
+    // before it was taken apart).
+    let mut park_at: Option<Instant> = None;
     let mut timer = DeadlineTimer::default();
+    // Registered once for the connection's life (see `closing`).
+    let mut closed = std::pin::pin!(serving.close.cancelled());
+    let mut close_registered = false;
+    // The fast path's handler future, allocated once and reused while the connection is in
+    // use; dropped when it parks.
+    let mut handler_slot = None;
+    let handler = |request| api::handle(serving.app.clone(), request, peer.ip(), serving.surface);
     loop {
         if wait_for_bytes {
-            let _parked = ConnectionGauge::parked(&serving.app);
             // The idle timeout counts from when the connection fell idle, not from parking.
             let since = *idle_since.get_or_insert_with(Instant::now);
-            match next_request_bytes(&mut stream, since + serving.protocols.idle_timeout, serving)
-                .await
-            {
-                Some(bytes) => unparsed = bytes,
-                None => return, // idle too long, closed by the client, failed, or closing
+            let waited = next_request_bytes(
+                &mut stream,
+                &mut unparsed,
+                since,
+                park_at,
+                &mut timer,
+                serving,
+                |cx| closing(cx, closed.as_mut(), &mut close_registered, &serving.close),
+                || handler_slot = None,
+            );
+            if !waited.await {
+                return; // idle too long, closed by the client, failed, or closing
             }
             // Read from `idle_since`, not a copy: a copy would be kept across the wait above,
-            // in every parked connection's task.
-            hot = idle_since.is_some_and(|since| since.elapsed() < park_after(serving));
+            // in every parked connection's task. A new connection's first wait (its first
+            // request's bytes, there already) is no idle spell: a one-off request's connection
+            // parks as soon as it is answered.
+            hot = !std::mem::take(&mut first_wait)
+                && idle_since.is_some_and(|since| since.elapsed() < park_after(serving));
         }
         idle_since = None;
+        // Boxed (about 1 KiB, from the allocator's per-thread cache): the fast path's state
+        // exists only while bytes are served, not in every parked connection's task.
+        let fast = Box::pin(http1_fast::serve(
+            &mut stream,
+            &mut unparsed,
+            &mut handler_slot,
+            handler,
+            &serving.close,
+        ));
+        match fast.await {
+            Served::All => {
+                let now = Instant::now();
+                idle_since = Some(now);
+                park_at = hot.then(|| now + park_after(serving));
+                wait_for_bytes = true;
+                continue;
+            }
+            Served::Closed => return,
+            Served::Declined => handler_slot = None,
+        }
         activity.new_connection();
         let io = Watched {
             stream,
-            unparsed,
+            unparsed: unparsed.split().freeze(),
             activity: activity.clone(),
         };
         let service = service(serving, peer, Some(&activity));
@@ -295,6 +385,8 @@ async fn serve_http1_parking(mut stream: TcpStream, peer: SocketAddr, serving: &
                 unparsed = join(parts.read_buf, io.unparsed);
                 // Unparsed bytes are a request begun: serve it now, without waiting.
                 wait_for_bytes = unparsed.is_empty();
+                // hyper waited out `PARK_AFTER` itself: the connection is parked at once.
+                park_at = None;
             }
         }
     }
@@ -310,58 +402,96 @@ fn park_after(serving: &Serving) -> Duration {
     PARK_AFTER.min(serving.protocols.idle_timeout)
 }
 
-/// How much of a parked connection's next request is read before hyper takes over; a typical
-/// request (headers and a small JSON body) fits, and hyper reads whatever does not.
+/// How much of a parked connection's next request is read at once; a typical request (headers
+/// and a small JSON body) fits, and the rest is read by whoever serves it.
 const FIRST_READ_BYTES: usize = 4096;
 
-/// Waits, parked, until `deadline` for the next request and reads its first bytes into a buffer of their own,
-/// which hyper is then served from: waking costs one read, not a peek and a read. The buffer
-/// exists only once bytes are there, so a parked connection holds none. `None` when the client
-/// left, stayed idle past the idle timeout, or the gateway is closing connections.
+/// Waits for the next request and reads its first bytes into `buffer`; `false` when the client
+/// left, stayed idle past the idle timeout (counted from `idle_since`), or `closing` says the
+/// gateway is closing connections. While it waits, the connection counts as parked — at once,
+/// or from `park_at` — and once parked it holds no buffer (`buffer` is emptied, and `park`
+/// drops what else the caller keeps for a connection in use); the buffer is allocated again
+/// only once bytes are there.
+///
+/// Everything here is per request for a connection in steady use, so it is kept cheap: the
+/// readiness check and the read are one `poll_read_ready` and one `read` into the buffer the
+/// last request left (reclaimed, not allocated), the timer is the connection's own (not a
+/// `tokio::time::timeout` per wait), and the close signal is the connection's standing
+/// registration.
+#[allow(clippy::too_many_arguments)]
 async fn next_request_bytes(
     stream: &mut TcpStream,
-    deadline: Instant,
+    buffer: &mut BytesMut,
+    idle_since: Instant,
+    park_at: Option<Instant>,
+    timer: &mut DeadlineTimer,
     serving: &Serving,
-) -> Option<Bytes> {
-    loop {
-        tokio::select! {
-            ready = tokio::time::timeout_at(deadline, stream.readable()) => {
-                if !matches!(ready, Ok(Ok(()))) {
-                    return None;
-                }
-            }
-            _ = serving.close.cancelled() => return None,
+    mut closing: impl FnMut(&mut std::task::Context<'_>) -> bool,
+    mut park: impl FnMut(),
+) -> bool {
+    let idle_deadline = idle_since + serving.protocols.idle_timeout;
+    let mut parked: Option<ConnectionGauge> = None;
+    std::future::poll_fn(|cx| {
+        if closing(cx) {
+            return Poll::Ready(false);
         }
-        // Readiness can be stale: the read is polled once, and an empty socket sends us back
-        // to waiting (without the buffer).
-        let mut buffer = BytesMut::with_capacity(FIRST_READ_BYTES);
-        let read = std::future::poll_fn(|cx| {
-            let mut read_buf = ReadBuf::uninit(buffer.spare_capacity_mut());
-            match Pin::new(&mut *stream).poll_read(cx, &mut read_buf) {
-                Poll::Pending => Poll::Ready(None),
-                Poll::Ready(result) => Poll::Ready(Some(result.map(|()| read_buf.filled().len()))),
+        loop {
+            match stream.poll_read_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Poll::Ready(false),
+                Poll::Pending => break,
             }
-        })
-        .await;
-        match read {
-            None => continue,
-            Some(Ok(0) | Err(_)) => return None,
-            Some(Ok(n)) => {
-                // SAFETY: poll_read initialised the first `n` bytes of the spare capacity.
-                unsafe { buffer.set_len(n) };
-                return Some(buffer.freeze());
+            buffer.reserve(FIRST_READ_BYTES);
+            match stream.try_read_buf(buffer) {
+                Ok(0) => return Poll::Ready(false),
+                Ok(_) => return Poll::Ready(true),
+                // Readiness was stale (the read cleared it): wait again.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(_) => return Poll::Ready(false),
             }
         }
+        if parked.is_none() {
+            if let Some(at) = park_at
+                && timer.poll_expired(at, cx).is_pending()
+            {
+                return Poll::Pending;
+            }
+            parked = Some(ConnectionGauge::parked(&serving.app));
+            *buffer = BytesMut::new();
+            park();
+        }
+        timer.poll_expired(idle_deadline, cx).map(|()| false)
+    })
+    .await
+}
+
+/// Whether the gateway is closing connections. The close token's future is polled only until
+/// it has registered the connection's task for the wake-up: polled again while it waits, it
+/// would take the token's lock (tokio's `Notified` updates its waker under its list's lock,
+/// and every connection shares that list), and a task's waker does not change. After that,
+/// the flag answers.
+fn closing(
+    cx: &mut std::task::Context<'_>,
+    closed: Pin<&mut WaitForCancellationFuture<'_>>,
+    registered: &mut bool,
+    close: &Close,
+) -> bool {
+    if !*registered {
+        if closed.poll(cx).is_ready() {
+            return true;
+        }
+        *registered = true;
     }
+    close.is_closing()
 }
 
 /// The bytes read but not yet parsed, in a buffer of their own: hyper's read buffer (8 KiB,
 /// even when empty) must not outlive the hyper connection.
-fn join(first: Bytes, second: Bytes) -> Bytes {
+fn join(first: Bytes, second: Bytes) -> BytesMut {
     let mut joined = BytesMut::with_capacity(first.len() + second.len());
     joined.extend_from_slice(&first);
     joined.extend_from_slice(&second);
-    joined.freeze()
+    joined
 }
 
 /// The service hyper calls for each request; with `activity`, each request is counted until

@@ -7,6 +7,7 @@
 
 mod activity;
 mod connection;
+mod http1_fast;
 mod poll_loop;
 
 use std::future::Future;
@@ -189,7 +190,7 @@ pub async fn run_with(
     // Connections are tracked apart from background work so shutdown can wait for them first.
     let connections = TaskTracker::new();
     let stop_accepting = CancellationToken::new();
-    let close_connections = CancellationToken::new();
+    let close_connections = connection::Close::default();
     for listener in listeners {
         tracing::info!(address = %listener.local_addr()?, kind = listener.kind.name(), "listening");
         if let ListenerKind::Https(acceptor) = &listener.kind {
@@ -245,7 +246,7 @@ pub async fn run_with(
     transactions.abort_all().await;
     stop_accepting.cancel();
     // Idle keep-alive connections close now; busy ones after their current request.
-    close_connections.cancel();
+    close_connections.close();
     connections.close();
     let remaining = deadline
         .saturating_duration_since(Instant::now())

@@ -1,0 +1,539 @@
+//! The plain HTTP/1.1 requests a serverless client sends nearly always — a `POST` (or `GET`)
+//! whose head and `Content-Length` body are already whole in the bytes read, no
+//! `Transfer-Encoding`, `Expect`, `Upgrade` or `Connection` other than `keep-alive` — served
+//! without hyper: the head parsed with `httparse` (hyper's own parser), the request handed to
+//! the same `api::handle` as every other request, and the response written in one send.
+//!
+//! hyper builds a connection state machine, a body channel (which wakes the connection's own
+//! task mid-request) and a buffer of its own per request, about a quarter of a warm request's
+//! instructions in user space (issue 17). Everything here is the narrow case: a request that
+//! is anything else — incomplete, chunked, expecting `100-continue`, HTTP/1.0, `HEAD`,
+//! `OPTIONS`, an absolute URI, more than [`MAX_HEADERS`] headers, a header hyper would refuse —
+//! is left untouched in the buffer, and `server::connection` hands the connection to hyper,
+//! which answers it (and refuses what must be refused) as before. So hyper stays the only
+//! judge of unusual or hostile requests; this file only recognises ordinary ones.
+//!
+//! While the handler runs, the socket is watched: a client that hangs up cancels its request
+//! (its statement is cancelled with it), as hyper's read-ahead does. Bytes of a pipelined
+//! next request are kept for after the response.
+
+use std::cell::RefCell;
+use std::io::Write as _;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::SystemTime;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{CONNECTION, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::connection::Close;
+use crate::api::body::Body;
+
+/// More headers than this and the request goes to hyper (which allows 100).
+const MAX_HEADERS: usize = 32;
+
+/// Pipelined bytes kept while a request is handled; past this the socket is not read (and a
+/// hang-up is noticed only when the response is written), as hyper stops at its buffer limit.
+const MAX_READ_AHEAD: usize = 64 * 1024;
+
+/// Responses up to this size (head and body) are sent as one buffer, in one send.
+const GATHER_BYTES: usize = 16 * 1024;
+
+/// What became of the bytes handed to [`serve`].
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Served {
+    /// Every request in the buffer was answered; the buffer is empty.
+    All,
+    /// The buffer holds bytes this file does not serve (or only part of a request): hyper's.
+    Declined,
+    /// The connection is over: the client left, a write failed, or the response closes it.
+    Closed,
+}
+
+/// Serves the requests at the front of `buffer` while each is simple and whole. Each request's
+/// handler future is built by `handler` in `slot`: the connection's one allocation for it,
+/// reused from request to request (a handler's future is a few KiB, and a fresh allocation
+/// of that size takes glibc's slow path every time); the caller drops the slot when the
+/// connection parks.
+pub(super) async fn serve<F, H>(
+    stream: &mut TcpStream,
+    buffer: &mut BytesMut,
+    slot: &mut Option<Pin<Box<F>>>,
+    handler: H,
+    close: &Close,
+) -> Served
+where
+    F: Future<Output = Response<Body>>,
+    H: Fn(Request<OneFrame>) -> F,
+{
+    loop {
+        if buffer.is_empty() {
+            return Served::All;
+        }
+        // A client pipelining requests that are answered without waiting (refused keys, say)
+        // still yields to other connections between them.
+        tokio::task::consume_budget().await;
+        let Some(request) = parse(buffer) else {
+            return Served::Declined;
+        };
+        // The request's bytes leave the buffer (shared, not copied): the head's header values
+        // and the body point into them.
+        let bytes = buffer.split_to(request.len).freeze();
+        let Some(request) = request.build(&bytes) else {
+            // A part `http` refuses (hyper answers it): the bytes go back in front.
+            let mut joined = BytesMut::with_capacity(bytes.len() + buffer.len());
+            joined.extend_from_slice(&bytes);
+            joined.extend_from_slice(buffer);
+            *buffer = joined;
+            return Served::Declined;
+        };
+        drop(bytes);
+        let handled = match slot {
+            Some(future) => {
+                future.set(handler(request));
+                future.as_mut()
+            }
+            None => slot.insert(Box::pin(handler(request))).as_mut(),
+        };
+        let Some(response) = while_connected(stream, buffer, handled).await else {
+            return Served::Closed;
+        };
+        let close = close.is_closing() || closes(&response);
+        if write_response(stream, buffer, response, close)
+            .await
+            .is_err()
+            || close
+        {
+            return Served::Closed;
+        }
+    }
+}
+
+/// A simple request's layout in the buffer.
+#[derive(Debug)]
+struct Parsed {
+    method: Method,
+    path: (usize, usize),
+    /// Each header's name and value, as (offset, length).
+    headers: [((usize, usize), (usize, usize)); MAX_HEADERS],
+    header_count: usize,
+    body: (usize, usize),
+    /// Head and body.
+    len: usize,
+}
+
+/// The request at the front of `buf`, if it is whole and simple (see the module doc).
+fn parse(buf: &[u8]) -> Option<Parsed> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut head = httparse::Request::new(&mut slots);
+    let head_len = match head.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        _ => return None,
+    };
+    if head.version != Some(1) {
+        return None;
+    }
+    let method = match head.method? {
+        "POST" => Method::POST,
+        "GET" => Method::GET,
+        _ => return None,
+    };
+    let path = head.path?;
+    if !path.starts_with('/') {
+        return None;
+    }
+    let offset = |part: &[u8]| part.as_ptr() as usize - buf.as_ptr() as usize;
+    let mut content_length: Option<usize> = None;
+    let mut headers = [((0, 0), (0, 0)); MAX_HEADERS];
+    for (header, slot) in head.headers.iter().zip(headers.iter_mut()) {
+        let name = header.name.as_bytes();
+        let is = |expected: &[u8]| name.eq_ignore_ascii_case(expected);
+        // By length first: most headers are none of these, and are passed over in one compare.
+        match name.len() {
+            14 if is(b"content-length") => {
+                if content_length.is_some() {
+                    return None;
+                }
+                content_length = Some(digits(header.value)?);
+            }
+            17 if is(b"transfer-encoding") => return None,
+            6 if is(b"expect") => return None,
+            7 if is(b"upgrade") => return None,
+            14 if is(b"http2-settings") => return None,
+            10 if is(b"connection")
+                && !header
+                    .value
+                    .trim_ascii()
+                    .eq_ignore_ascii_case(b"keep-alive") =>
+            {
+                return None;
+            }
+            _ => {}
+        }
+        let value = header.value;
+        *slot = ((offset(name), name.len()), (offset(value), value.len()));
+    }
+    let body_len = content_length.unwrap_or(0);
+    let len = head_len.checked_add(body_len)?;
+    if len > buf.len() {
+        return None;
+    }
+    Some(Parsed {
+        method,
+        path: (offset(path.as_bytes()), path.len()),
+        header_count: head.headers.len(),
+        headers,
+        body: (head_len, body_len),
+        len,
+    })
+}
+
+/// A `Content-Length` value: decimal digits only (no sign, no space, no list), as hyper
+/// requires; anything else is declined and hyper refuses it.
+fn digits(value: &[u8]) -> Option<usize> {
+    if value.is_empty() || value.len() > 15 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(
+        value
+            .iter()
+            .fold(0usize, |n, &d| n * 10 + usize::from(d - b'0')),
+    )
+}
+
+impl Parsed {
+    /// The request, its parts pointing into `bytes` (what [`parse`] read); `None` if `http`
+    /// refuses the target or a header (hyper then answers the request).
+    fn build(self, bytes: &Bytes) -> Option<Request<OneFrame>> {
+        let slice = |(at, len): (usize, usize)| bytes.slice(at..at + len);
+        let body = Some(slice(self.body)).filter(|b| !b.is_empty());
+        let mut request = Request::new(OneFrame(body));
+        *request.method_mut() = self.method;
+        *request.version_mut() = Version::HTTP_11;
+        *request.uri_mut() = Uri::from_maybe_shared(slice(self.path)).ok()?;
+        let headers = request.headers_mut();
+        headers.reserve(self.header_count);
+        for &(name, value) in &self.headers[..self.header_count] {
+            headers.append(
+                HeaderName::from_bytes(&bytes[name.0..name.0 + name.1]).ok()?,
+                HeaderValue::from_maybe_shared(slice(value)).ok()?,
+            );
+        }
+        Some(request)
+    }
+}
+
+/// A request body already read: one frame, or none.
+pub(super) struct OneFrame(Option<Bytes>);
+
+impl http_body::Body for OneFrame {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        Poll::Ready(self.0.take().map(|b| Ok(http_body::Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.0.as_ref().map_or(0, |b| b.len() as u64))
+    }
+}
+
+/// Runs `future` while the client is connected: `None` if it hangs up first (the future is
+/// dropped, which cancels the request). Bytes that arrive meanwhile (a pipelined request) are
+/// appended to `buffer`.
+async fn while_connected<F: Future + ?Sized>(
+    stream: &TcpStream,
+    buffer: &mut BytesMut,
+    mut future: Pin<&mut F>,
+) -> Option<F::Output> {
+    let mut watching = true;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(output) = future.as_mut().poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        while watching {
+            match stream.poll_read_ready(cx) {
+                Poll::Pending => break,
+                Poll::Ready(Err(_)) => return Poll::Ready(None),
+                Poll::Ready(Ok(())) => {}
+            }
+            if buffer.len() >= MAX_READ_AHEAD {
+                watching = false;
+                break;
+            }
+            buffer.reserve(4096);
+            match stream.try_read_buf(buffer) {
+                Ok(0) => return Poll::Ready(None),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return Poll::Ready(None),
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Whether the response asks for the connection to be closed after it.
+fn closes(response: &Response<Body>) -> bool {
+    response
+        .headers()
+        .get_all(CONNECTION)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
+}
+
+/// Writes `response`: a body of known length with `content-length` (with its head, in one
+/// send, when small), any other as chunks. While a streamed body waits for its next chunk, a
+/// hang-up ends it.
+async fn write_response(
+    stream: &mut TcpStream,
+    buffer: &mut BytesMut,
+    response: Response<Body>,
+    close: bool,
+) -> std::io::Result<()> {
+    let (parts, mut body) = response.into_parts();
+    let no_body = parts.status.is_informational()
+        || parts.status == StatusCode::NO_CONTENT
+        || parts.status == StatusCode::NOT_MODIFIED;
+    if no_body {
+        return send(stream, |out| {
+            head(out, &parts, close);
+            out.extend_from_slice(b"\r\n");
+        })
+        .await;
+    }
+    if let Some(length) = body.size_hint().exact() {
+        let head_with_length = |out: &mut Vec<u8>| {
+            head(out, &parts, close);
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
+            out.extend_from_slice(b"\r\n\r\n");
+        };
+        // A complete body is one piece, and ready: small, it goes out with the head.
+        let first = next_data(&mut body).await;
+        if body.is_end_stream() && first.as_ref().is_none_or(|b| b.len() <= GATHER_BYTES) {
+            return send(stream, |out| {
+                head_with_length(out);
+                if let Some(first) = &first {
+                    out.extend_from_slice(first);
+                }
+            })
+            .await;
+        }
+        send(stream, head_with_length).await?;
+        let mut next = first;
+        while let Some(data) = next {
+            stream.write_all(&data).await?;
+            next = next_data(&mut body).await;
+        }
+        return Ok(());
+    }
+    send(stream, |out| {
+        head(out, &parts, close);
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
+    })
+    .await?;
+    loop {
+        let next = while_connected(stream, buffer, std::pin::pin!(next_data(&mut body))).await;
+        let Some(next) = next else {
+            return Err(std::io::ErrorKind::ConnectionAborted.into());
+        };
+        let Some(data) = next else { break };
+        send(stream, |out| {
+            let _ = write!(out, "{:x}\r\n", data.len());
+            out.extend_from_slice(&data);
+            out.extend_from_slice(b"\r\n");
+        })
+        .await?;
+    }
+    stream.write_all(b"0\r\n\r\n").await
+}
+
+/// Sends what `fill` writes, assembled in a buffer the thread reuses: one `send` and no
+/// allocation when the socket takes it all at once (a response nearly always fits in the
+/// socket's buffer); what it does not take is copied out and written as the socket drains.
+async fn send(stream: &mut TcpStream, fill: impl FnOnce(&mut Vec<u8>)) -> std::io::Result<()> {
+    thread_local! {
+        static OUT: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(GATHER_BYTES + 1024));
+    }
+    let rest = OUT.with(|out| {
+        let mut owned = Vec::new();
+        // Never borrowed twice on one thread (nothing here awaits), but an owned buffer
+        // stands in if it were.
+        let mut borrowed = out.try_borrow_mut();
+        let out = match &mut borrowed {
+            Ok(out) => &mut **out,
+            Err(_) => &mut owned,
+        };
+        out.clear();
+        fill(out);
+        let rest = match stream.try_write(out) {
+            Ok(n) => Ok(out[n..].to_vec()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(out.to_vec()),
+            Err(e) => Err(e),
+        };
+        // A buffer grown by a rare large head is not kept.
+        if out.capacity() > 4 * (GATHER_BYTES + 1024) {
+            *out = Vec::with_capacity(GATHER_BYTES + 1024);
+        }
+        rest
+    })?;
+    if rest.is_empty() {
+        return Ok(());
+    }
+    stream.write_all(&rest).await
+}
+
+/// The body's next non-empty data, `None` at its end.
+async fn next_data(body: &mut Body) -> Option<Bytes> {
+    loop {
+        let frame =
+            std::future::poll_fn(|cx| std::pin::Pin::new(&mut *body).poll_frame(cx)).await?;
+        if let Ok(Ok(data)) = frame.map(http_body::Frame::into_data)
+            && !data.is_empty()
+        {
+            return Some(data);
+        }
+    }
+}
+
+/// The status line, the response's headers and `date` (as hyper writes them), and
+/// `connection: close` when the connection ends after this response.
+fn head(out: &mut Vec<u8>, parts: &http::response::Parts, close: bool) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if close && !parts.headers.contains_key(CONNECTION) {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"date: ");
+    date(out);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends the HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`), formatted once a second per thread.
+fn date(out: &mut Vec<u8>) {
+    thread_local! {
+        static CACHED: std::cell::Cell<(u64, [u8; 29])> = const { std::cell::Cell::new((0, [0; 29])) };
+    }
+    let now = SystemTime::now();
+    let second = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (cached_second, mut text) = CACHED.get();
+    if cached_second != second || text[0] == 0 {
+        let formatted = httpdate::fmt_http_date(now);
+        if formatted.len() == text.len() {
+            text.copy_from_slice(formatted.as_bytes());
+            CACHED.set((second, text));
+        } else {
+            out.extend_from_slice(formatted.as_bytes());
+            return;
+        }
+    }
+    out.extend_from_slice(&text);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn simple(request: &str) -> Option<Parsed> {
+        parse(request.as_bytes())
+    }
+
+    #[test]
+    fn an_ordinary_post_with_its_body_is_simple() {
+        let request = "POST /v1/query HTTP/1.1\r\nhost: x\r\nauthorization: Bearer k\r\n\
+                       content-type: application/json\r\ncontent-length: 13\r\n\r\n{\"sql\":\"x\"}\r\n";
+        let parsed = simple(request).expect("simple");
+        assert_eq!(parsed.method, Method::POST);
+        assert_eq!(parsed.len, request.len());
+        let bytes = Bytes::from(request);
+        let built = parsed.build(&bytes).expect("valid");
+        assert_eq!(built.uri().path(), "/v1/query");
+        assert_eq!(built.headers()["authorization"], "Bearer k");
+        assert_eq!(built.headers().len(), 4);
+        assert_eq!(built.body().0.as_deref(), Some(&b"{\"sql\":\"x\"}\r\n"[..]));
+    }
+
+    #[test]
+    fn a_get_without_a_body_and_a_pipelined_tail_are_handled() {
+        let request = "GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: Keep-Alive\r\n\r\n";
+        let pipelined = format!("{request}POST /v1/query HTTP/1.1\r\n");
+        let parsed = simple(&pipelined).expect("simple");
+        assert_eq!(parsed.len, request.len());
+        assert_eq!(parsed.body.1, 0);
+    }
+
+    #[test]
+    fn anything_unusual_is_left_to_hyper() {
+        let declined = [
+            // incomplete head, incomplete body
+            "POST /v1/query HTTP/1.1\r\nhost: x\r\n",
+            "POST /v1/query HTTP/1.1\r\ncontent-length: 10\r\n\r\n{}",
+            // other versions, methods, targets
+            "POST /v1/query HTTP/1.0\r\ncontent-length: 0\r\n\r\n",
+            "HEAD /healthz HTTP/1.1\r\n\r\n",
+            "OPTIONS /v1/query HTTP/1.1\r\n\r\n",
+            "PUT /v1/query HTTP/1.1\r\ncontent-length: 0\r\n\r\n",
+            "GET http://x/healthz HTTP/1.1\r\n\r\n",
+            "GET * HTTP/1.1\r\n\r\n",
+            // framing hyper must judge
+            "POST /q HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+            "POST /q HTTP/1.1\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n{}",
+            "POST /q HTTP/1.1\r\ncontent-length: 2\r\ncontent-length: 2\r\n\r\n{}",
+            "POST /q HTTP/1.1\r\ncontent-length: +2\r\n\r\n{}",
+            "POST /q HTTP/1.1\r\ncontent-length: 2, 2\r\n\r\n{}",
+            "POST /q HTTP/1.1\r\ncontent-length: \r\n\r\n",
+            "POST /q HTTP/1.1\r\ncontent-length: 99999999999999999999\r\n\r\n",
+            "POST /q HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 2\r\n\r\n{}",
+            "GET /q HTTP/1.1\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n",
+            "GET /q HTTP/1.1\r\nconnection: close\r\n\r\n",
+            // malformed: hyper answers 400
+            "POST /q HTTP/1.1\r\nbad header: x\r\n\r\n",
+            "POST /q HTTP/1.1\r\nx: a\r\n b\r\n\r\n",
+            "POST /q\x01 HTTP/1.1\r\n\r\n",
+            "GET /q HTTP/1.1\r\nx: \x7f\r\n\r\n",
+        ];
+        for request in declined {
+            assert!(simple(request).is_none(), "{request:?} was taken as simple");
+        }
+        let many_headers: String = (0..MAX_HEADERS + 1)
+            .map(|i| format!("x-{i}: v\r\n"))
+            .collect();
+        assert!(simple(&format!("GET /q HTTP/1.1\r\n{many_headers}\r\n")).is_none());
+    }
+
+    #[test]
+    fn the_date_is_an_http_date() {
+        let mut out = Vec::new();
+        date(&mut out);
+        date(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.len(), 58);
+        assert!(httpdate::parse_http_date(&text[..29]).is_ok(), "{text}");
+        assert!(text.ends_with(" GMT"));
+    }
+}
