@@ -435,20 +435,22 @@ async fn next_request_bytes(
         if closing(cx) {
             return Poll::Ready(false);
         }
-        loop {
-            match stream.poll_read_ready(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(_)) => return Poll::Ready(false),
-                Poll::Pending => break,
+        // Readiness first, so a parked connection has no buffer until bytes are there. The
+        // read is tokio's `poll_read`, which clears readiness after a short read: the next
+        // wait starts with no stale readiness, and costs no failed read (a `try_read` would
+        // leave it set, one EAGAIN `recvfrom` per request).
+        match stream.poll_read_ready(cx) {
+            Poll::Ready(Ok(())) => {
+                buffer.reserve(FIRST_READ_BYTES);
+                match tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, buffer) {
+                    Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(false),
+                    Poll::Ready(Ok(_)) => return Poll::Ready(true),
+                    // Readiness was stale; the read registered the wake-up.
+                    Poll::Pending => {}
+                }
             }
-            buffer.reserve(FIRST_READ_BYTES);
-            match stream.try_read_buf(buffer) {
-                Ok(0) => return Poll::Ready(false),
-                Ok(_) => return Poll::Ready(true),
-                // Readiness was stale (the read cleared it): wait again.
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(_) => return Poll::Ready(false),
-            }
+            Poll::Ready(Err(_)) => return Poll::Ready(false),
+            Poll::Pending => {}
         }
         if parked.is_none() {
             if let Some(at) = park_at

@@ -254,7 +254,7 @@ impl http_body::Body for OneFrame {
 /// dropped, which cancels the request). Bytes that arrive meanwhile (a pipelined request) are
 /// appended to `buffer`.
 async fn while_connected<F: Future + ?Sized>(
-    stream: &TcpStream,
+    stream: &mut TcpStream,
     buffer: &mut BytesMut,
     mut future: Pin<&mut F>,
 ) -> Option<F::Output> {
@@ -264,21 +264,21 @@ async fn while_connected<F: Future + ?Sized>(
             return Poll::Ready(Some(output));
         }
         while watching {
+            if buffer.len() >= MAX_READ_AHEAD {
+                watching = false;
+                break;
+            }
+            // Readiness first: no buffer is reserved while nothing arrives (nearly always).
             match stream.poll_read_ready(cx) {
                 Poll::Pending => break,
                 Poll::Ready(Err(_)) => return Poll::Ready(None),
                 Poll::Ready(Ok(())) => {}
             }
-            if buffer.len() >= MAX_READ_AHEAD {
-                watching = false;
-                break;
-            }
             buffer.reserve(4096);
-            match stream.try_read_buf(buffer) {
-                Ok(0) => return Poll::Ready(None),
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => return Poll::Ready(None),
+            match tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, buffer) {
+                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Pending => break,
             }
         }
         Poll::Pending
