@@ -24,7 +24,7 @@ use std::task::Poll;
 use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONNECTION, HeaderName, HeaderValue};
+use http::header::{CONNECTION, CONTENT_LENGTH, HeaderName, HeaderValue, TRANSFER_ENCODING};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use tokio::io::AsyncWriteExt;
@@ -106,8 +106,12 @@ where
         if write_response(stream, buffer, response, close)
             .await
             .is_err()
-            || close
         {
+            return Served::Closed;
+        }
+        if close {
+            // The response is followed by a FIN, as hyper ends a connection it closes.
+            let _ = stream.shutdown().await;
             return Served::Closed;
         }
     }
@@ -419,6 +423,10 @@ fn head(out: &mut Vec<u8>, parts: &http::response::Parts, close: bool) {
     out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     for (name, value) in &parts.headers {
+        // The framing is this file's to write, as it is hyper's.
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+            continue;
+        }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
