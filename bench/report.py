@@ -216,8 +216,15 @@ def mean(values, digits=1):
     return round(statistics.mean(values), digits) if values else None
 
 
+def median(values, digits=1):
+    """The rounds' median: one round the shared machine slowed does not move it (with two
+    rounds it is their mean)."""
+    values = [v for v in values if v is not None]
+    return round(statistics.median(values), digits) if values else None
+
+
 def aggregate(runs):
-    """Mean of the rounds for rates and percentiles; sums for errors; maxima for peaks."""
+    """Median of the rounds for rates, CPU and percentiles; sums for errors; maxima for peaks."""
     good = [r for r in runs if "skipped" not in r and "error" not in r]
     if not good:
         reason = next((r.get("skipped") or r.get("error") for r in runs if r.get("skipped") or r.get("error")), "not run")
@@ -225,10 +232,10 @@ def aggregate(runs):
     agg = {"rounds": runs, "n": len(good)}
     for key in ("throughput_rps", "rows_per_s", "gateway_cpu_us_per_req"):
         if any(r.get(key) is not None for r in good):
-            agg[key] = mean([r.get(key) for r in good])
+            agg[key] = median([r.get(key) for r in good])
     lats = [r["latency_us"] for r in good if r.get("latency_us")]
     if lats:
-        agg["latency_us"] = {q: mean([l.get(q) for l in lats]) for q in ("p50", "p90", "p99", "p999", "max", "mean")}
+        agg["latency_us"] = {q: median([l.get(q) for l in lats]) for q in ("p50", "p90", "p99", "p999", "max", "mean")}
     errors = {}
     for r in good:
         for k, v in (r.get("errors") or {}).items():
@@ -244,7 +251,7 @@ def aggregate(runs):
     agg["gateway_rss_kb_peak"] = max(rss) if rss else None
     cores = [r["cpu_cores"] for r in good if r.get("cpu_cores")]
     if cores:
-        agg["cpu_cores"] = {k: mean([c.get(k) for c in cores], 2) for k in ("load_generator", "gateway", "postgres", "other", "machine")}
+        agg["cpu_cores"] = {k: median([c.get(k) for c in cores], 2) for k in ("load_generator", "gateway", "postgres", "other", "machine")}
     for key in ("rows", "bytes", "seconds", "first_byte_ms", "clients", "tool", "format"):
         vals = [r.get(key) for r in good if r.get(key) is not None]
         if vals:
@@ -454,8 +461,9 @@ lines += [
     f"Machine: {m['nproc']} × {m['cpu_model']}, {int(m['memory_kb'] or 0) // 1048576} GiB, {m['os']}, kernel {m['kernel']}. "
     f"{v['sluice']} ({v['sluice_commit']}), {v['postgres']}, {v['pgbouncer']}, {v['rustc']}.",
     "",
-    f"Each scenario ran its targets alternately (sluice, PgBouncer, direct), {P.get('rounds')} round(s) (warm over TLS: 1); the "
-    f"numbers are the mean of the rounds. Pool/budget {POOL} for sluice and PgBouncer (transaction mode); Postgres max_connections="
+    f"Each scenario ran its targets alternately (sluice, PgBouncer, direct), {P.get('rounds')} round(s) (warm: "
+    f"{P.get('warm_rounds', P.get('rounds'))}, every other one in reverse order; warm over TLS: 1); the "
+    f"numbers are the median of the rounds. Pool/budget {POOL} for sluice and PgBouncer (transaction mode); Postgres max_connections="
     f"{P.get('pg_max_connections')}. Measuring took {MACHINE.get('measure_s')} s (builds {MACHINE.get('build_s')} s).",
     "",
     "**CPU split.** All three programs — load generator, gateway, Postgres — share the machine's "
