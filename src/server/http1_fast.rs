@@ -356,14 +356,39 @@ async fn write_response(
             return Err(std::io::ErrorKind::ConnectionAborted.into());
         };
         let Some(data) = next else { break };
-        send(stream, |out| {
-            let _ = write!(out, "{:x}\r\n", data.len());
-            out.extend_from_slice(&data);
-            out.extend_from_slice(b"\r\n");
-        })
-        .await?;
+        if data.len() <= GATHER_BYTES {
+            send(stream, |out| {
+                let _ = write!(out, "{:x}\r\n", data.len());
+                out.extend_from_slice(&data);
+                out.extend_from_slice(b"\r\n");
+            })
+            .await?;
+        } else {
+            // A large chunk (NDJSON sends ~32 KiB) is not copied: its framing goes around it
+            // in one vectored write.
+            let size = format!("{:x}\r\n", data.len());
+            write_all_vectored(stream, &[size.as_bytes(), &data, b"\r\n"]).await?;
+        }
     }
     stream.write_all(b"0\r\n\r\n").await
+}
+
+/// Writes every byte of `parts`, in as few vectored writes as the socket allows.
+async fn write_all_vectored(stream: &mut TcpStream, parts: &[&[u8]]) -> std::io::Result<()> {
+    let mut slices: Vec<std::io::IoSlice<'_>> = parts
+        .iter()
+        .map(|part| std::io::IoSlice::new(part))
+        .collect();
+    let mut slices = &mut slices[..];
+    std::io::IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        let written = stream.write_vectored(slices).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        std::io::IoSlice::advance_slices(&mut slices, written);
+    }
+    Ok(())
 }
 
 /// Sends what `fill` writes, assembled in a buffer the thread reuses: one `send` and no
