@@ -37,7 +37,6 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -52,6 +51,7 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use super::activity::{Activity, ResponseBody, ResponseDone, Watched, WatchedRequestBody};
+use super::close::Close;
 use super::http1_fast::{self, Served};
 use super::poll_loop::PollLoop;
 use crate::api::{self, App, Surface};
@@ -101,35 +101,6 @@ pub(super) struct Serving {
     pub surface: Surface,
     /// Given at shutdown: connections finish their current request and close.
     pub close: Close,
-}
-
-/// The gateway's word to its connections at shutdown: finish the current request, then close.
-/// The token wakes connections that wait; the flag is what a connection checks between its
-/// requests, since reading the token's state takes a lock every connection shares.
-#[derive(Clone, Default)]
-pub(super) struct Close {
-    token: CancellationToken,
-    closing: Arc<AtomicBool>,
-}
-
-impl Close {
-    pub(super) fn close(&self) {
-        // Set first: a connection woken by the token finds the flag set.
-        self.closing.store(true, Ordering::SeqCst);
-        self.token.cancel();
-    }
-
-    pub(super) fn is_closing(&self) -> bool {
-        self.closing.load(Ordering::SeqCst)
-    }
-
-    pub(super) fn cancelled(&self) -> WaitForCancellationFuture<'_> {
-        self.token.cancelled()
-    }
-
-    fn token(&self) -> &CancellationToken {
-        &self.token
-    }
 }
 
 /// Serves a plain TCP connection: HTTP/2 with prior knowledge if it opens with the HTTP/2

@@ -30,7 +30,7 @@ use http_body::Body as _;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::connection::Close;
+use super::close::Close;
 use crate::api::body::Body;
 
 /// More headers than this and the request goes to hyper (which allows 100).

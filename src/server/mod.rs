@@ -6,6 +6,7 @@
 //! gracefully, the pools are closed and every background task is awaited.
 
 mod activity;
+mod close;
 mod connection;
 mod http1_fast;
 mod poll_loop;
@@ -190,7 +191,7 @@ pub async fn run_with(
     // Connections are tracked apart from background work so shutdown can wait for them first.
     let connections = TaskTracker::new();
     let stop_accepting = CancellationToken::new();
-    let close_connections = connection::Close::default();
+    let close_connections = close::Close::default();
     for listener in listeners {
         tracing::info!(address = %listener.local_addr()?, kind = listener.kind.name(), "listening");
         if let ListenerKind::Https(acceptor) = &listener.kind {
