@@ -8,8 +8,10 @@
 //!
 //! 1. [`server`] accepts the TCP connection; on an HTTPS listener [`tls`] runs the handshake
 //!    (bounded in time and in number); `server::connection` then serves HTTP/1.1 or HTTP/2 and
-//!    hands each request to [`api`]. An idle HTTP/1.1 keep-alive connection is parked down to
-//!    its socket (`server::activity` tells when hyper is between requests).
+//!    hands each request to [`api`]. On plain HTTP/1.1 an ordinary request is served by
+//!    `server::http1_fast` without hyper; anything else, and TLS and HTTP/2, by hyper. An idle
+//!    HTTP/1.1 keep-alive connection is parked down to its socket (`server::activity` tells
+//!    when hyper is between requests).
 //! 2. [`api`] (`api::router`): a browser's preflight is answered from the tenants' origins
 //!    ([`cors`], in `api::cors`); an end user's bearer token is verified with [`jwt`]
 //!    (`api::end_user`) before routing; then the route is picked.
