@@ -1,7 +1,7 @@
 //! The fuzz entry surface: one function per target in `fuzz/` (cargo-fuzz), each taking the raw
 //! input and running it through the code the gateway runs on untrusted bytes — the SQL lexer,
 //! parameter encoding, request decoding and validation, the Postgres message decoder and row
-//! encoder, the config parser — then checking the invariants the rest of the gateway relies on.
+//! encoder, the config parser, the HTTP/1.1 fast path's request head — then checking the invariants the rest of the gateway relies on.
 //! A broken invariant panics: that is how libFuzzer learns of it. `tests/fuzz_seeds.rs` runs
 //! the committed seeds through the same functions on stable Rust.
 //!
@@ -404,4 +404,13 @@ fn check_config(config: &Config) {
         assert!(!tenant.api_keys.is_empty());
         assert!(tenant.rate_per_second >= 1 && tenant.burst >= 1);
     }
+}
+
+/// `http1_head`: bytes as a client sends them on a plain HTTP/1.1 connection, through the fast
+/// path's recognition of an ordinary request (`server::http1_fast`): what it takes must be a
+/// whole POST or GET over HTTP/1.1 within the bytes, framed by one matching Content-Length (or
+/// none), with nothing left to hyper's judgement (no Transfer-Encoding, Expect, Upgrade, or
+/// Connection other than keep-alive).
+pub fn http1_head(data: &[u8]) {
+    crate::server::http1_fast::fuzz_check(data);
 }

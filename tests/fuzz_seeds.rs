@@ -53,3 +53,8 @@ fn server_messages_seeds_pass() {
 fn config_seeds_pass() {
     run_seeds("config", sluice::fuzzing::config);
 }
+
+#[test]
+fn http1_head_seeds_pass() {
+    run_seeds("http1_head", sluice::fuzzing::http1_head);
+}

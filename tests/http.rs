@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// A gateway whose idle/header timeout is `timeout_ms` and body limit 1 KiB.
@@ -34,7 +34,10 @@ fn query_request(key: &str, n: i64) -> Vec<u8> {
 
 /// One response off a connection: status and body. `pending` keeps bytes read past it (the
 /// next pipelined response).
-async fn read_response(stream: &mut TcpStream, pending: &mut Vec<u8>) -> (u16, String) {
+async fn read_response<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    pending: &mut Vec<u8>,
+) -> (u16, String) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -283,6 +286,50 @@ async fn requests_the_fast_path_leaves_to_hyper_are_answered_on_the_same_connect
     assert_eq!(status, 200, "{body}");
     assert_eq!(doubled(&body), 24);
     closed_within(&mut stream, Duration::from_secs(5)).await;
+    gateway.stop().await;
+}
+
+/// The fast path reads ahead while a request runs (to notice a hang-up), but only up to its
+/// bound (64 KiB): a client that pipelines far more than that behind a slow statement still has
+/// every request answered, in order — the bytes past the bound wait in the socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_pipelined_behind_a_slow_statement_is_answered_in_order() {
+    let (gateway, key) = gateway(5_000).await;
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let body = r#"{"sql": "select pg_sleep(0.3)::text as slept"}"#;
+    let slow = format!(
+        "POST /v1/query HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    // 1,500 requests, about 300 KiB: well past the read-ahead bound (64 KiB).
+    let flood: Vec<u8> = (1..=1_500).flat_map(|n| query_request(&key, n)).collect();
+    assert!(flood.len() > 3 * 64 * 1024);
+    let (mut reader, mut writer) = stream.split();
+    let write = async {
+        writer.write_all(slow.as_bytes()).await.unwrap();
+        writer.write_all(&flood).await.unwrap();
+    };
+    let read = async {
+        let mut pending = Vec::new();
+        let (status, body) = read_response(&mut reader, &mut pending).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("\"slept\":"), "{body}");
+        let mut refused = 0;
+        for n in 1..=1_500 {
+            let (status, body) = read_response(&mut reader, &mut pending).await;
+            // The tenant's rate limit refuses part of the flood; every request still gets
+            // its own answer, in order.
+            if status == 429 {
+                assert!(body.contains("rate_limited"), "{body}");
+                refused += 1;
+                continue;
+            }
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(doubled(&body), n * 2);
+        }
+        assert!(refused < 1_500, "none of the flood was served");
+    };
+    tokio::join!(write, read);
     gateway.stop().await;
 }
 

@@ -488,6 +488,76 @@ fn date(out: &mut Vec<u8>) {
     out.extend_from_slice(&text);
 }
 
+/// The fuzz target `http1_head` (`sluice::fuzzing`): any bytes through [`parse`] and
+/// [`Parsed::build`], checking that what is taken as simple is what the module doc promises —
+/// a whole request within the bytes, POST or GET over HTTP/1.1, framed by one Content-Length
+/// (or none) that matches the body handed on, and none of the headers left to hyper.
+pub(crate) fn fuzz_check(data: &[u8]) {
+    let Some(parsed) = parse(data) else {
+        return;
+    };
+    assert!(
+        parsed.len <= data.len(),
+        "the request lies within the bytes"
+    );
+    let (body_at, body_len) = parsed.body;
+    assert_eq!(body_at + body_len, parsed.len, "the body ends the request");
+    assert!(parsed.header_count <= MAX_HEADERS);
+    for &((name, name_len), (value, value_len)) in &parsed.headers[..parsed.header_count] {
+        assert!(
+            name + name_len <= body_at && value + value_len <= body_at,
+            "headers lie in the head"
+        );
+    }
+    let bytes = Bytes::copy_from_slice(&data[..parsed.len]);
+    let method = parsed.method.clone();
+    let Some(request) = parsed.build(&bytes) else {
+        return;
+    };
+    assert!(method == Method::POST || method == Method::GET);
+    assert_eq!(request.method(), method);
+    assert_eq!(request.version(), Version::HTTP_11);
+    assert!(
+        request.uri().path().starts_with('/'),
+        "origin-form targets only"
+    );
+    let headers = request.headers();
+    for refused in [
+        http::header::TRANSFER_ENCODING,
+        http::header::EXPECT,
+        http::header::UPGRADE,
+    ] {
+        assert!(
+            !headers.contains_key(&refused),
+            "{refused} is hyper's to judge"
+        );
+    }
+    for connection in headers.get_all(CONNECTION) {
+        assert!(
+            connection
+                .as_bytes()
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"keep-alive"),
+            "only keep-alive connections are served here"
+        );
+    }
+    let lengths: Vec<_> = headers.get_all(CONTENT_LENGTH).iter().collect();
+    assert!(lengths.len() <= 1, "one Content-Length at most");
+    let body = request.body().0.as_ref().map_or(0, Bytes::len);
+    assert_eq!(body, body_len, "the body handed on is the framed one");
+    if let Some(length) = lengths.first() {
+        assert_eq!(
+            std::str::from_utf8(length.as_bytes())
+                .ok()
+                .and_then(|l| l.parse::<usize>().ok()),
+            Some(body_len),
+            "the Content-Length is the body's length"
+        );
+    } else {
+        assert_eq!(body_len, 0, "no Content-Length, no body");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

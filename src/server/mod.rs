@@ -8,7 +8,7 @@
 mod activity;
 mod close;
 mod connection;
-mod http1_fast;
+pub(crate) mod http1_fast;
 mod poll_loop;
 
 use std::future::Future;
