@@ -40,7 +40,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
@@ -353,7 +353,9 @@ async fn serve_http1_parking(mut stream: TcpStream, peer: SocketAddr, serving: &
                 let parts = (*connection).into_parts();
                 let io = parts.io.into_inner();
                 stream = io.stream;
-                unparsed = join(parts.read_buf, io.unparsed);
+                // In a buffer of their own: hyper's read buffer (8 KiB, even when empty) must
+                // not outlive the hyper connection.
+                unparsed = http1_fast::joined(&parts.read_buf, &io.unparsed);
                 // Unparsed bytes are a request begun: serve it now, without waiting.
                 wait_for_bytes = unparsed.is_empty();
                 // hyper waited out `PARK_AFTER` itself: the connection is parked at once.
@@ -456,15 +458,6 @@ fn closing(
         *registered = true;
     }
     close.is_closing()
-}
-
-/// The bytes read but not yet parsed, in a buffer of their own: hyper's read buffer (8 KiB,
-/// even when empty) must not outlive the hyper connection.
-fn join(first: Bytes, second: Bytes) -> BytesMut {
-    let mut joined = BytesMut::with_capacity(first.len() + second.len());
-    joined.extend_from_slice(&first);
-    joined.extend_from_slice(&second);
-    joined
 }
 
 /// The service hyper calls for each request; with `activity`, each request is counted until

@@ -85,10 +85,7 @@ where
         let bytes = buffer.split_to(request.len).freeze();
         let Some(request) = request.build(&bytes) else {
             // A part `http` refuses (hyper answers it): the bytes go back in front.
-            let mut joined = BytesMut::with_capacity(bytes.len() + buffer.len());
-            joined.extend_from_slice(&bytes);
-            joined.extend_from_slice(buffer);
-            *buffer = joined;
+            *buffer = joined(&bytes, buffer);
             return Served::Declined;
         };
         drop(bytes);
@@ -115,6 +112,14 @@ where
             return Served::Closed;
         }
     }
+}
+
+/// `first` then `second`, in a buffer of their own.
+pub(super) fn joined(first: &[u8], second: &[u8]) -> BytesMut {
+    let mut joined = BytesMut::with_capacity(first.len() + second.len());
+    joined.extend_from_slice(first);
+    joined.extend_from_slice(second);
+    joined
 }
 
 /// A simple request's layout in the buffer.
