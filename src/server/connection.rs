@@ -265,8 +265,10 @@ async fn serve_http1_parking(mut stream: TcpStream, peer: SocketAddr, serving: &
                 && idle_since.is_some_and(|since| since.elapsed() < park_after(serving));
         }
         idle_since = None;
-        // Boxed (about 1 KiB, from the allocator's per-thread cache): the fast path's state
-        // exists only while bytes are served, not in every parked connection's task.
+        // Boxed (800 B in a release build, from the allocator's per-thread cache, which takes
+        // blocks up to 1,032 B; a larger block costs ~450 instructions more per request in
+        // glibc): the fast path's state exists only while bytes are served, not in every
+        // parked connection's task.
         let fast = Box::pin(http1_fast::serve(
             &mut stream,
             &mut unparsed,

@@ -77,18 +77,9 @@ where
         // A client pipelining requests that are answered without waiting (refused keys, say)
         // still yields to other connections between them.
         tokio::task::consume_budget().await;
-        let Some(request) = parse(buffer) else {
+        let Some(request) = take_request(buffer) else {
             return Served::Declined;
         };
-        // The request's bytes leave the buffer (shared, not copied): the head's header values
-        // and the body point into them.
-        let bytes = buffer.split_to(request.len).freeze();
-        let Some(request) = request.build(&bytes) else {
-            // A part `http` refuses (hyper answers it): the bytes go back in front.
-            *buffer = joined(&bytes, buffer);
-            return Served::Declined;
-        };
-        drop(bytes);
         let handled = match slot {
             Some(future) => {
                 future.set(handler(request));
@@ -112,6 +103,22 @@ where
             return Served::Closed;
         }
     }
+}
+
+/// The simple, whole request at the front of `buffer`, taken out of it; `None` leaves the
+/// buffer as it was. Not async: the parse's layout (a kilobyte of header offsets) stays on the
+/// stack, out of the connection's future, which then fits the allocator's per-thread cache.
+fn take_request(buffer: &mut BytesMut) -> Option<Request<OneFrame>> {
+    let parsed = parse(buffer)?;
+    // The request's bytes leave the buffer (shared, not copied): the head's header values and
+    // the body point into them.
+    let bytes = buffer.split_to(parsed.len).freeze();
+    let request = parsed.build(&bytes);
+    if request.is_none() {
+        // A part `http` refuses (hyper answers it): the bytes go back in front.
+        *buffer = joined(&bytes, buffer);
+    }
+    request
 }
 
 /// `first` then `second`, in a buffer of their own.
@@ -324,25 +331,54 @@ async fn write_response(
         })
         .await;
     }
-    if let Some(length) = body.size_hint().exact() {
-        let head_with_length = |out: &mut Vec<u8>| {
-            head(out, &parts, close);
-            out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
-            out.extend_from_slice(b"\r\n\r\n");
-        };
-        // A complete body is one piece, and ready: small, it goes out with the head.
-        let first = next_data(&mut body).await;
-        if body.is_end_stream() && first.as_ref().is_none_or(|b| b.len() <= GATHER_BYTES) {
-            return send(stream, |out| {
-                head_with_length(out);
-                if let Some(first) = &first {
-                    out.extend_from_slice(first);
-                }
-            })
-            .await;
-        }
-        send(stream, head_with_length).await?;
+    let length = body.size_hint().exact();
+    // A complete body is one piece, and ready (nearly every response): small, it goes out
+    // with the head.
+    let first = match length {
+        Some(_) => next_data(&mut body).await,
+        None => None,
+    };
+    if let Some(length) = length
+        && body.is_end_stream()
+        && first.as_ref().is_none_or(|b| b.len() <= GATHER_BYTES)
+    {
+        return send(stream, |out| {
+            head_with_length(out, &parts, close, length);
+            if let Some(first) = &first {
+                out.extend_from_slice(first);
+            }
+        })
+        .await;
+    }
+    // Boxed: the state of a long or streamed body stays out of the future every request's
+    // connection allocates.
+    Box::pin(write_long(
+        stream, buffer, parts, body, length, first, close,
+    ))
+    .await
+}
+
+/// The head with `content-length`, up to the body.
+fn head_with_length(out: &mut Vec<u8>, parts: &http::response::Parts, close: bool, length: u64) {
+    head(out, parts, close);
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
+}
+
+/// The rest of [`write_response`]: a body of known length in several pieces or a large one
+/// (`first` is its first piece), or a body of unknown length, sent as chunks.
+async fn write_long(
+    stream: &mut TcpStream,
+    buffer: &mut BytesMut,
+    parts: http::response::Parts,
+    mut body: Body,
+    length: Option<u64>,
+    first: Option<Bytes>,
+    close: bool,
+) -> std::io::Result<()> {
+    if let Some(length) = length {
+        send(stream, |out| head_with_length(out, &parts, close, length)).await?;
         let mut next = first;
         while let Some(data) = next {
             stream.write_all(&data).await?;
