@@ -105,9 +105,6 @@ pub async fn handle<B: RequestBody>(
     if let Some(lease) = ctx.memory.take() {
         response = response.map(|body| body.leased(lease));
     }
-    response
-        .headers_mut()
-        .insert(X_REQUEST_ID, request_id.clone());
     cors::decorate(&generation.cors, &parts.headers, response.headers_mut());
     if parts.version == http::Version::HTTP_11 {
         // The gateway closes connections idle longer than the header read timeout; saying so
@@ -131,41 +128,45 @@ pub async fn handle<B: RequestBody>(
     let bytes = http_body::Body::size_hint(response.body()).exact();
     // `log_sample_rate` thins the lines of successful requests only: errors are always logged.
     let sample_rate = generation.config.server.log_sample_rate;
-    if outcome == "ok" && sample_rate < 1.0 && rand::random::<f64>() >= sample_rate {
-        return response;
+    'log: {
+        if outcome == "ok" && sample_rate < 1.0 && rand::random::<f64>() >= sample_rate {
+            break 'log;
+        }
+        let logged = crate::logging::access(&crate::logging::AccessLine {
+            request_id: request_id.as_bytes(),
+            tenant,
+            transaction: log.transaction.as_deref(),
+            route: route.name(),
+            status: response.status().as_u16(),
+            outcome,
+            queue_wait: log.queue_wait,
+            exec: log.exec,
+            rows: log.rows,
+            bytes,
+            duration: elapsed,
+            detail: detail.as_deref(),
+        });
+        if logged {
+            break 'log;
+        }
+        tracing::info!(
+            target: "sluice::request",
+            request_id = request_id.to_str().unwrap_or_default(),
+            tenant,
+            transaction = log.transaction.as_deref(),
+            route = route.name(),
+            status = response.status().as_u16(),
+            outcome,
+            queue_wait_ms = log.queue_wait.map(|d| d.as_secs_f64() * 1e3),
+            exec_ms = log.exec.map(|d| d.as_secs_f64() * 1e3),
+            rows = log.rows,
+            bytes,
+            duration_ms = elapsed.as_secs_f64() * 1e3,
+            detail = detail.as_deref(),
+        );
     }
-    let logged = crate::logging::access(&crate::logging::AccessLine {
-        request_id: request_id.as_bytes(),
-        tenant,
-        transaction: log.transaction.as_deref(),
-        route: route.name(),
-        status: response.status().as_u16(),
-        outcome,
-        queue_wait: log.queue_wait,
-        exec: log.exec,
-        rows: log.rows,
-        bytes,
-        duration: elapsed,
-        detail: detail.as_deref(),
-    });
-    if logged {
-        return response;
-    }
-    tracing::info!(
-        target: "sluice::request",
-        request_id = request_id.to_str().unwrap_or_default(),
-        tenant,
-        transaction = log.transaction.as_deref(),
-        route = route.name(),
-        status = response.status().as_u16(),
-        outcome,
-        queue_wait_ms = log.queue_wait.map(|d| d.as_secs_f64() * 1e3),
-        exec_ms = log.exec.map(|d| d.as_secs_f64() * 1e3),
-        rows = log.rows,
-        bytes,
-        duration_ms = elapsed.as_secs_f64() * 1e3,
-        detail = detail.as_deref(),
-    );
+    // Moved in last, not cloned: a clone of a new id's bytes would allocate a shared header.
+    response.headers_mut().insert(X_REQUEST_ID, request_id);
     response
 }
 
