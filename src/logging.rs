@@ -258,7 +258,12 @@ impl Fields<'_> {
     /// Milliseconds with three decimals (microsecond resolution).
     fn millis(&mut self, name: &str, value: Duration) {
         self.name(name);
-        let micros = value.as_micros().min(u128::from(u64::MAX)) as u64;
+        // In u64 (`as_micros` is u128, whose division is a library call): seconds past
+        // u64::MAX / 10^6 (half a million years) saturate.
+        let micros = value
+            .as_secs()
+            .saturating_mul(1_000_000)
+            .saturating_add(u64::from(value.subsec_micros()));
         self.out
             .extend_from_slice(itoa::Buffer::new().format(micros / 1000).as_bytes());
         let fraction = micros % 1000;
@@ -357,6 +362,26 @@ mod tests {
             let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
             assert_eq!(parsed["v"], *String::from_utf8_lossy(value), "{json}");
         }
+    }
+
+    #[test]
+    fn milliseconds_have_three_decimals_and_saturate() {
+        let millis = |value: Duration| {
+            let mut out = Vec::new();
+            Fields {
+                out: &mut out,
+                format: LogFormat::Text,
+                first: true,
+            }
+            .millis("d", value);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(millis(Duration::ZERO), "d=0.000");
+        assert_eq!(millis(Duration::from_nanos(999)), "d=0.000");
+        assert_eq!(millis(Duration::from_micros(1)), "d=0.001");
+        assert_eq!(millis(Duration::from_micros(1_500)), "d=1.500");
+        assert_eq!(millis(Duration::new(12, 345_678_901)), "d=12345.678");
+        assert_eq!(millis(Duration::MAX), "d=18446744073709551.615");
     }
 
     #[test]

@@ -249,7 +249,7 @@ impl Transactions {
             .await?;
         Ok(tags
             .first()
-            .map(|t| t.command.clone())
+            .map(|t| t.command.clone().into_owned())
             .unwrap_or_else(|| "ROLLBACK".into()))
     }
 

@@ -1,6 +1,7 @@
 //! Prepared statements as one connection knows them, and the bounded cache that lets a repeated
 //! statement cost one round trip (Bind/Execute/Sync) instead of two.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -152,16 +153,27 @@ impl StatementCache {
 /// commands that have one, the row count.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CommandTag {
-    pub command: String,
+    /// Borrowed for the common commands: a tag is parsed (and cloned) for every statement.
+    pub command: Cow<'static, str>,
     pub row_count: Option<u64>,
 }
+
+/// Commands whose tags are common enough to be worth no allocation.
+const COMMON_COMMANDS: [&str; 16] = [
+    "SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "FETCH", "MOVE", "COPY", "BEGIN", "COMMIT",
+    "ROLLBACK", "SET", "RESET", "DISCARD", "SAVEPOINT", "RELEASE",
+];
 
 impl CommandTag {
     pub fn parse(tag: &str) -> CommandTag {
         let mut words = tag.split_ascii_whitespace();
-        let command = words.next().unwrap_or_default().to_owned();
+        let first = words.next().unwrap_or_default();
+        let command = match COMMON_COMMANDS.iter().find(|&&common| common == first) {
+            Some(&common) => Cow::Borrowed(common),
+            None => Cow::Owned(first.to_owned()),
+        };
         let counted = matches!(
-            command.as_str(),
+            &*command,
             "SELECT" | "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "FETCH" | "MOVE" | "COPY"
         );
         let row_count = if counted {
@@ -235,6 +247,11 @@ mod tests {
             }
         );
         assert_eq!(tag("MERGE 3").row_count, Some(3));
+        // Common commands borrow a static name; others own theirs. Both read the same.
+        assert!(matches!(tag("SELECT 1").command, Cow::Borrowed("SELECT")));
+        assert_eq!(tag("CREATE TABLE").command, "CREATE");
+        assert!(matches!(tag("CREATE TABLE").command, Cow::Owned(_)));
+        assert_eq!(tag("").command, "");
         assert_eq!(tag("SET").row_count, None);
     }
 
