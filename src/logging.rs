@@ -338,6 +338,17 @@ mod tests {
         assert!(value.get("transaction").is_none());
     }
 
+    /// What `write` puts in a line of its own, as the first field.
+    fn formatted(format: LogFormat, write: impl FnOnce(&mut Fields<'_>)) -> String {
+        let mut out = Vec::new();
+        write(&mut Fields {
+            out: &mut out,
+            format,
+            first: true,
+        });
+        String::from_utf8(out).unwrap()
+    }
+
     #[test]
     fn strings_escape_the_same_after_a_plain_prefix_as_at_the_start() {
         for value in [
@@ -348,17 +359,8 @@ mod tests {
             b"abc\xff\x80def",
             b"",
         ] {
-            let mut out = Vec::new();
-            Fields {
-                out: &mut out,
-                format: LogFormat::Json,
-                first: true,
-            }
-            .string("v", value);
-            let json = format!(
-                "{{{}}}",
-                String::from_utf8(out).unwrap().trim_start_matches(',')
-            );
+            let field = formatted(LogFormat::Json, |f| f.string("v", value));
+            let json = format!("{{{}}}", field.trim_start_matches(','));
             let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
             assert_eq!(parsed["v"], *String::from_utf8_lossy(value), "{json}");
         }
@@ -366,16 +368,7 @@ mod tests {
 
     #[test]
     fn milliseconds_have_three_decimals_and_saturate() {
-        let millis = |value: Duration| {
-            let mut out = Vec::new();
-            Fields {
-                out: &mut out,
-                format: LogFormat::Text,
-                first: true,
-            }
-            .millis("d", value);
-            String::from_utf8(out).unwrap()
-        };
+        let millis = |value: Duration| formatted(LogFormat::Text, |f| f.millis("d", value));
         assert_eq!(millis(Duration::ZERO), "d=0.000");
         assert_eq!(millis(Duration::from_nanos(999)), "d=0.000");
         assert_eq!(millis(Duration::from_micros(1)), "d=0.001");

@@ -160,8 +160,22 @@ pub struct CommandTag {
 
 /// Commands whose tags are common enough to be worth no allocation.
 const COMMON_COMMANDS: [&str; 16] = [
-    "SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "FETCH", "MOVE", "COPY", "BEGIN", "COMMIT",
-    "ROLLBACK", "SET", "RESET", "DISCARD", "SAVEPOINT", "RELEASE",
+    "SELECT",
+    "INSERT",
+    "UPDATE",
+    "DELETE",
+    "MERGE",
+    "FETCH",
+    "MOVE",
+    "COPY",
+    "BEGIN",
+    "COMMIT",
+    "ROLLBACK",
+    "SET",
+    "RESET",
+    "DISCARD",
+    "SAVEPOINT",
+    "RELEASE",
 ];
 
 impl CommandTag {
