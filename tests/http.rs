@@ -384,6 +384,32 @@ async fn the_fast_paths_responses_are_complete_and_malformed_requests_still_get_
     gateway.stop().await;
 }
 
+/// A response larger than the fast path sends with its head in one piece (16 KiB) goes out as a
+/// head and then its body: every byte arrives, framed by its content-length, and the next
+/// pipelined response follows intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_response_is_whole_and_the_next_one_follows_it() {
+    let (gateway, key) = gateway(5_000).await;
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let body = r#"{"sql": "select repeat('y', 100000) as big"}"#;
+    let large = format!(
+        "POST /v1/query HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut pipelined = large.into_bytes();
+    pipelined.extend(query_request(&key, 8));
+    stream.write_all(&pipelined).await.unwrap();
+    let mut pending = Vec::new();
+    let (status, body) = read_response(&mut stream, &mut pending).await;
+    assert_eq!(status, 200, "{body}");
+    let value: serde_json::Value = serde_json::from_str(&body).expect("the whole JSON body");
+    assert_eq!(value["rows"][0]["big"], "y".repeat(100_000));
+    let (status, body) = read_response(&mut stream, &mut pending).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(doubled(&body), 16);
+    gateway.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_are_answered_in_order() {
     let (gateway, key) = gateway(5_000).await;
