@@ -7,9 +7,8 @@
 pub const HEADER: &str = "x-sluice-fault";
 
 /// Whether the request asks for `fault` at this seam.
-pub fn requested(headers: &http::HeaderMap, fault: &str) -> bool {
+pub fn requested(headers: &crate::api::head::Headers, fault: &str) -> bool {
     headers
-        .get_all(HEADER)
-        .iter()
-        .any(|value| value.as_bytes() == fault.as_bytes())
+        .get_all(&http::HeaderName::from_static(HEADER))
+        .any(|value| value == fault.as_bytes())
 }

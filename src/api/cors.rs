@@ -13,6 +13,7 @@ use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 
 use super::body::Body;
 use super::error::ApiError;
+use super::head::Headers;
 use crate::config::TenantConfig;
 use crate::cors::CorsUnion;
 
@@ -25,17 +26,13 @@ const ALLOW_METHODS: &str = "GET, POST, OPTIONS";
 /// Readable by the page: the request id to quote, and when to retry a 429 or 503.
 const EXPOSE_HEADERS: &str = "x-request-id, retry-after";
 
-fn origin(headers: &HeaderMap) -> Option<&str> {
-    headers.get(ORIGIN).and_then(|v| v.to_str().ok())
+fn origin(headers: &Headers) -> Option<&str> {
+    headers.get_str(&ORIGIN)
 }
 
 /// The answer to a CORS preflight, or `None` when the request is not one.
-pub fn preflight(
-    union: &CorsUnion,
-    method: &Method,
-    headers: &HeaderMap,
-) -> Option<Response<Body>> {
-    if method != Method::OPTIONS || !headers.contains_key(ACCESS_CONTROL_REQUEST_METHOD) {
+pub fn preflight(union: &CorsUnion, method: &Method, headers: &Headers) -> Option<Response<Body>> {
+    if method != Method::OPTIONS || !headers.contains(&ACCESS_CONTROL_REQUEST_METHOD) {
         return None;
     }
     let origin = origin(headers)?;
@@ -59,14 +56,17 @@ pub fn preflight(
 
 /// Adds the `Access-Control-*` headers to a response when the request's origin is allowed by
 /// some tenant (a refusal by the request's own tenant included, so the page can read why).
-pub fn decorate(union: &CorsUnion, request: &HeaderMap, response: &mut HeaderMap) {
-    let Some(value) = request.get(ORIGIN) else {
+pub fn decorate(union: &CorsUnion, request: &Headers, response: &mut HeaderMap) {
+    let Some(origin) = origin(request) else {
         return;
     };
-    if !value.to_str().is_ok_and(|o| union.allows(o)) {
+    if !union.allows(origin) {
         return;
     }
-    response.insert(ACCESS_CONTROL_ALLOW_ORIGIN, value.clone());
+    let Ok(value) = HeaderValue::from_str(origin) else {
+        return;
+    };
+    response.insert(ACCESS_CONTROL_ALLOW_ORIGIN, value);
     response.insert(
         ACCESS_CONTROL_EXPOSE_HEADERS,
         HeaderValue::from_static(EXPOSE_HEADERS),
@@ -76,11 +76,11 @@ pub fn decorate(union: &CorsUnion, request: &HeaderMap, response: &mut HeaderMap
 
 /// A request from a browser page (it has an `Origin`) must come from one of its tenant's
 /// origins; requests without `Origin` (servers, functions) are not browsers' and pass.
-pub fn check_origin(headers: &HeaderMap, tenant: &TenantConfig) -> Result<(), ApiError> {
-    let Some(origin) = headers.get(ORIGIN) else {
+pub fn check_origin(headers: &Headers, tenant: &TenantConfig) -> Result<(), ApiError> {
+    if !headers.contains(&ORIGIN) {
         return Ok(());
-    };
-    let origin = origin.to_str().unwrap_or("(not text)");
+    }
+    let origin = origin(headers).unwrap_or("(not text)");
     match &tenant.cors {
         Some(policy) if policy.allows(origin) => Ok(()),
         _ => Err(refused(origin)),

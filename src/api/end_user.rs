@@ -6,9 +6,10 @@
 
 use std::sync::Arc;
 
-use http::HeaderMap;
+use http::HeaderName;
 
 use super::error::ApiError;
+use super::head::Headers;
 use super::{Generation, Tenant};
 use crate::jwt::{Identity, Unverified, route};
 use crate::pg::sql::analysis_of;
@@ -27,8 +28,11 @@ pub enum EndUser {
     Refused(String),
 }
 
+/// Names the tenant whose token policy applies when several could accept a token.
+const SLUICE_TENANT: HeaderName = HeaderName::from_static("sluice-tenant");
+
 /// Reads the request's credentials. Cheap when no tenant has a `jwt` table.
-pub async fn authenticate(generation: &Generation, headers: &HeaderMap) -> EndUser {
+pub async fn authenticate(generation: &Generation, headers: &Headers) -> EndUser {
     let tenants = &generation.config.tenants;
     if tenants.iter().all(|t| t.jwt.is_none()) {
         return EndUser::NotApplicable;
@@ -39,8 +43,8 @@ pub async fn authenticate(generation: &Generation, headers: &HeaderMap) -> EndUs
             .enumerate()
             .filter_map(|(i, t)| t.jwt.as_deref().map(|jwt| (i, t.id.as_str(), jwt)))
     };
-    let tenant_header = headers.get("sluice-tenant").and_then(|v| v.to_str().ok());
-    let Some(header) = headers.get(http::header::AUTHORIZATION) else {
+    let tenant_header = headers.get_str(&SLUICE_TENANT);
+    let Some(header) = headers.get(&http::header::AUTHORIZATION) else {
         // Anonymous: only where a tenant takes anonymous requests; otherwise API keys' usual
         // "missing credentials" answer.
         return match route(policies(), tenant_header, None) {
@@ -60,7 +64,7 @@ pub async fn authenticate(generation: &Generation, headers: &HeaderMap) -> EndUs
             Err(_) => EndUser::NotApplicable,
         };
     };
-    let Some(token) = crate::auth::bearer_token(header.as_bytes()) else {
+    let Some(token) = crate::auth::bearer_token(header) else {
         return EndUser::NotApplicable;
     };
     if !crate::auth::looks_like_jwt(token) {

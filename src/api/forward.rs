@@ -30,7 +30,7 @@ use super::{RequestContext, Tenant};
 use crate::transactions::short;
 
 /// The header marking a forwarded call; its value is the forwarding replica's id.
-pub const FORWARDED: &str = "sluice-forwarded-by";
+pub const FORWARDED: HeaderName = HeaderName::from_static("sluice-forwarded-by");
 /// How long the owner may take to accept the connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The request headers that travel with a forwarded call.
@@ -68,7 +68,7 @@ pub async fn to_owner(
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-    if owner == me || !well_formed || ctx.headers.contains_key(FORWARDED) {
+    if owner == me || !well_formed || ctx.headers.contains(&FORWARDED) {
         return Ok(None);
     }
     let owner_name = format!("{owner:016x}");

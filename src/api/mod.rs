@@ -13,6 +13,7 @@ pub mod cors;
 pub mod end_user;
 pub mod error;
 pub mod forward;
+pub mod head;
 mod health;
 pub mod memory;
 pub mod neon;

@@ -10,6 +10,7 @@ use http::HeaderValue;
 use http_body_util::BodyExt;
 
 use super::error::ApiError;
+use super::head::Headers;
 use super::memory::{MEMORY_WAIT, MemoryLease};
 use super::{App, Generation, batch, cors, end_user, neon, query};
 use crate::auth::Principal;
@@ -32,7 +33,7 @@ pub struct RequestLog {
 pub struct RequestContext<'r> {
     pub app: &'r App,
     pub generation: &'r Generation,
-    pub headers: &'r http::HeaderMap,
+    pub headers: &'r Headers,
     pub peer: IpAddr,
     pub max_response_bytes: usize,
     pub log: RequestLog,
@@ -132,10 +133,7 @@ impl RequestContext<'_> {
         if let Some(wait) = failures.blocked_for(self.peer) {
             return Err(blocked(wait));
         }
-        let header = self
-            .headers
-            .get(http::header::AUTHORIZATION)
-            .map(HeaderValue::as_bytes);
+        let header = self.headers.get(&http::header::AUTHORIZATION);
         self.generation.keys.authenticate(header).map_err(|error| {
             self.app.metrics.auth_failures.inc();
             match failures.record_failure(self.peer) {
@@ -176,8 +174,7 @@ pub(super) async fn read_body<B: RequestBody>(
     let limit = server.max_body_bytes;
     let declared = ctx
         .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
+        .get_str(&http::header::CONTENT_LENGTH)
         .and_then(|v| v.parse::<u64>().ok());
     let too_large = |incoming| async move {
         drain(incoming, declared).await;
@@ -313,13 +310,14 @@ pub fn decode_request(path: &str, body: &[u8]) -> Result<(), String> {
 pub(crate) const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// The client's `x-request-id` when it is reasonable, else a new random one.
-pub(super) fn request_id(headers: &http::HeaderMap) -> HeaderValue {
-    if let Some(value) = headers.get(X_REQUEST_ID)
+pub(super) fn request_id(headers: &Headers) -> HeaderValue {
+    if let Some(value) = headers.get(&X_REQUEST_ID)
         && !value.is_empty()
         && value.len() <= 128
-        && value.as_bytes().iter().all(|c| c.is_ascii_graphic())
+        && value.iter().all(|c| c.is_ascii_graphic())
+        && let Ok(value) = HeaderValue::from_bytes(value)
     {
-        return value.clone();
+        return value;
     }
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut hex = [0u8; 32];
@@ -368,9 +366,7 @@ mod tests {
     #[test]
     fn new_request_ids_are_32_hex_digits_and_never_repeat() {
         let ids = |n: usize| -> Vec<HeaderValue> {
-            (0..n)
-                .map(|_| request_id(&http::HeaderMap::new()))
-                .collect()
+            (0..n).map(|_| request_id(&Headers::default())).collect()
         };
         let mut seen = std::collections::HashSet::new();
         for id in ids(100_000) {
@@ -388,7 +384,7 @@ mod tests {
         let with = |value: &[u8]| {
             let mut headers = http::HeaderMap::new();
             headers.insert(X_REQUEST_ID, HeaderValue::from_bytes(value).unwrap());
-            request_id(&headers)
+            request_id(&Headers::from(headers))
         };
         assert_eq!(with(b"trace-42"), "trace-42");
         for unreasonable in [&b""[..], b"has space", &[b'x'; 129]] {

@@ -8,10 +8,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use futures_util::FutureExt;
-use http::{Method, Request, Response};
+use http::{Method, Response};
 
 use super::body::Body;
 use super::error::ApiError;
+use super::head::RequestHead;
 use super::request::{X_REQUEST_ID, read_body, request_id};
 use super::{
     App, RequestBody, RequestContext, RequestLog, admin, batch, cors, end_user, health, neon,
@@ -31,29 +32,30 @@ pub enum Surface {
     Metrics,
 }
 
-/// Handles one HTTP request. Never fails: every error becomes an API.md error response.
+/// Handles one HTTP request (its head and body). Never fails: every error becomes an API.md
+/// error response.
 pub async fn handle<B: RequestBody>(
     app: Arc<App>,
-    request: Request<B>,
+    mut head: RequestHead,
+    incoming: B,
     peer: IpAddr,
     surface: Surface,
 ) -> Response<Body> {
     let started = Instant::now();
     app.in_flight.fetch_add(1, Ordering::SeqCst);
     let _in_flight = InFlight(&app.in_flight);
-    let request_id = request_id(request.headers());
+    let request_id = request_id(&head.headers);
     let generation = app.generation();
-    let (mut parts, incoming) = request.into_parts();
-    let route = Route::of(parts.uri.path(), surface);
-    if let Some(mut response) = cors::preflight(&generation.cors, &parts.method, &parts.headers) {
-        cors::decorate(&generation.cors, &parts.headers, response.headers_mut());
+    let route = Route::of(head.uri.path(), surface);
+    if let Some(mut response) = cors::preflight(&generation.cors, &head.method, &head.headers) {
+        cors::decorate(&generation.cors, &head.headers, response.headers_mut());
         response
             .headers_mut()
             .insert(X_REQUEST_ID, request_id.clone());
         return response;
     }
     if route == Route::Sql {
-        neon::adopt_connection_string_key(&mut parts.headers);
+        neon::adopt_connection_string_key(&mut head.headers);
     }
     // Every route but the gateway's own (probes, metrics, admin) may be a tenant's, including
     // routes added later: an end user's token is checked before routing.
@@ -63,12 +65,12 @@ pub async fn handle<B: RequestBody>(
         | Route::Metrics { .. }
         | Route::AdminPools
         | Route::AdminReload => end_user::EndUser::NotApplicable,
-        _ => end_user::authenticate(&generation, &parts.headers).await,
+        _ => end_user::authenticate(&generation, &head.headers).await,
     };
     let mut ctx = RequestContext {
         app: &app,
         generation: &generation,
-        headers: &parts.headers,
+        headers: &head.headers,
         peer,
         max_response_bytes: generation.config.server.max_response_bytes,
         log: RequestLog::default(),
@@ -79,7 +81,7 @@ pub async fn handle<B: RequestBody>(
     // A panic is a bug, but it must cost one request, not the connection or the process: the
     // client gets `internal`, and the hook (crate::panic) logs where it happened without the
     // request's data.
-    let result = AssertUnwindSafe(dispatch(&mut ctx, route, &parts.method, incoming))
+    let result = AssertUnwindSafe(dispatch(&mut ctx, route, &head.method, incoming))
         .catch_unwind()
         .await
         .unwrap_or_else(|_| {
@@ -105,8 +107,8 @@ pub async fn handle<B: RequestBody>(
     if let Some(lease) = ctx.memory.take() {
         response = response.map(|body| body.leased(lease));
     }
-    cors::decorate(&generation.cors, &parts.headers, response.headers_mut());
-    if parts.version == http::Version::HTTP_11 {
+    cors::decorate(&generation.cors, &head.headers, response.headers_mut());
+    if head.version == http::Version::HTTP_11 {
         // The gateway closes connections idle longer than the header read timeout; saying so
         // lets clients (undici, Node's fetch) retire them first instead of sending a request
         // into a connection that is closing.

@@ -38,11 +38,10 @@ const CHUNK_BYTES: usize = 32 * 1024;
 const CHANNEL_CHUNKS: usize = 4;
 
 /// Whether the client asked for a stream.
-pub fn wants_ndjson(headers: &http::HeaderMap) -> bool {
+pub fn wants_ndjson(headers: &super::head::Headers) -> bool {
     headers
-        .get_all(http::header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+        .get_all(&http::header::ACCEPT)
+        .filter_map(|v| std::str::from_utf8(v).ok())
         .any(|v| {
             v.split(',')
                 .any(|t| t.trim().starts_with("application/x-ndjson"))

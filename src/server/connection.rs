@@ -239,7 +239,8 @@ async fn serve_http1_parking(mut stream: TcpStream, peer: SocketAddr, serving: &
     // The fast path's handler future, allocated once and reused while the connection is in
     // use; dropped when it parks.
     let mut handler_slot = None;
-    let handler = |request| api::handle(serving.app.clone(), request, peer.ip(), serving.surface);
+    let handler =
+        |head, body| api::handle(serving.app.clone(), head, body, peer.ip(), serving.surface);
     loop {
         if wait_for_bytes {
             // The idle timeout counts from when the connection fell idle, not from parking.
@@ -480,9 +481,10 @@ fn service(
         let app = app.clone();
         // Counted now, as hyper hands the request over, not when the future first runs.
         let watch = activity.as_ref().map(|activity| activity.request_started());
-        let request = request.map(|body| WatchedRequestBody::new(body, watch.clone()));
+        let (head, body) = request.into_parts();
+        let body = WatchedRequestBody::new(body, watch.clone());
         async move {
-            let response = api::handle(app, request, peer.ip(), surface).await;
+            let response = api::handle(app, head.into(), body, peer.ip(), surface).await;
             Ok::<_, Infallible>(response.map(|body| ResponseBody {
                 inner: body,
                 _done: watch.map(ResponseDone),

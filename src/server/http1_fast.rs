@@ -24,17 +24,18 @@ use std::task::Poll;
 use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, HeaderName, HeaderValue, TRANSFER_ENCODING};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{Method, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::close::Close;
 use crate::api::body::Body;
+use crate::api::head::{MAX_RAW_HEADERS, RawHeaders, RequestHead};
 
 /// More headers than this and the request goes to hyper (which allows 100).
-const MAX_HEADERS: usize = 32;
+const MAX_HEADERS: usize = MAX_RAW_HEADERS;
 
 /// Pipelined bytes kept while a request is handled; past this the socket is not read (and a
 /// hang-up is noticed only when the response is written), as hyper stops at its buffer limit.
@@ -68,7 +69,7 @@ pub(super) async fn serve<F, H>(
 ) -> Served
 where
     F: Future<Output = Response<Body>>,
-    H: Fn(Request<OneFrame>) -> F,
+    H: Fn(RequestHead, OneFrame) -> F,
 {
     loop {
         if buffer.is_empty() {
@@ -77,15 +78,15 @@ where
         // A client pipelining requests that are answered without waiting (refused keys, say)
         // still yields to other connections between them.
         tokio::task::consume_budget().await;
-        let Some(request) = take_request(buffer) else {
+        let Some((head, body)) = take_request(buffer) else {
             return Served::Declined;
         };
         let handled = match slot {
             Some(future) => {
-                future.set(handler(request));
+                future.set(handler(head, body));
                 future.as_mut()
             }
-            None => slot.insert(Box::pin(handler(request))).as_mut(),
+            None => slot.insert(Box::pin(handler(head, body))).as_mut(),
         };
         let Some(response) = while_connected(stream, buffer, handled).await else {
             return Served::Closed;
@@ -108,14 +109,14 @@ where
 /// The simple, whole request at the front of `buffer`, taken out of it; `None` leaves the
 /// buffer as it was. Not async: the parse's layout (a kilobyte of header offsets) stays on the
 /// stack, out of the connection's future, which then fits the allocator's per-thread cache.
-fn take_request(buffer: &mut BytesMut) -> Option<Request<OneFrame>> {
+fn take_request(buffer: &mut BytesMut) -> Option<(RequestHead, OneFrame)> {
     let parsed = parse(buffer)?;
     // The request's bytes leave the buffer (shared, not copied): the head's header values and
     // the body point into them.
     let bytes = buffer.split_to(parsed.len).freeze();
     let request = parsed.build(&bytes);
     if request.is_none() {
-        // A part `http` refuses (hyper answers it): the bytes go back in front.
+        // A target `http` refuses (hyper answers it): the bytes go back in front.
         *buffer = joined(&bytes, buffer);
     }
     request
@@ -134,8 +135,9 @@ pub(super) fn joined(first: &[u8], second: &[u8]) -> BytesMut {
 struct Parsed {
     method: Method,
     path: (usize, usize),
-    /// Each header's name and value, as (offset, length).
-    headers: [((usize, usize), (usize, usize)); MAX_HEADERS],
+    /// Each header's name and value, as (name at, name length, value at, value length): all
+    /// within the head, which is at most `u16::MAX` bytes.
+    headers: [[u16; 4]; MAX_HEADERS],
     header_count: usize,
     body: (usize, usize),
     /// Head and body.
@@ -150,7 +152,9 @@ fn parse(buf: &[u8]) -> Option<Parsed> {
         Ok(httparse::Status::Complete(len)) => len,
         _ => return None,
     };
-    if head.version != Some(1) {
+    // Offsets into the head are kept as u16 (a longer head, which no ordinary client sends,
+    // is hyper's).
+    if head_len > usize::from(u16::MAX) || head.version != Some(1) {
         return None;
     }
     let method = match head.method? {
@@ -163,8 +167,10 @@ fn parse(buf: &[u8]) -> Option<Parsed> {
         return None;
     }
     let offset = |part: &[u8]| part.as_ptr() as usize - buf.as_ptr() as usize;
+    // Within the head (checked above), so each fits.
+    let short = |n: usize| n as u16;
     let mut content_length: Option<usize> = None;
-    let mut headers = [((0, 0), (0, 0)); MAX_HEADERS];
+    let mut headers = [[0u16; 4]; MAX_HEADERS];
     for (header, slot) in head.headers.iter().zip(headers.iter_mut()) {
         let name = header.name.as_bytes();
         let is = |expected: &[u8]| name.eq_ignore_ascii_case(expected);
@@ -191,7 +197,12 @@ fn parse(buf: &[u8]) -> Option<Parsed> {
             _ => {}
         }
         let value = header.value;
-        *slot = ((offset(name), name.len()), (offset(value), value.len()));
+        *slot = [
+            short(offset(name)),
+            short(name.len()),
+            short(offset(value)),
+            short(value.len()),
+        ];
     }
     let body_len = content_length.unwrap_or(0);
     let len = head_len.checked_add(body_len)?;
@@ -223,23 +234,20 @@ fn digits(value: &[u8]) -> Option<usize> {
 
 impl Parsed {
     /// The request, its parts pointing into `bytes` (what [`parse`] read); `None` if `http`
-    /// refuses the target or a header (hyper then answers the request).
-    fn build(self, bytes: &Bytes) -> Option<Request<OneFrame>> {
+    /// refuses the target (hyper then answers the request). Headers are not rebuilt as a
+    /// `HeaderMap`: the API reads them where they lie ([`RawHeaders`]). `httparse` has already
+    /// held their names and values to the rules `http`'s types check (tokens; visible ASCII,
+    /// tab or obs-text), which the fuzz target `http1_head` checks.
+    fn build(self, bytes: &Bytes) -> Option<(RequestHead, OneFrame)> {
         let slice = |(at, len): (usize, usize)| bytes.slice(at..at + len);
         let body = Some(slice(self.body)).filter(|b| !b.is_empty());
-        let mut request = Request::new(OneFrame(body));
-        *request.method_mut() = self.method;
-        *request.version_mut() = Version::HTTP_11;
-        *request.uri_mut() = Uri::from_maybe_shared(slice(self.path)).ok()?;
-        let headers = request.headers_mut();
-        headers.reserve(self.header_count);
-        for &(name, value) in &self.headers[..self.header_count] {
-            headers.append(
-                HeaderName::from_bytes(&bytes[name.0..name.0 + name.1]).ok()?,
-                HeaderValue::from_maybe_shared(slice(value)).ok()?,
-            );
-        }
-        Some(request)
+        let head = RequestHead {
+            method: self.method,
+            uri: Uri::from_maybe_shared(slice(self.path)).ok()?,
+            version: Version::HTTP_11,
+            headers: RawHeaders::new(bytes.clone(), &self.headers[..self.header_count])?.into(),
+        };
+        Some((head, OneFrame(body)))
     }
 }
 
@@ -532,7 +540,8 @@ fn date(out: &mut Vec<u8>) {
 /// The fuzz target `http1_head` (`sluice::fuzzing`): any bytes through [`parse`] and
 /// [`Parsed::build`], checking that what is taken as simple is what the module doc promises —
 /// a whole request within the bytes, POST or GET over HTTP/1.1, framed by one Content-Length
-/// (or none) that matches the body handed on, and none of the headers left to hyper.
+/// (or none) that matches the body handed on, and none of the headers left to hyper — and that
+/// every header passed on is one `http` (hyper's types) would accept too.
 pub(crate) fn fuzz_check(data: &[u8]) {
     let Some(parsed) = parse(data) else {
         return;
@@ -544,51 +553,51 @@ pub(crate) fn fuzz_check(data: &[u8]) {
     let (body_at, body_len) = parsed.body;
     assert_eq!(body_at + body_len, parsed.len, "the body ends the request");
     assert!(parsed.header_count <= MAX_HEADERS);
-    for &((name, name_len), (value, value_len)) in &parsed.headers[..parsed.header_count] {
+    for &[name, name_len, value, value_len] in &parsed.headers[..parsed.header_count] {
+        let part = |at: u16, len: u16| {
+            let (at, len) = (usize::from(at), usize::from(len));
+            assert!(at + len <= body_at, "headers lie in the head");
+            &data[at..at + len]
+        };
         assert!(
-            name + name_len <= body_at && value + value_len <= body_at,
-            "headers lie in the head"
+            http::HeaderName::from_bytes(part(name, name_len)).is_ok(),
+            "a header name http refuses was taken"
+        );
+        assert!(
+            http::HeaderValue::from_bytes(part(value, value_len)).is_ok(),
+            "a header value http refuses was taken"
         );
     }
     let bytes = Bytes::copy_from_slice(&data[..parsed.len]);
     let method = parsed.method.clone();
-    let Some(request) = parsed.build(&bytes) else {
+    let Some((head, body)) = parsed.build(&bytes) else {
         return;
     };
     assert!(method == Method::POST || method == Method::GET);
-    assert_eq!(request.method(), method);
-    assert_eq!(request.version(), Version::HTTP_11);
-    assert!(
-        request.uri().path().starts_with('/'),
-        "origin-form targets only"
-    );
-    let headers = request.headers();
+    assert_eq!(head.method, method);
+    assert_eq!(head.version, Version::HTTP_11);
+    assert!(head.uri.path().starts_with('/'), "origin-form targets only");
+    let headers = &head.headers;
     for refused in [
         http::header::TRANSFER_ENCODING,
         http::header::EXPECT,
         http::header::UPGRADE,
     ] {
-        assert!(
-            !headers.contains_key(&refused),
-            "{refused} is hyper's to judge"
-        );
+        assert!(!headers.contains(&refused), "{refused} is hyper's to judge");
     }
-    for connection in headers.get_all(CONNECTION) {
+    for connection in headers.get_all(&CONNECTION) {
         assert!(
-            connection
-                .as_bytes()
-                .trim_ascii()
-                .eq_ignore_ascii_case(b"keep-alive"),
+            connection.trim_ascii().eq_ignore_ascii_case(b"keep-alive"),
             "only keep-alive connections are served here"
         );
     }
-    let lengths: Vec<_> = headers.get_all(CONTENT_LENGTH).iter().collect();
+    let lengths: Vec<_> = headers.get_all(&CONTENT_LENGTH).collect();
     assert!(lengths.len() <= 1, "one Content-Length at most");
-    let body = request.body().0.as_ref().map_or(0, Bytes::len);
+    let body = body.0.as_ref().map_or(0, Bytes::len);
     assert_eq!(body, body_len, "the body handed on is the framed one");
     if let Some(length) = lengths.first() {
         assert_eq!(
-            std::str::from_utf8(length.as_bytes())
+            std::str::from_utf8(length)
                 .ok()
                 .and_then(|l| l.parse::<usize>().ok()),
             Some(body_len),
@@ -615,11 +624,20 @@ mod tests {
         assert_eq!(parsed.method, Method::POST);
         assert_eq!(parsed.len, request.len());
         let bytes = Bytes::from(request);
-        let built = parsed.build(&bytes).expect("valid");
-        assert_eq!(built.uri().path(), "/v1/query");
-        assert_eq!(built.headers()["authorization"], "Bearer k");
-        assert_eq!(built.headers().len(), 4);
-        assert_eq!(built.body().0.as_deref(), Some(&b"{\"sql\":\"x\"}\r\n"[..]));
+        let (head, body) = parsed.build(&bytes).expect("valid");
+        assert_eq!(head.uri.path(), "/v1/query");
+        let headers = &head.headers;
+        assert_eq!(
+            headers.get(&http::header::AUTHORIZATION),
+            Some(&b"Bearer k"[..])
+        );
+        assert_eq!(headers.get(&http::header::HOST), Some(&b"x"[..]));
+        assert_eq!(headers.get_str(&http::header::CONTENT_LENGTH), Some("13"));
+        assert_eq!(
+            headers.get_str(&http::header::CONTENT_TYPE),
+            Some("application/json")
+        );
+        assert_eq!(body.0.as_deref(), Some(&b"{\"sql\":\"x\"}\r\n"[..]));
     }
 
     #[test]

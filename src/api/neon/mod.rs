@@ -11,12 +11,13 @@ pub mod response;
 
 use std::borrow::Cow;
 
-use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http::{HeaderValue, Response, StatusCode};
 
 use self::request::{ConnectionString, Options, Payload, QueryData, Request};
 use super::batch::{Isolation, StatementRequest, begin_sql, check_statements};
 use super::body::Body;
 use super::error::ApiError;
+use super::head::Headers;
 use super::query::{Limits, check_statement, pipeline_as_end_user, run_one};
 use super::{RequestBody, RequestContext, Tenant};
 
@@ -26,8 +27,8 @@ pub use self::response::error_response;
 /// `Authorization` header, the password of its `Neon-Connection-String` becomes its bearer key.
 /// `/sql` is then authenticated by the very path every other route takes (key hashing, the
 /// failed-authentication limiter, and whatever else that path learns), not by a copy of it.
-pub fn adopt_connection_string_key(headers: &mut HeaderMap) {
-    if headers.contains_key(http::header::AUTHORIZATION) {
+pub fn adopt_connection_string_key(headers: &mut Headers) {
+    if headers.contains(&http::header::AUTHORIZATION) {
         return;
     }
     let Ok(Some(ConnectionString {
@@ -76,8 +77,8 @@ fn check_connection_string(
     let id = &tenant.config.id;
     let by_password = connection.password.as_ref().is_some_and(|password| {
         ctx.headers
-            .get(http::header::AUTHORIZATION)
-            .is_some_and(|value| value.as_bytes() == format!("Bearer {password}").as_bytes())
+            .get(&http::header::AUTHORIZATION)
+            .is_some_and(|value| value == format!("Bearer {password}").as_bytes())
     });
     if by_password && connection.user != *id {
         return Err(ApiError::Forbidden(format!(

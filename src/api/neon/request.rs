@@ -5,12 +5,13 @@
 
 use std::borrow::Cow;
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::HeaderName;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::api::batch::Isolation;
 use crate::api::error::ApiError;
+use crate::api::head::Headers;
 
 pub const CONNECTION_STRING: HeaderName = HeaderName::from_static("neon-connection-string");
 pub const RAW_TEXT_OUTPUT: HeaderName = HeaderName::from_static("neon-raw-text-output");
@@ -86,9 +87,9 @@ pub struct Options {
 }
 
 impl Options {
-    pub fn of(headers: &HeaderMap) -> Result<Options, ApiError> {
-        let on = |name: &HeaderName| headers.get(name).is_some_and(|v| v.as_bytes() == b"true");
-        let isolation = match headers.get(ISOLATION_LEVEL).map(HeaderValue::as_bytes) {
+    pub fn of(headers: &Headers) -> Result<Options, ApiError> {
+        let on = |name: &HeaderName| headers.get(name).is_some_and(|v| v == b"true");
+        let isolation = match headers.get(&ISOLATION_LEVEL) {
             None => None,
             Some(b"Serializable") => Some(Isolation::Serializable),
             Some(b"RepeatableRead") => Some(Isolation::RepeatableRead),
@@ -153,13 +154,13 @@ impl ConnectionString {
     }
 
     /// The `Neon-Connection-String` header, if sent; `Err` when it is not a connection string.
-    pub fn of(headers: &HeaderMap) -> Result<Option<ConnectionString>, ApiError> {
-        let Some(value) = headers.get(CONNECTION_STRING) else {
+    pub fn of(headers: &Headers) -> Result<Option<ConnectionString>, ApiError> {
+        if !headers.contains(&CONNECTION_STRING) {
             return Ok(None);
-        };
-        let text = value
-            .to_str()
-            .map_err(|_| ApiError::BadRequest("Neon-Connection-String is not ASCII text".into()))?;
+        }
+        let text = headers.get_str(&CONNECTION_STRING).ok_or_else(|| {
+            ApiError::BadRequest("Neon-Connection-String is not ASCII text".into())
+        })?;
         ConnectionString::parse(text)
             .map(Some)
             .map_err(|reason| ApiError::BadRequest(format!("Neon-Connection-String {reason}")))
@@ -169,6 +170,7 @@ impl ConnectionString {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::{HeaderMap, HeaderValue};
 
     #[test]
     fn connection_strings_give_user_password_and_database() {
@@ -205,7 +207,7 @@ mod tests {
         headers.insert(READ_ONLY, HeaderValue::from_static("1"));
         headers.insert(DEFERRABLE, HeaderValue::from_static("true"));
         headers.insert(ISOLATION_LEVEL, HeaderValue::from_static("RepeatableRead"));
-        let options = Options::of(&headers).unwrap();
+        let options = Options::of(&Headers::from(headers.clone())).unwrap();
         assert_eq!(
             options,
             Options {
@@ -217,6 +219,6 @@ mod tests {
             }
         );
         headers.insert(ISOLATION_LEVEL, HeaderValue::from_static("serializable"));
-        assert!(Options::of(&headers).is_err());
+        assert!(Options::of(&Headers::from(headers.clone())).is_err());
     }
 }
