@@ -171,27 +171,41 @@ impl RawHeaders {
             })
     }
 
+    /// The parsed values of `wanted` (a lowercase name). Lengths are compared before any
+    /// bytes, so most headers are passed over in one compare; then the bytes as they are
+    /// (clients nearly all send lowercase names, and HTTP/2 requires them), and only then
+    /// letter by letter.
+    fn parsed_values<'a, 'w>(
+        &'a self,
+        wanted: &'w [u8],
+    ) -> impl Iterator<Item = &'a [u8]> + use<'a, 'w> {
+        self.entries[..self.count]
+            .iter()
+            .filter(move |&&[name, name_len, ..]| {
+                usize::from(name_len) == wanted.len() && {
+                    let name = self.part(name, name_len);
+                    name == wanted || name.eq_ignore_ascii_case(wanted)
+                }
+            })
+            .map(|&[_, _, value, value_len]| self.part(value, value_len))
+    }
+
     fn first(&self, name: &HeaderName) -> Option<&[u8]> {
         if let Some((_, value)) = self.set.iter().find(|(set, _)| set == name) {
             return Some(value.as_bytes());
         }
-        let wanted = name.as_str().as_bytes();
-        self.parsed()
-            .find(|(parsed, _)| parsed.eq_ignore_ascii_case(wanted))
-            .map(|(_, value)| value)
+        self.parsed_values(name.as_str().as_bytes()).next()
     }
 
     fn values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> + 'a {
-        let wanted = name.as_str().as_bytes();
         let set = self.set.iter().any(|(set, _)| set == name);
         self.set
             .iter()
             .filter(move |(set, _)| set == name)
             .map(|(_, value)| value.as_bytes())
             .chain(
-                self.parsed()
-                    .filter(move |(parsed, _)| !set && parsed.eq_ignore_ascii_case(wanted))
-                    .map(|(_, value)| value),
+                self.parsed_values(name.as_str().as_bytes())
+                    .filter(move |_| !set),
             )
     }
 }
