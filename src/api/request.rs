@@ -52,7 +52,7 @@ impl RequestContext<'_> {
     /// to the request log.
     pub async fn checkout(&mut self, tenant: &Tenant) -> Result<crate::pool::Checkout, ApiError> {
         let waited = std::time::Instant::now();
-        let conn = tenant.pool.checkout().await?;
+        let conn = tenant.pool.checkout_from(waited).await?;
         self.log.queue_wait = Some(conn.checked_out_at().saturating_duration_since(waited));
         Ok(conn)
     }

@@ -262,14 +262,20 @@ impl TenantPool {
 
     /// A connection, within the tenant's queue timeout.
     pub async fn checkout(&self) -> Result<Checkout, PoolError> {
-        let conn = self
+        self.checkout_from(Instant::now()).await
+    }
+
+    /// [`TenantPool::checkout`] for a request that asked at `asked` (see
+    /// [`Checkout::checked_out_at`]).
+    pub async fn checkout_from(&self, asked: Instant) -> Result<Checkout, PoolError> {
+        let (conn, since) = self
             .upstream
-            .checkout(self.index, self.queue_timeout)
+            .checkout_from(self.index, self.queue_timeout, asked)
             .await?;
         Ok(Checkout {
             conn: Some(conn),
             upstream: self.upstream.clone(),
-            since: Instant::now(),
+            since,
         })
     }
 
@@ -288,7 +294,8 @@ pub struct Checkout {
 }
 
 impl Checkout {
-    /// When the connection was handed over (the end of the request's wait for it).
+    /// When the connection was handed over (the end of the request's wait for it): the time
+    /// it was asked for, when an idle one was taken without a wait.
     pub fn checked_out_at(&self) -> Instant {
         self.since
     }

@@ -152,7 +152,20 @@ impl Upstream {
         tenant: usize,
         wait: Duration,
     ) -> Result<PooledConn, PoolError> {
-        let mut now = Instant::now();
+        let (conn, _) = self.checkout_from(tenant, wait, Instant::now()).await?;
+        Ok(conn)
+    }
+
+    /// [`Upstream::checkout`] for a request that asked at `asked` (a clock read the caller
+    /// already made): the connection, and when it was handed over — `asked` itself for an
+    /// idle one, so a request that did not wait reads the clock once for both.
+    pub(crate) async fn checkout_from(
+        &self,
+        tenant: usize,
+        wait: Duration,
+        asked: Instant,
+    ) -> Result<(PooledConn, Instant), PoolError> {
+        let mut now = asked;
         let deadline = now + wait;
         loop {
             let (ticket, work) = {
@@ -177,7 +190,9 @@ impl Upstream {
                 Ticket::Refused(error) => return Err(error),
                 Ticket::Idle(conn, ping) => {
                     if let Some(conn) = self.revalidate(conn, ping).await {
-                        return Ok(conn);
+                        // A round trip to revalidate it is part of the wait.
+                        let handed = if ping { Instant::now() } else { now };
+                        return Ok((conn, handed));
                     }
                     now = Instant::now();
                 }
@@ -188,7 +203,8 @@ impl Upstream {
                         id,
                         rx: Some(rx),
                     };
-                    return waiting.wait(deadline).await;
+                    let conn = waiting.wait(deadline).await?;
+                    return Ok((conn, Instant::now()));
                 }
             }
         }
