@@ -38,6 +38,15 @@ async fn read_response<R: AsyncRead + Unpin>(
     stream: &mut R,
     pending: &mut Vec<u8>,
 ) -> (u16, String) {
+    let (status, _, body) = read_response_with_head(stream, pending).await;
+    (status, body)
+}
+
+/// [`read_response`], with the response's head (status line and headers) too.
+async fn read_response_with_head<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    pending: &mut Vec<u8>,
+) -> (u16, String, String) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -55,7 +64,7 @@ async fn read_response<R: AsyncRead + Unpin>(
             if pending.len() >= total {
                 let body = String::from_utf8_lossy(&pending[end + 4..total]).to_string();
                 pending.drain(..total);
-                return (status, body);
+                return (status, head, body);
             }
         }
         let mut buf = [0u8; 4096];
@@ -407,6 +416,60 @@ async fn a_large_response_is_whole_and_the_next_one_follows_it() {
     let (status, body) = read_response(&mut stream, &mut pending).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(doubled(&body), 16);
+    gateway.stop().await;
+}
+
+/// The fast path reads headers where they lie in the request (no header map): names match
+/// whatever their case, as hyper's do, and a request the fast path serves reads its headers as
+/// the same request through hyper (chunked, so hyper serves it) does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_names_match_in_any_case_on_both_paths() {
+    let (gateway, key) = gateway(5_000).await;
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let mut pending = Vec::new();
+    let shouted = |request: Vec<u8>| {
+        String::from_utf8(request)
+            .unwrap()
+            .replacen("authorization:", "AUTHORIZATION:", 1)
+            .replacen("content-type:", "Content-Type:", 1)
+            .replacen("content-length:", "CONTENT-LENGTH:", 1)
+            .replacen("host: x\r\n", "host: x\r\nX-Request-ID: trace-7\r\n", 1)
+            .into_bytes()
+    };
+    for (path, request) in [
+        ("fast", shouted(query_request(&key, 21))),
+        ("hyper", shouted(chunked_query_request(&key, 21))),
+    ] {
+        stream.write_all(&request).await.unwrap();
+        let (status, head, body) = read_response_with_head(&mut stream, &mut pending).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert_eq!(doubled(&body), 42, "{path}");
+        assert!(
+            head.lines()
+                .any(|line| line.eq_ignore_ascii_case("x-request-id: trace-7")),
+            "{path}: the client's request id is echoed: {head}"
+        );
+    }
+    // Case does not smuggle a second key past the first: a wrong key in lowercase followed by
+    // the right one in capitals is the first one, on both paths (hyper reads the first too).
+    let wrong_first = |request: Vec<u8>| {
+        String::from_utf8(request)
+            .unwrap()
+            .replacen(
+                "authorization:",
+                "authorization: Bearer sluice_sk_wrong\r\nAUTHORIZATION:",
+                1,
+            )
+            .into_bytes()
+    };
+    for (path, request) in [
+        ("fast", wrong_first(query_request(&key, 1))),
+        ("hyper", wrong_first(chunked_query_request(&key, 1))),
+    ] {
+        stream.write_all(&request).await.unwrap();
+        let (status, body) = read_response(&mut stream, &mut pending).await;
+        assert_eq!(status, 401, "{path}: {body}");
+    }
     gateway.stop().await;
 }
 
