@@ -109,8 +109,7 @@ impl MemoryLease {
     /// deadline is taken only when the budget is short: a lease that fits reads no clock and
     /// registers no waiter.
     pub async fn grow(&mut self, more: usize, patience: Duration) -> Result<(), Overloaded> {
-        if self.budget.try_charge(more) {
-            self.bytes += more;
+        if self.try_grow(more) {
             return Ok(());
         }
         let budget = self.budget.clone();
@@ -131,6 +130,16 @@ impl MemoryLease {
                 return Err(Overloaded);
             }
         }
+    }
+
+    /// Grows the lease by `more` bytes if the budget has them now; `false` (and no change)
+    /// if it is short.
+    pub fn try_grow(&mut self, more: usize) -> bool {
+        let charged = self.budget.try_charge(more);
+        if charged {
+            self.bytes += more;
+        }
+        charged
     }
 
     /// Makes the lease exactly `bytes`: what is already allocated is charged even past the

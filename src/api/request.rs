@@ -166,16 +166,69 @@ const DRAIN_TIME: Duration = Duration::from_secs(5);
 /// body is refused without being buffered), the body read timeout and the gateway's memory
 /// budget: the declared length is reserved before reading (a chunked body's bytes as they
 /// come), waiting up to [`MEMORY_WAIT`] for others to release.
+///
+/// A body that is already whole (the fast path's always, hyper's when it came with the
+/// headers) and fits the budget now is taken at once. Anything else — a body still arriving,
+/// one declared too large, a budget that is short — is read by [`read_body_slowly`], boxed:
+/// its timers, waits and drain are a kilobyte and a half of state that every request's
+/// future would otherwise carry and move (issue 17).
 pub(super) async fn read_body<B: RequestBody>(
     ctx: &mut RequestContext<'_>,
     mut incoming: B,
 ) -> Result<Bytes, ApiError> {
-    let server = &ctx.generation.config.server;
-    let limit = server.max_body_bytes;
+    let limit = ctx.generation.config.server.max_body_bytes;
     let declared = ctx
         .headers
         .get_str(&http::header::CONTENT_LENGTH)
         .and_then(|v| v.parse::<u64>().ok());
+    let mut first = None;
+    if declared.is_none_or(|length| length <= limit as u64) {
+        let lease = ctx
+            .memory
+            .as_mut()
+            .expect("the lease lives until the response");
+        let reserved = declared.unwrap_or(0) as usize;
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match std::pin::Pin::new(&mut incoming).poll_frame(&mut cx) {
+            std::task::Poll::Ready(None) => {
+                if lease.try_grow(reserved) {
+                    return Ok(Bytes::new());
+                }
+            }
+            std::task::Poll::Ready(Some(Err(error))) => return Err(unreadable(error)),
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    if incoming.is_end_stream() {
+                        if data.len() > limit {
+                            return Err(ApiError::PayloadTooLarge { limit });
+                        }
+                        if lease.try_grow(reserved.max(data.len())) {
+                            return Ok(data);
+                        }
+                    }
+                    first = Some(data);
+                }
+            }
+            std::task::Poll::Pending => {}
+        }
+    }
+    Box::pin(read_body_slowly(ctx, incoming, declared, first)).await
+}
+
+fn unreadable(error: impl std::fmt::Display) -> ApiError {
+    ApiError::BadRequest(format!("could not read the request body: {error}"))
+}
+
+/// [`read_body`] for a body that is not whole yet, too large, or short of memory; `first` is
+/// a piece [`read_body`] already took.
+async fn read_body_slowly<B: RequestBody>(
+    ctx: &mut RequestContext<'_>,
+    mut incoming: B,
+    declared: Option<u64>,
+    first: Option<Bytes>,
+) -> Result<Bytes, ApiError> {
+    let server = &ctx.generation.config.server;
+    let limit = server.max_body_bytes;
     let too_large = |incoming| async move {
         drain(incoming, declared).await;
         Err(ApiError::PayloadTooLarge { limit })
@@ -197,35 +250,41 @@ pub(super) async fn read_body<B: RequestBody>(
         .map_err(overloaded)?;
     // A body that arrives in one piece (most do: a small JSON body comes with its headers)
     // is kept as hyper handed it over; only a second piece starts a buffer of its own.
-    let mut first = Bytes::new();
+    let mut body = Bytes::new();
     let mut more: Option<bytes::BytesMut> = None;
+    let mut taken = first;
     // The body read timeout counts from the first wait for the body: one that came with the
     // headers is read without a timer.
     let read = crate::deadline::within(server.body_read_timeout, async {
-        while let Some(frame) = incoming.frame().await {
-            let frame = frame.map_err(|e| {
-                ApiError::BadRequest(format!("could not read the request body: {e}"))
-            })?;
-            if let Ok(data) = frame.into_data() {
-                let len = more.as_ref().map_or(first.len(), |m| m.len());
-                if len + data.len() > limit {
-                    return Ok(false);
-                }
-                let beyond = (len + data.len()).saturating_sub(reserved.max(len));
-                if beyond > 0 {
-                    lease.grow(beyond, MEMORY_WAIT).await.map_err(overloaded)?;
-                }
-                match &mut more {
-                    Some(more) => more.extend_from_slice(&data),
-                    None if first.is_empty() => first = data,
-                    None => {
-                        let capacity = declared.map_or(len + data.len(), |l| l as usize);
-                        let mut buffer = bytes::BytesMut::with_capacity(capacity);
-                        buffer.extend_from_slice(&first);
-                        buffer.extend_from_slice(&data);
-                        first = Bytes::new();
-                        more = Some(buffer);
-                    }
+        loop {
+            let data = match taken.take() {
+                Some(data) => data,
+                None => match incoming.frame().await {
+                    None => break,
+                    Some(frame) => match frame.map_err(unreadable)?.into_data() {
+                        Ok(data) => data,
+                        Err(_) => continue,
+                    },
+                },
+            };
+            let len = more.as_ref().map_or(body.len(), |m| m.len());
+            if len + data.len() > limit {
+                return Ok(false);
+            }
+            let beyond = (len + data.len()).saturating_sub(reserved.max(len));
+            if beyond > 0 {
+                lease.grow(beyond, MEMORY_WAIT).await.map_err(overloaded)?;
+            }
+            match &mut more {
+                Some(more) => more.extend_from_slice(&data),
+                None if body.is_empty() => body = data,
+                None => {
+                    let capacity = declared.map_or(len + data.len(), |l| l as usize);
+                    let mut buffer = bytes::BytesMut::with_capacity(capacity);
+                    buffer.extend_from_slice(&body);
+                    buffer.extend_from_slice(&data);
+                    body = Bytes::new();
+                    more = Some(buffer);
                 }
             }
         }
@@ -239,7 +298,7 @@ pub(super) async fn read_body<B: RequestBody>(
         ))),
         Ok(Err(error)) => Err(error),
         Ok(Ok(false)) => too_large(incoming).await,
-        Ok(Ok(true)) => Ok(more.map_or(first, bytes::BytesMut::freeze)),
+        Ok(Ok(true)) => Ok(more.map_or(body, bytes::BytesMut::freeze)),
     }
 }
 
