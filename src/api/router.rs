@@ -34,142 +34,149 @@ pub enum Surface {
 
 /// Handles one HTTP request (its head and body). Never fails: every error becomes an API.md
 /// error response.
-pub async fn handle<B: RequestBody>(
+///
+/// An `async` block rather than an `async fn`: an `async fn`'s future holds its arguments
+/// twice, as captured and as moved into the body (rust-lang/rust#62958), here half a
+/// kilobyte more in every request's future, copied with it.
+#[allow(clippy::manual_async_fn)]
+pub fn handle<B: RequestBody>(
     app: Arc<App>,
     mut head: RequestHead,
     incoming: B,
     peer: IpAddr,
     surface: Surface,
-) -> Response<Body> {
-    let started = Instant::now();
-    app.in_flight.fetch_add(1, Ordering::SeqCst);
-    let _in_flight = InFlight(&app.in_flight);
-    let request_id = request_id(&head.headers);
-    let generation = app.generation();
-    let route = Route::of(head.uri.path(), surface);
-    if let Some(mut response) = cors::preflight(&generation.cors, &head.method, &head.headers) {
+) -> impl Future<Output = Response<Body>> {
+    async move {
+        let started = Instant::now();
+        app.in_flight.fetch_add(1, Ordering::SeqCst);
+        let _in_flight = InFlight(&app.in_flight);
+        let request_id = request_id(&head.headers);
+        let generation = app.generation();
+        let route = Route::of(head.uri.path(), surface);
+        if let Some(mut response) = cors::preflight(&generation.cors, &head.method, &head.headers) {
+            cors::decorate(&generation.cors, &head.headers, response.headers_mut());
+            response
+                .headers_mut()
+                .insert(X_REQUEST_ID, request_id.clone());
+            return response;
+        }
+        if route == Route::Sql {
+            neon::adopt_connection_string_key(&mut head.headers);
+        }
+        // Every route but the gateway's own (probes, metrics, admin) may be a tenant's, including
+        // routes added later: an end user's token is checked before routing.
+        let end_user = match route {
+            Route::Healthz
+            | Route::Readyz
+            | Route::Metrics { .. }
+            | Route::AdminPools
+            | Route::AdminReload => end_user::EndUser::NotApplicable,
+            _ => end_user::authenticate(&generation, &head.headers).await,
+        };
+        let mut ctx = RequestContext {
+            app: &app,
+            generation: &generation,
+            headers: &head.headers,
+            peer,
+            max_response_bytes: generation.config.server.max_response_bytes,
+            log: RequestLog::default(),
+            memory: Some(app.memory.lease()),
+            end_user,
+            accepts_end_users: false,
+        };
+        // A panic is a bug, but it must cost one request, not the connection or the process: the
+        // client gets `internal`, and the hook (crate::panic) logs where it happened without the
+        // request's data.
+        let result = AssertUnwindSafe(dispatch(&mut ctx, route, &head.method, incoming))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| {
+                Err(ApiError::Internal {
+                    reason: "the request handler panicked (see the sluice::panic log line)".into(),
+                })
+            });
+        let (mut response, outcome, detail) = match result {
+            Ok(response) => (response, "ok", None),
+            Err(error) => {
+                let kind = error.kind();
+                let detail = error.log_detail().map(str::to_owned);
+                let response = if route == Route::Sql {
+                    neon::error_response(error)
+                } else {
+                    error.into_response()
+                };
+                (response, kind, detail)
+            }
+        };
+        // The body was dropped with the handler; the lease now covers the response until it is
+        // sent.
+        if let Some(lease) = ctx.memory.take() {
+            response = response.map(|body| body.leased(lease));
+        }
         cors::decorate(&generation.cors, &head.headers, response.headers_mut());
-        response
-            .headers_mut()
-            .insert(X_REQUEST_ID, request_id.clone());
-        return response;
-    }
-    if route == Route::Sql {
-        neon::adopt_connection_string_key(&mut head.headers);
-    }
-    // Every route but the gateway's own (probes, metrics, admin) may be a tenant's, including
-    // routes added later: an end user's token is checked before routing.
-    let end_user = match route {
-        Route::Healthz
-        | Route::Readyz
-        | Route::Metrics { .. }
-        | Route::AdminPools
-        | Route::AdminReload => end_user::EndUser::NotApplicable,
-        _ => end_user::authenticate(&generation, &head.headers).await,
-    };
-    let mut ctx = RequestContext {
-        app: &app,
-        generation: &generation,
-        headers: &head.headers,
-        peer,
-        max_response_bytes: generation.config.server.max_response_bytes,
-        log: RequestLog::default(),
-        memory: Some(app.memory.lease()),
-        end_user,
-        accepts_end_users: false,
-    };
-    // A panic is a bug, but it must cost one request, not the connection or the process: the
-    // client gets `internal`, and the hook (crate::panic) logs where it happened without the
-    // request's data.
-    let result = AssertUnwindSafe(dispatch(&mut ctx, route, &head.method, incoming))
-        .catch_unwind()
-        .await
-        .unwrap_or_else(|_| {
-            Err(ApiError::Internal {
-                reason: "the request handler panicked (see the sluice::panic log line)".into(),
-            })
-        });
-    let (mut response, outcome, detail) = match result {
-        Ok(response) => (response, "ok", None),
-        Err(error) => {
-            let kind = error.kind();
-            let detail = error.log_detail().map(str::to_owned);
-            let response = if route == Route::Sql {
-                neon::error_response(error)
-            } else {
-                error.into_response()
-            };
-            (response, kind, detail)
+        if head.version == http::Version::HTTP_11 {
+            // The gateway closes connections idle longer than the header read timeout; saying so
+            // lets clients (undici, Node's fetch) retire them first instead of sending a request
+            // into a connection that is closing.
+            response
+                .headers_mut()
+                .insert(KEEP_ALIVE, app.keep_alive.clone());
         }
-    };
-    // The body was dropped with the handler; the lease now covers the response until it is
-    // sent.
-    if let Some(lease) = ctx.memory.take() {
-        response = response.map(|body| body.leased(lease));
-    }
-    cors::decorate(&generation.cors, &head.headers, response.headers_mut());
-    if head.version == http::Version::HTTP_11 {
-        // The gateway closes connections idle longer than the header read timeout; saying so
-        // lets clients (undici, Node's fetch) retire them first instead of sending a request
-        // into a connection that is closing.
-        response
-            .headers_mut()
-            .insert(KEEP_ALIVE, app.keep_alive.clone());
-    }
-    let log = &ctx.log;
-    let elapsed = started.elapsed();
-    let tenant = log.tenant.as_ref().map_or("-", |t| t.id.as_str());
-    if route.is_api() {
-        app.metrics
-            .request(tenant, route.name(), outcome, elapsed.as_secs_f64());
-        if let (Some(wait), Some(config)) = (log.queue_wait, &log.tenant) {
+        let log = &ctx.log;
+        let elapsed = started.elapsed();
+        let tenant = log.tenant.as_ref().map_or("-", |t| t.id.as_str());
+        if route.is_api() {
             app.metrics
-                .observe_queue_wait(&config.id, wait.as_secs_f64());
+                .request(tenant, route.name(), outcome, elapsed.as_secs_f64());
+            if let (Some(wait), Some(config)) = (log.queue_wait, &log.tenant) {
+                app.metrics
+                    .observe_queue_wait(&config.id, wait.as_secs_f64());
+            }
         }
+        let bytes = http_body::Body::size_hint(response.body()).exact();
+        // `log_sample_rate` thins the lines of successful requests only: errors are always logged.
+        let sample_rate = generation.config.server.log_sample_rate;
+        'log: {
+            if outcome == "ok" && sample_rate < 1.0 && rand::random::<f64>() >= sample_rate {
+                break 'log;
+            }
+            let logged = crate::logging::access(&crate::logging::AccessLine {
+                request_id: request_id.as_bytes(),
+                tenant,
+                transaction: log.transaction.as_deref(),
+                route: route.name(),
+                status: response.status().as_u16(),
+                outcome,
+                queue_wait: log.queue_wait,
+                exec: log.exec,
+                rows: log.rows,
+                bytes,
+                duration: elapsed,
+                detail: detail.as_deref(),
+            });
+            if logged {
+                break 'log;
+            }
+            tracing::info!(
+                target: "sluice::request",
+                request_id = request_id.to_str().unwrap_or_default(),
+                tenant,
+                transaction = log.transaction.as_deref(),
+                route = route.name(),
+                status = response.status().as_u16(),
+                outcome,
+                queue_wait_ms = log.queue_wait.map(|d| d.as_secs_f64() * 1e3),
+                exec_ms = log.exec.map(|d| d.as_secs_f64() * 1e3),
+                rows = log.rows,
+                bytes,
+                duration_ms = elapsed.as_secs_f64() * 1e3,
+                detail = detail.as_deref(),
+            );
+        }
+        // Moved in last, not cloned: a clone of a new id's bytes would allocate a shared header.
+        response.headers_mut().insert(X_REQUEST_ID, request_id);
+        response
     }
-    let bytes = http_body::Body::size_hint(response.body()).exact();
-    // `log_sample_rate` thins the lines of successful requests only: errors are always logged.
-    let sample_rate = generation.config.server.log_sample_rate;
-    'log: {
-        if outcome == "ok" && sample_rate < 1.0 && rand::random::<f64>() >= sample_rate {
-            break 'log;
-        }
-        let logged = crate::logging::access(&crate::logging::AccessLine {
-            request_id: request_id.as_bytes(),
-            tenant,
-            transaction: log.transaction.as_deref(),
-            route: route.name(),
-            status: response.status().as_u16(),
-            outcome,
-            queue_wait: log.queue_wait,
-            exec: log.exec,
-            rows: log.rows,
-            bytes,
-            duration: elapsed,
-            detail: detail.as_deref(),
-        });
-        if logged {
-            break 'log;
-        }
-        tracing::info!(
-            target: "sluice::request",
-            request_id = request_id.to_str().unwrap_or_default(),
-            tenant,
-            transaction = log.transaction.as_deref(),
-            route = route.name(),
-            status = response.status().as_u16(),
-            outcome,
-            queue_wait_ms = log.queue_wait.map(|d| d.as_secs_f64() * 1e3),
-            exec_ms = log.exec.map(|d| d.as_secs_f64() * 1e3),
-            rows = log.rows,
-            bytes,
-            duration_ms = elapsed.as_secs_f64() * 1e3,
-            detail = detail.as_deref(),
-        );
-    }
-    // Moved in last, not cloned: a clone of a new id's bytes would allocate a shared header.
-    response.headers_mut().insert(X_REQUEST_ID, request_id);
-    response
 }
 
 struct InFlight<'a>(&'a AtomicUsize);
