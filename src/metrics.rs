@@ -152,6 +152,27 @@ struct TenantHandles {
     queue_wait: Option<Histogram>,
 }
 
+/// A request's series: its two counters, its duration, and its queue wait when it waited.
+type RequestSeries<'h> = (&'h (Counter, Counter), &'h Histogram, Option<&'h Histogram>);
+
+impl TenantHandles {
+    /// The series of a request on `route` with `outcome`, if all are resolved.
+    fn series(
+        &self,
+        route: &'static str,
+        outcome: &'static str,
+        waited: bool,
+    ) -> Option<RequestSeries<'_>> {
+        let counters = self.counters.get(&(route, outcome))?;
+        let duration = self.duration.get(route)?;
+        let queue_wait = match waited {
+            true => Some(self.queue_wait.as_ref()?),
+            false => None,
+        };
+        Some((counters, duration, queue_wait))
+    }
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     tenant: String,
@@ -382,17 +403,27 @@ impl Metrics {
         out
     }
 
-    /// Counts a request answered.
-    pub fn request(&self, tenant: &str, route: &'static str, outcome: &'static str, seconds: f64) {
+    /// Counts a request answered, and how long it waited for a connection (if it took one):
+    /// one look-up of the tenant's series for both.
+    pub fn request(
+        &self,
+        tenant: &str,
+        route: &'static str,
+        outcome: &'static str,
+        seconds: f64,
+        queue_wait: Option<f64>,
+    ) {
         let handles = self.handles.load();
         let resolved;
-        let found = handles
+        let waits = queue_wait.is_some();
+        let ((requests, outcomes), duration, waited) = match handles
             .get(tenant)
-            .and_then(|h| Some((h.counters.get(&(route, outcome))?, h.duration.get(route)?)));
-        let ((requests, outcomes), duration) = match found {
+            .and_then(|h| h.series(route, outcome, waits))
+        {
             Some(found) => found,
             None => {
-                // First request of this tenant, route and outcome: resolve the series once.
+                // First request of this tenant, route and outcome (or first wait): resolve
+                // the series once.
                 resolved = self.resolve(tenant, |handles| {
                     handles.counters.entry((route, outcome)).or_insert_with(|| {
                         let requests = self.requests.get_or_create(&RequestLabels {
@@ -413,36 +444,24 @@ impl Metrics {
                         };
                         self.request_duration.get_or_create(&labels).clone()
                     });
+                    if queue_wait.is_some() {
+                        handles.queue_wait.get_or_insert_with(|| {
+                            let labels = TenantLabel {
+                                tenant: tenant.to_owned(),
+                            };
+                            self.queue_wait.get_or_create(&labels).clone()
+                        });
+                    }
                 });
-                let h = &resolved[tenant];
-                (&h.counters[&(route, outcome)], &h.duration[route])
+                resolved[tenant]
+                    .series(route, outcome, waits)
+                    .expect("the series were just resolved")
             }
         };
         requests.inc();
         outcomes.inc();
         duration.observe(seconds);
-    }
-
-    /// Records how long a request of `tenant` waited for a connection.
-    pub fn observe_queue_wait(&self, tenant: &str, seconds: f64) {
-        if let Some(histogram) = self
-            .handles
-            .load()
-            .get(tenant)
-            .and_then(|h| h.queue_wait.as_ref())
-        {
-            histogram.observe(seconds);
-            return;
-        }
-        let resolved = self.resolve(tenant, |handles| {
-            handles.queue_wait.get_or_insert_with(|| {
-                let labels = TenantLabel {
-                    tenant: tenant.to_owned(),
-                };
-                self.queue_wait.get_or_create(&labels).clone()
-            });
-        });
-        if let Some(histogram) = &resolved[tenant].queue_wait {
+        if let (Some(histogram), Some(seconds)) = (waited, queue_wait) {
             histogram.observe(seconds);
         }
     }
@@ -487,8 +506,9 @@ mod tests {
                 scope.spawn(move || {
                     for n in 0..600 {
                         let tenant = format!("t{}", (n + thread) % 5);
-                        metrics.request(&tenant, ROUTES[n % 3], OUTCOMES[n % 2], 0.001);
-                        metrics.observe_queue_wait(&tenant, 0.0001);
+                        // Every fourth request took no connection, and waited for none.
+                        let wait = (n % 4 != 0).then_some(0.0001);
+                        metrics.request(&tenant, ROUTES[n % 3], OUTCOMES[n % 2], 0.001, wait);
                     }
                 });
             }
@@ -499,7 +519,11 @@ mod tests {
             .sum();
         assert_eq!(total, 4 * 600);
         let t0 = (0..4)
-            .map(|thread| (0..600).filter(|n| (n + thread) % 5 == 0).count())
+            .map(|thread| {
+                (0..600)
+                    .filter(|n| (n + thread) % 5 == 0 && n % 4 != 0)
+                    .count()
+            })
             .sum::<usize>();
         let text = metrics.render(&Gauges::default());
         let line = format!("sluice_queue_wait_seconds_count{{tenant=\"t0\"}} {t0}");

@@ -126,12 +126,14 @@ pub fn handle<B: RequestBody>(
         let elapsed = started.elapsed();
         let tenant = log.tenant.as_ref().map_or("-", |t| t.id.as_str());
         if route.is_api() {
-            app.metrics
-                .request(tenant, route.name(), outcome, elapsed.as_secs_f64());
-            if let (Some(wait), Some(config)) = (log.queue_wait, &log.tenant) {
-                app.metrics
-                    .observe_queue_wait(&config.id, wait.as_secs_f64());
-            }
+            let queue_wait = log.queue_wait.filter(|_| log.tenant.is_some());
+            app.metrics.request(
+                tenant,
+                route.name(),
+                outcome,
+                elapsed.as_secs_f64(),
+                queue_wait.map(|wait| wait.as_secs_f64()),
+            );
         }
         let bytes = http_body::Body::size_hint(response.body()).exact();
         // `log_sample_rate` thins the lines of successful requests only: errors are always logged.
