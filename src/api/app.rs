@@ -3,13 +3,14 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
 use http::HeaderValue;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::in_flight::InFlight;
 use super::memory::MemoryBudget;
 use crate::admission::{AuthFailures, SubjectRates, TenantRate};
 use crate::auth::{KeyStore, Principal};
@@ -27,7 +28,7 @@ pub struct App {
     tasks: TaskTracker,
     reloader: Reloader,
     draining: AtomicBool,
-    pub(super) in_flight: AtomicUsize,
+    pub(super) in_flight: InFlight,
     /// Bytes held for request bodies and unsent responses, gateway-wide (`max_buffered_bytes`,
     /// fixed until a restart).
     pub memory: Arc<MemoryBudget>,
@@ -205,8 +206,12 @@ impl App {
             .header_read_timeout
             .as_secs()
             .max(1);
-        let keep_alive = HeaderValue::from_str(&format!("timeout={idle_seconds}"))
-            .expect("a number is a valid header value");
+        // Static (leaked once per App, that is once per process outside tests): a clone of a
+        // static value is a copy, where a clone of an allocated one is a reference count that
+        // every worker's requests write, a cache line moved between cores each time.
+        let keep_alive = HeaderValue::from_static(Box::leak(
+            format!("timeout={idle_seconds}").into_boxed_str(),
+        ));
         let memory = MemoryBudget::new(generation.config.server.max_buffered_bytes);
         Arc::new(App {
             memory,
@@ -218,7 +223,7 @@ impl App {
             tasks,
             reloader,
             draining: AtomicBool::new(false),
-            in_flight: AtomicUsize::new(0),
+            in_flight: InFlight::default(),
         })
     }
 
@@ -294,6 +299,6 @@ impl App {
 
     /// Requests being handled right now.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::SeqCst)
+        self.in_flight.count()
     }
 }

@@ -15,6 +15,7 @@ pub mod error;
 pub mod forward;
 pub mod head;
 mod health;
+mod in_flight;
 pub mod memory;
 pub mod neon;
 pub mod query;

@@ -3,8 +3,6 @@
 
 use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use futures_util::FutureExt;
@@ -40,7 +38,7 @@ pub enum Surface {
 /// kilobyte more in every request's future, copied with it.
 #[allow(clippy::manual_async_fn)]
 pub fn handle<B: RequestBody>(
-    app: Arc<App>,
+    app: &App,
     mut head: RequestHead,
     incoming: B,
     peer: IpAddr,
@@ -48,8 +46,7 @@ pub fn handle<B: RequestBody>(
 ) -> impl Future<Output = Response<Body>> {
     async move {
         let started = Instant::now();
-        app.in_flight.fetch_add(1, Ordering::SeqCst);
-        let _in_flight = InFlight(&app.in_flight);
+        let _in_flight = app.in_flight.enter();
         let request_id = request_id(&head.headers);
         let generation = app.generation();
         let route = Route::of(head.uri.path(), surface);
@@ -74,7 +71,7 @@ pub fn handle<B: RequestBody>(
             _ => end_user::authenticate(&generation, &head.headers).await,
         };
         let mut ctx = RequestContext {
-            app: &app,
+            app,
             generation: &generation,
             headers: &head.headers,
             peer,
@@ -178,14 +175,6 @@ pub fn handle<B: RequestBody>(
         // Moved in last, not cloned: a clone of a new id's bytes would allocate a shared header.
         response.headers_mut().insert(X_REQUEST_ID, request_id);
         response
-    }
-}
-
-struct InFlight<'a>(&'a AtomicUsize);
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -239,8 +239,7 @@ async fn serve_http1_parking(mut stream: TcpStream, peer: SocketAddr, serving: &
     // The fast path's handler future, allocated once and reused while the connection is in
     // use; dropped when it parks.
     let mut handler_slot = None;
-    let handler =
-        |head, body| api::handle(serving.app.clone(), head, body, peer.ip(), serving.surface);
+    let handler = |head, body| api::handle(&serving.app, head, body, peer.ip(), serving.surface);
     loop {
         if wait_for_bytes {
             // The idle timeout counts from when the connection fell idle, not from parking.
@@ -484,7 +483,7 @@ fn service(
         let (head, body) = request.into_parts();
         let body = WatchedRequestBody::new(body, watch.clone());
         async move {
-            let response = api::handle(app, head.into(), body, peer.ip(), surface).await;
+            let response = api::handle(&app, head.into(), body, peer.ip(), surface).await;
             Ok::<_, Infallible>(response.map(|body| ResponseBody {
                 inner: body,
                 _done: watch.map(ResponseDone),
