@@ -20,8 +20,9 @@ pub use crate::tenant::Tenant;
 /// What the per-request log line reports.
 #[derive(Debug, Default)]
 pub struct RequestLog {
-    /// The tenant the request ran as (its config is shared, not copied: the line shows its id).
-    pub tenant: Option<std::sync::Arc<crate::config::TenantConfig>>,
+    /// The tenant the request ran as: its index in the request's generation (the line shows
+    /// its id).
+    pub tenant: Option<usize>,
     /// The transaction's id, shortened (never logged in full).
     pub transaction: Option<String>,
     pub queue_wait: Option<Duration>,
@@ -81,7 +82,7 @@ impl RequestContext<'_> {
             Principal::Tenant(index) => {
                 let config = self.generation.config.tenants[index].clone();
                 cors::check_origin(self.headers, &config)?;
-                self.log.tenant = Some(config.clone());
+                self.log.tenant = Some(index);
                 // In cluster mode, this replica's share of the rate (crate::admission).
                 let replicas = self.generation.pools.tenant(index).cluster_members();
                 if let Err(retry_after) = self.generation.rates[index].check_among(replicas) {

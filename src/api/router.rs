@@ -121,7 +121,9 @@ pub fn handle<B: RequestBody>(
         }
         let log = &ctx.log;
         let elapsed = started.elapsed();
-        let tenant = log.tenant.as_ref().map_or("-", |t| t.id.as_str());
+        let tenant = log
+            .tenant
+            .map_or("-", |index| generation.config.tenants[index].id.as_str());
         if route.is_api() {
             let queue_wait = log.queue_wait.filter(|_| log.tenant.is_some());
             app.metrics.request(

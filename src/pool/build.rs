@@ -10,7 +10,7 @@ use tokio_util::task::TaskTracker;
 use super::budget::Limits;
 use super::connect::{connect_config, own_connect_config};
 use super::upstream::{TenantSettings, Upstream, UpstreamSettings};
-use super::{PoolMetrics, Pools, TenantPool};
+use super::{PoolMetrics, Pools, TenantPool, TenantPoolParts};
 use crate::config::{Config, UpstreamConfig};
 use crate::pg::TypeRegistry;
 
@@ -125,7 +125,7 @@ impl Pools {
                     .user
                     .clone()
                     .unwrap_or_else(|| config.upstreams[u].user.clone());
-                tenants[global] = Some(TenantPool {
+                tenants[global] = Some(TenantPool(Arc::new(TenantPoolParts {
                     id: tenant.id.as_str().into(),
                     upstream: upstream.clone(),
                     index: local,
@@ -142,7 +142,7 @@ impl Pools {
                     database: database.into(),
                     role: role.into(),
                     queue_timeout: tenant.queue_timeout,
-                });
+                })));
             }
             upstreams.push(upstream);
         }
@@ -178,14 +178,14 @@ fn type_registry(
     role: &str,
 ) -> Arc<TypeRegistry> {
     let same = |t: &TenantPool| {
-        Arc::ptr_eq(&t.upstream, upstream) && *t.database == *database && *t.role == *role
+        Arc::ptr_eq(&t.0.upstream, upstream) && *t.0.database == *database && *t.0.role == *role
     };
     tenants
         .iter()
         .flatten()
         .chain(previous.into_iter().flat_map(|p| p.tenants.iter()))
         .find(|t| same(t))
-        .map(|t| t.types.clone())
+        .map(|t| t.0.types.clone())
         .unwrap_or_default()
 }
 

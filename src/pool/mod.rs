@@ -65,9 +65,13 @@ pub struct Pools {
     stop_reaper: CancellationToken,
 }
 
-/// One tenant's pool: a handle onto its upstream.
+/// One tenant's pool: a handle onto its upstream. A request takes a clone (its tenant's), so
+/// the handle is one shared reference: a clone of its five parts would be five reference
+/// counts that every worker's requests write, cache lines moved between cores each time.
 #[derive(Clone)]
-pub struct TenantPool {
+pub struct TenantPool(Arc<TenantPoolParts>);
+
+struct TenantPoolParts {
     id: Arc<str>,
     upstream: Arc<Upstream>,
     /// This tenant's index within its upstream.
@@ -83,19 +87,19 @@ impl TenantPool {
     /// Cluster mode: this replica's id on the tenant's upstream (it names the owner in
     /// transaction ids).
     pub(crate) fn replica_id(&self) -> Option<crate::cluster::plan::ReplicaId> {
-        self.upstream.cluster().map(|c| c.id)
+        self.0.upstream.cluster().map(|c| c.id)
     }
 
     /// Cluster mode: how many replicas share the tenant's rate (the live members of its
     /// upstream's cluster); 0 when unknown or outside cluster mode.
     pub fn cluster_members(&self) -> usize {
-        self.upstream.members()
+        self.0.upstream.members()
     }
 
     /// Cluster mode: whether `replica` is a member of the tenant's upstream's cluster, and its
     /// advertised address if one was seen.
     pub(crate) fn peer(&self, replica: crate::cluster::plan::ReplicaId) -> Option<Option<String>> {
-        self.upstream.peer(replica)
+        self.0.upstream.peer(replica)
     }
 }
 
@@ -185,8 +189,8 @@ impl Pools {
             let tenant = self
                 .tenants
                 .iter()
-                .find(|t| Arc::ptr_eq(&t.upstream, upstream))?;
-            Some((upstream, tenant.index))
+                .find(|t| Arc::ptr_eq(&t.0.upstream, upstream))?;
+            Some((upstream, tenant.0.index))
         })
     }
 
@@ -253,11 +257,11 @@ impl Drop for Pools {
 
 impl TenantPool {
     pub fn id(&self) -> &str {
-        &self.id
+        &self.0.id
     }
 
     pub fn types(&self) -> &TypeRegistry {
-        &self.types
+        &self.0.types
     }
 
     /// A connection, within the tenant's queue timeout.
@@ -269,18 +273,19 @@ impl TenantPool {
     /// [`Checkout::checked_out_at`]).
     pub async fn checkout_from(&self, asked: Instant) -> Result<Checkout, PoolError> {
         let (conn, since) = self
+            .0
             .upstream
-            .checkout_from(self.index, self.queue_timeout, asked)
+            .checkout_from(self.0.index, self.0.queue_timeout, asked)
             .await?;
         Ok(Checkout {
             conn: Some(conn),
-            upstream: self.upstream.clone(),
+            upstream: self.0.upstream.clone(),
             since,
         })
     }
 
     pub fn status(&self) -> TenantPoolStatus {
-        self.upstream.tenant_status(self.index)
+        self.0.upstream.tenant_status(self.0.index)
     }
 }
 
