@@ -7,17 +7,22 @@
 //! it is emptied and starts again, so a client sending endless distinct texts costs a lexing
 //! each (as without the memo) and no memory. Texts are hashed with std's keyed SipHash, so a
 //! client cannot pick texts that collide.
+//!
+//! One memo per thread: a shared one was a lock and a reference count that every worker
+//! thread's requests wrote, cache lines moved between cores on each request. Each worker
+//! learns an application's few dozen texts once; the bounds below are per thread.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::Arc;
 
 use super::SqlAnalysis;
 
 /// Longer texts are lexed every time: they are rare, and each would take a large share of
 /// [`MAX_TEXT_BYTES`].
 const MAX_CACHED_TEXT: usize = 4 * 1024;
-const MAX_ENTRIES: usize = 1024;
-const MAX_TEXT_BYTES: usize = 1024 * 1024;
+const MAX_ENTRIES: usize = 512;
+const MAX_TEXT_BYTES: usize = 256 * 1024;
 
 #[derive(Default)]
 struct Memo {
@@ -25,31 +30,32 @@ struct Memo {
     text_bytes: usize,
 }
 
-static MEMO: LazyLock<Mutex<Memo>> = LazyLock::new(Mutex::default);
+thread_local! {
+    static MEMO: RefCell<Memo> = RefCell::default();
+}
 
-/// [`SqlAnalysis::of`] `sql`, from the memo when the same text was analysed before.
+/// [`SqlAnalysis::of`] `sql`, from this thread's memo when it analysed the same text before.
 pub fn analysis_of(sql: &str) -> Arc<SqlAnalysis> {
     if sql.len() > MAX_CACHED_TEXT {
         return Arc::new(SqlAnalysis::of(sql));
     }
-    if let Some(hit) = lock().entries.get(sql) {
-        return hit.clone();
-    }
-    // Lexed outside the lock: another request's lookup does not wait for it.
-    let analysis = Arc::new(SqlAnalysis::of(sql));
-    let mut memo = lock();
-    if memo.entries.len() >= MAX_ENTRIES || memo.text_bytes + sql.len() > MAX_TEXT_BYTES {
-        *memo = Memo::default();
-    }
-    if memo.entries.insert(sql.into(), analysis.clone()).is_none() {
-        memo.text_bytes += sql.len();
-    }
-    analysis
-}
-
-fn lock() -> std::sync::MutexGuard<'static, Memo> {
-    // The memo holds only finished analyses: one left by a panicking thread is still whole.
-    MEMO.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    MEMO.with(|memo| {
+        // Never re-entered (lexing calls nothing that analyses); if it were, that call lexes.
+        let Ok(mut memo) = memo.try_borrow_mut() else {
+            return Arc::new(SqlAnalysis::of(sql));
+        };
+        if let Some(hit) = memo.entries.get(sql) {
+            return hit.clone();
+        }
+        let analysis = Arc::new(SqlAnalysis::of(sql));
+        if memo.entries.len() >= MAX_ENTRIES || memo.text_bytes + sql.len() > MAX_TEXT_BYTES {
+            *memo = Memo::default();
+        }
+        if memo.entries.insert(sql.into(), analysis.clone()).is_none() {
+            memo.text_bytes += sql.len();
+        }
+        analysis
+    })
 }
 
 #[cfg(test)]
@@ -80,13 +86,14 @@ mod tests {
         for n in 0..3 * MAX_ENTRIES {
             let sql = format!("select {n} /* {} */", "y".repeat(n % 3000));
             assert_eq!(*analysis_of(&sql), SqlAnalysis::of(&sql));
-            let memo = lock();
-            assert!(memo.entries.len() <= MAX_ENTRIES);
-            assert!(memo.text_bytes <= MAX_TEXT_BYTES);
-            assert_eq!(
-                memo.text_bytes,
-                memo.entries.keys().map(|k| k.len()).sum::<usize>()
-            );
+            MEMO.with_borrow(|memo| {
+                assert!(memo.entries.len() <= MAX_ENTRIES);
+                assert!(memo.text_bytes <= MAX_TEXT_BYTES);
+                assert_eq!(
+                    memo.text_bytes,
+                    memo.entries.keys().map(|k| k.len()).sum::<usize>()
+                );
+            });
         }
     }
 }
