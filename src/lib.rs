@@ -71,6 +71,7 @@ pub mod panic;
 pub mod pg;
 pub mod pool;
 pub mod server;
+pub mod shard;
 pub mod tenant;
 pub mod timestamp;
 pub mod tls;

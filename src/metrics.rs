@@ -16,8 +16,10 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+mod histogram;
+pub use self::histogram::LatencyHistogram;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -108,8 +110,8 @@ pub struct TenantGauges {
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
-    pub request_duration: Family<RouteLabels, Histogram>,
-    pub queue_wait: Family<TenantLabel, Histogram>,
+    pub request_duration: Family<RouteLabels, LatencyHistogram>,
+    pub queue_wait: Family<TenantLabel, LatencyHistogram>,
     queue_waiting: Family<TenantLabel, Gauge>,
     pool_connections: Family<PoolLabels, Gauge>,
     upstream_budget: Family<UpstreamLabel, Gauge>,
@@ -148,12 +150,16 @@ type HandleMap = FxHashMap<String, TenantHandles>;
 struct TenantHandles {
     /// (route, outcome) → (`requests`, `outcomes`).
     counters: FxHashMap<(&'static str, &'static str), (Counter, Counter)>,
-    duration: FxHashMap<&'static str, Histogram>,
-    queue_wait: Option<Histogram>,
+    duration: FxHashMap<&'static str, LatencyHistogram>,
+    queue_wait: Option<LatencyHistogram>,
 }
 
 /// A request's series: its two counters, its duration, and its queue wait when it waited.
-type RequestSeries<'h> = (&'h (Counter, Counter), &'h Histogram, Option<&'h Histogram>);
+type RequestSeries<'h> = (
+    &'h (Counter, Counter),
+    &'h LatencyHistogram,
+    Option<&'h LatencyHistogram>,
+);
 
 impl TenantHandles {
     /// The series of a request on `route` with `outcome`, if all are resolved.
@@ -201,11 +207,6 @@ pub const OUTCOMES: [&str; 18] = [
     "internal",
 ];
 
-/// Latency buckets from 0.5 ms to about 33 s.
-fn latency_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.0005, 2.0, 17))
-}
-
 impl Metrics {
     /// The metrics, with `log_lines_dropped` (the log writer's process-wide counter) exported
     /// among them.
@@ -213,8 +214,8 @@ impl Metrics {
         let mut registry = Registry::with_prefix("sluice");
         let metrics = Metrics {
             requests: Family::default(),
-            request_duration: Family::new_with_constructor(latency_histogram),
-            queue_wait: Family::new_with_constructor(latency_histogram),
+            request_duration: Family::default(),
+            queue_wait: Family::default(),
             queue_waiting: Family::default(),
             pool_connections: Family::default(),
             upstream_budget: Family::default(),

@@ -2,11 +2,11 @@
 //! adds itself at its start and removes itself at its end, from whichever worker thread runs
 //! it; one shared counter would be a cache line that every worker writes twice per request,
 //! moved between cores each time. So each thread counts in a shard of its own (a line of its
-//! own), and the rare reader (the drain) sums the shards.
+//! own, `crate::shard`), and the rare reader (the drain) sums the shards.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Shards; threads beyond this many share them (still correct, a little less local).
+/// Shards: the most `crate::shard` hands out.
 const SHARDS: usize = 16;
 
 /// One cache line (two on CPUs that fetch lines in pairs) per shard.
@@ -25,7 +25,7 @@ impl InFlight {
     /// of the shards misses only requests that start while it is taken (as a read of one
     /// counter would).
     pub fn enter(&self) -> InFlightGuard<'_> {
-        let shard = &self.shards[shard_of_this_thread()].0;
+        let shard = &self.shards[crate::shard::index() % SHARDS].0;
         shard.fetch_add(1, Ordering::SeqCst);
         InFlightGuard(shard)
     }
@@ -44,15 +44,6 @@ impl Drop for InFlightGuard<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
     }
-}
-
-/// This thread's shard: handed out in turn as threads first ask.
-fn shard_of_this_thread() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
-    }
-    SHARD.with(|shard| *shard)
 }
 
 #[cfg(test)]
