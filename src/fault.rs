@@ -4,11 +4,9 @@
 //! Postgres: everything around the seam runs for real.
 
 /// The header that asks for a fault; its value names the fault.
-pub const HEADER: &str = "x-sluice-fault";
+pub const HEADER: http::HeaderName = http::HeaderName::from_static("x-sluice-fault");
 
-/// Whether the request asks for `fault` at this seam.
-pub fn requested(headers: &crate::api::head::Headers, fault: &str) -> bool {
-    headers
-        .get_all(&http::HeaderName::from_static(HEADER))
-        .any(|value| value == fault.as_bytes())
+/// Whether the request, whose [`HEADER`] values are `values`, asks for `fault` at this seam.
+pub fn requested<'v>(values: impl IntoIterator<Item = &'v [u8]>, fault: &str) -> bool {
+    values.into_iter().any(|value| value == fault.as_bytes())
 }

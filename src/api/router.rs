@@ -316,7 +316,7 @@ async fn dispatch<B: RequestBody>(
             let tenant = ctx.tenant()?;
             let body = read_body(ctx, incoming).await?;
             #[cfg(feature = "fault-injection")]
-            if crate::fault::requested(ctx.headers, "panic") {
+            if crate::fault::requested(ctx.headers.get_all(&crate::fault::HEADER), "panic") {
                 // Quotes the body, as a real slicing bug would: the hook must not log it.
                 panic!("injected panic on {}", String::from_utf8_lossy(&body));
             }
