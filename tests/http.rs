@@ -419,6 +419,20 @@ async fn a_large_response_is_whole_and_the_next_one_follows_it() {
     gateway.stop().await;
 }
 
+/// The query for `n`, rewritten by `rewrite`, as the fast path serves it (a Content-Length
+/// body) and as hyper does (chunked), each named by its path.
+fn on_both_paths(
+    key: &str,
+    n: i64,
+    rewrite: impl Fn(&str) -> String,
+) -> [(&'static str, Vec<u8>); 2] {
+    let text = |request: Vec<u8>| rewrite(&String::from_utf8(request).unwrap()).into_bytes();
+    [
+        ("fast", text(query_request(key, n))),
+        ("hyper", text(chunked_query_request(key, n))),
+    ]
+}
+
 /// The fast path reads headers where they lie in the request (no header map): names match
 /// whatever their case, as hyper's do, and a request the fast path serves reads its headers as
 /// the same request through hyper (chunked, so hyper serves it) does.
@@ -427,19 +441,14 @@ async fn header_names_match_in_any_case_on_both_paths() {
     let (gateway, key) = gateway(5_000).await;
     let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
     let mut pending = Vec::new();
-    let shouted = |request: Vec<u8>| {
-        String::from_utf8(request)
-            .unwrap()
+    let shouted = |request: &str| {
+        request
             .replacen("authorization:", "AUTHORIZATION:", 1)
             .replacen("content-type:", "Content-Type:", 1)
             .replacen("content-length:", "CONTENT-LENGTH:", 1)
             .replacen("host: x\r\n", "host: x\r\nX-Request-ID: trace-7\r\n", 1)
-            .into_bytes()
     };
-    for (path, request) in [
-        ("fast", shouted(query_request(&key, 21))),
-        ("hyper", shouted(chunked_query_request(&key, 21))),
-    ] {
+    for (path, request) in on_both_paths(&key, 21, shouted) {
         stream.write_all(&request).await.unwrap();
         let (status, head, body) = read_response_with_head(&mut stream, &mut pending).await;
         assert_eq!(status, 200, "{path}: {body}");
@@ -452,20 +461,14 @@ async fn header_names_match_in_any_case_on_both_paths() {
     }
     // Case does not smuggle a second key past the first: a wrong key in lowercase followed by
     // the right one in capitals is the first one, on both paths (hyper reads the first too).
-    let wrong_first = |request: Vec<u8>| {
-        String::from_utf8(request)
-            .unwrap()
-            .replacen(
-                "authorization:",
-                "authorization: Bearer sluice_sk_wrong\r\nAUTHORIZATION:",
-                1,
-            )
-            .into_bytes()
+    let wrong_first = |request: &str| {
+        request.replacen(
+            "authorization:",
+            "authorization: Bearer sluice_sk_wrong\r\nAUTHORIZATION:",
+            1,
+        )
     };
-    for (path, request) in [
-        ("fast", wrong_first(query_request(&key, 1))),
-        ("hyper", wrong_first(chunked_query_request(&key, 1))),
-    ] {
+    for (path, request) in on_both_paths(&key, 1, wrong_first) {
         stream.write_all(&request).await.unwrap();
         let (status, body) = read_response(&mut stream, &mut pending).await;
         assert_eq!(status, 401, "{path}: {body}");

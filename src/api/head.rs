@@ -190,6 +190,8 @@ impl RawHeaders {
             .map(|&[_, _, value, value_len]| self.part(value, value_len))
     }
 
+    /// `values(name).next()`, written out: through the chained iterator, a request's handful
+    /// of lookups cost ~500 instructions more (callgrind).
     fn first(&self, name: &HeaderName) -> Option<&[u8]> {
         if let Some((_, value)) = self.set.iter().find(|(set, _)| set == name) {
             return Some(value.as_bytes());
