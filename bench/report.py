@@ -418,7 +418,7 @@ result = {
     "date": datetime.date.today().isoformat(),
     "quick": PARAMS.get("quick") == "1",
     "machine": {k: MACHINE.get(k) for k in ("nproc", "cpu_model", "kernel", "os", "memory_kb")},
-    "versions": {k: MACHINE.get(k) for k in ("sluice", "sluice_commit", "postgres", "pgbench", "pgbouncer", "rustc", "openssl")},
+    "versions": {k: MACHINE.get(k) for k in ("sluice", "sluice_commit", "sluice_build", "postgres", "pgbench", "pgbouncer", "rustc", "openssl")},
     "durations_s": {"build": MACHINE.get("build_s"), "measure": MACHINE.get("measure_s")},
     "parameters": PARAMS,
     "skipped": {k: MACHINE.get(k) for k in ("tls_skip", "ndjson_skip") if MACHINE.get(k)},
@@ -482,7 +482,8 @@ lines += [title, ""]
 m, v = result["machine"], result["versions"]
 lines += [
     f"Machine: {m['nproc']} × {m['cpu_model']}, {int(m['memory_kb'] or 0) // 1048576} GiB, {m['os']}, kernel {m['kernel']}. "
-    f"{v['sluice']} ({v['sluice_commit']}), {v['postgres']}, {v['pgbouncer']}, {v['rustc']}.",
+    f"{v['sluice']} ({v['sluice_commit']}{', ' + v['sluice_build'] + ' build' if v.get('sluice_build') else ''}), "
+    f"{v['postgres']}, {v['pgbouncer']}, {v['rustc']}.",
     "",
     f"Each scenario ran its targets alternately (sluice, PgBouncer, direct), {P.get('rounds')} round(s) (warm: "
     f"{P.get('warm_rounds', P.get('rounds'))}, every other one in reverse order; warm over TLS: 1); the "
@@ -636,7 +637,8 @@ lines.append("")
 if result["skipped"]:
     lines += ["## Skipped", ""] + [f"- {k}: {v}" for k, v in result["skipped"].items()] + [""]
 lines += ["## What the gateways logged", "",
-          "sluice runs with `RUST_LOG=warn`; identical lines are counted. PgBouncer: its WARNING and ERROR lines.", ""]
+          "sluice runs with its default logging (info: an access line per request, counted, not shown); "
+          "its other lines are below, identical ones counted. PgBouncer: its WARNING and ERROR lines.", ""]
 for name, key in (("sluice", "sluice_warnings"), ("PgBouncer", "pgbouncer_warnings")):
     text = logs[key]
     if text:
