@@ -1,27 +1,21 @@
 //! Log output off the request path. Every log line (the per-request access line included) is
 //! appended to a bounded in-memory buffer; a background thread writes the buffer to stderr in
 //! large chunks, [`FLUSH_INTERVAL`] after the first waiting line or sooner when the buffer is
-//! half full. A busy gateway's request therefore pays for formatting its line, never for a
-//! `write` syscall or for waking a thread (only the first line after an idle spell wakes the
-//! writer, which otherwise sleeps without a timer); and a slow stderr (a full pipe, a stalled
-//! terminal) drops lines — counted in `sluice_log_lines_dropped_total` — instead of stalling
-//! requests. The [`LogGuard`] that [`LogWriter::stderr`] returns writes what is left when
-//! dropped: `main` keeps it until exit.
-//!
-//! On a tokio worker thread, lines are first staged in memory of that thread's own and moved
-//! to the shared buffer when the worker idles ([`worker_parks`], the runtime's park hook), so
-//! a request does not take the lock and the cache lines that every other thread writes too.
+//! half full. A busy gateway's request therefore pays for formatting its line and a short lock,
+//! never for a `write` syscall or for waking a thread (only the first line after an idle spell
+//! wakes the writer, which otherwise sleeps without a timer); and a slow stderr (a full pipe, a
+//! stalled terminal) drops lines — counted in `sluice_log_lines_dropped_total` — instead of
+//! stalling requests. The [`LogGuard`] that [`LogWriter::stderr`] returns writes what is left
+//! when dropped: `main` keeps it until exit.
 //!
 //! `tracing-appender`'s non-blocking writer does the same with a channel, but sends each line
 //! to its thread as it is written, which wakes that thread (a futex call on the request path)
 //! whenever it had caught up; batching by time does not.
 //!
-//! The buffer and its writer thread are in `logging/buffer.rs`, a worker's stage in
-//! `logging/stage.rs`; this file writes the per-request access line into them, formatted by
-//! hand.
+//! The buffer and its writer thread are in `logging/buffer.rs`; this file writes the
+//! per-request access line into it, formatted by hand.
 
 mod buffer;
-mod stage;
 
 use std::io::Write;
 use std::sync::OnceLock;
@@ -63,27 +57,9 @@ pub struct AccessLine<'a> {
     pub detail: Option<&'a str>,
 }
 
-/// For the runtime's `on_thread_park`: a worker thread about to idle moves its staged lines
-/// to the shared buffer (and gets a stage at its first park). Does nothing before
-/// [`install_access_log`].
-pub fn worker_parks() {
-    if let Some((writer, _)) = ACCESS.get() {
-        writer.worker_parks();
-    }
-}
-
-/// For the runtime's `on_thread_stop`: a stopping thread's staged lines move to the shared
-/// buffer, and its stage goes.
-pub fn worker_stops() {
-    if let Some((writer, _)) = ACCESS.get() {
-        writer.worker_stops();
-    }
-}
-
-/// Writes the access line if `sluice::request` is enabled at info. Formatted by hand (no
-/// allocation per field or per line, the timestamp's date and time reformatted once a
-/// second), in the layout tracing-subscriber gives every other line: straight into a worker
-/// thread's stage, or into a per-thread buffer appended to the shared one.
+/// Writes the access line if `sluice::request` is enabled at info. Formatted by hand into a
+/// per-thread buffer (no allocation per field or per line, the timestamp's date and time
+/// reformatted once a second), in the layout tracing-subscriber gives every other line.
 /// Returns false when the line should go through `tracing` instead (no output installed).
 pub fn access(line: &AccessLine<'_>) -> bool {
     let Some((writer, format)) = ACCESS.get() else {
@@ -96,17 +72,14 @@ pub fn access(line: &AccessLine<'_>) -> bool {
         static BUFFER: std::cell::RefCell<(Vec<u8>, Clock)> =
             std::cell::RefCell::new((Vec::with_capacity(512), Clock::default()));
     }
-    let _ = BUFFER.try_with(|cell| {
+    BUFFER.with(|cell| {
         let Ok(mut guard) = cell.try_borrow_mut() else {
             return;
         };
         let (buffer, clock) = &mut *guard;
-        let now = std::time::SystemTime::now();
-        if !writer.stage_with(|out| format_access(out, clock, *format, line, now)) {
-            buffer.clear();
-            format_access(buffer, clock, *format, line, now);
-            writer.append(buffer);
-        }
+        buffer.clear();
+        format_access(buffer, clock, *format, line, std::time::SystemTime::now());
+        writer.append(buffer);
     });
     true
 }

@@ -140,13 +140,9 @@ fn run_dev(_listen: SocketAddr, _json: bool, _tls: bool) -> ExitCode {
     )
 }
 
-/// The multi-threaded runtime. Its workers stage their log lines and hand them to the log
-/// buffer when they idle or stop (`sluice::logging`).
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .on_thread_park(sluice::logging::worker_parks)
-        .on_thread_stop(sluice::logging::worker_stops)
         .build()
         .expect("cannot start the tokio runtime")
 }
